@@ -1,0 +1,168 @@
+"""Configuration: a TOML file, then environment overrides, validated into Structs.
+
+Each daemon reads one file. Any top-level scalar setting can be overridden by an environment
+variable named ``<PREFIX><SETTING>`` in upper case (``NBFLEET_SCHEDULER_LISTEN``,
+``NBFLEET_AGENT_HOST_ID``, ``NBFLEET_URL``), which is how systemd drop-ins and tests adjust one
+value without rewriting the file. A bad value is an error naming the setting and the file.
+
+Example scheduler file::
+
+    listen = "0.0.0.0:8470"
+    database = "/var/lib/nbfleet/scheduler.db"
+    admin_token_file = "/etc/nbfleet/admin.token"
+    agent_secrets_dir = "/etc/nbfleet/agents"
+
+    [catalog.frameworks.conda]
+    image = "nbfleet/conda:latest"
+    editors = ["jupyterlab"]
+
+    [catalog.editors.jupyterlab]
+    port = 8888
+    command = ["jupyter-lab", "--ServerApp.token={token}", "--port={port}"]
+    url_path = "/lab"
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class EditorSpec(Struct, forbid_unknown_fields=True):
+    """How to run an editor. ``{token}``, ``{port}`` and ``{base_url}`` are filled in per
+    notebook in ``command`` and ``url_path``."""
+
+    port: Port
+    command: list[str]
+    url_path: str = "/"
+    description: str = ""
+
+
+class FrameworkSpec(Struct, forbid_unknown_fields=True):
+    image: str
+    editors: list[str]
+    description: str = ""
+    #: uid:gid the editor runs as inside the container; never root.
+    user: str = "1000:1000"
+
+
+class Catalog(Struct, forbid_unknown_fields=True):
+    frameworks: dict[str, FrameworkSpec] = {}
+    editors: dict[str, EditorSpec] = {}
+
+    def validate(self) -> None:
+        for name, framework in self.frameworks.items():
+            for editor in framework.editors:
+                if editor not in self.editors:
+                    raise ConfigError(
+                        f"catalog.frameworks.{name}.editors names {editor!r}, "
+                        "which is not in catalog.editors"
+                    )
+            uid = framework.user.partition(":")[0]
+            if uid in ("0", "root", ""):
+                raise ConfigError(f"catalog.frameworks.{name}.user must not be root")
+
+
+class SchedulerConfig(Struct, forbid_unknown_fields=True):
+    listen: str = "127.0.0.1:8470"
+    database: str = "/var/lib/nbfleet/scheduler.db"
+    #: Created with a fresh token on first start when absent.
+    admin_token_file: str = "/etc/nbfleet/admin.token"
+    #: One file per host, named by host id, holding that agent's HMAC secret.
+    agent_secrets_dir: str = "/etc/nbfleet/agents"
+    heartbeat_interval_s: float = 10.0
+    #: A host silent for this many heartbeat intervals is reported as lost.
+    heartbeat_misses: int = 3
+    #: CPUs and memory given to a GPU notebook per GPU (the flavor's shape).
+    cpus_per_gpu: int = 4
+    memory_mb_per_cpu: int = 4096
+    memory_mb_per_gpu: int = 16384
+    catalog: Catalog = msgspec.field(default_factory=Catalog)
+
+
+class AgentConfig(Struct, forbid_unknown_fields=True):
+    host_id: str = ""
+    scheduler_url: str = "http://127.0.0.1:8470"
+    secret_file: str = "/etc/nbfleet/agent.secret"
+    #: Where the agent's own HTTP server listens (logs now, the editor proxy later).
+    listen: str = "127.0.0.1:8471"
+    #: How the scheduler and users reach this host; editor ports are published on it.
+    public_host: str = "127.0.0.1"
+    #: Host directories: one per notebook for /workspace, one for /data scratch.
+    workspaces_dir: str = "/var/lib/nbfleet/workspaces"
+    scratch_dir: str = "/var/lib/nbfleet/scratch"
+    state_dir: str = "/var/lib/nbfleet/agent"
+    docker_url: str = ""
+    #: Pass GPUs as an NVIDIA device request; without the NVIDIA runtime only
+    #: ``NVIDIA_VISIBLE_DEVICES`` is set.
+    nvidia_runtime: bool = False
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    workspace_bucket: str = "nbfleet-workspaces"
+    sync_concurrency: int = 16
+    #: Seconds an editor gets to answer before a STARTING notebook is declared failed.
+    start_timeout_s: float = 300.0
+    reconcile_interval_s: float = 2.0
+    usage_interval_s: float = 30.0
+
+
+class ClientConfig(Struct, forbid_unknown_fields=True):
+    url: str = "http://127.0.0.1:8470"
+    token: str = ""
+
+
+class ConfigError(Exception):
+    pass
+
+
+C = TypeVar("C", bound=Struct)
+
+
+def load(
+    type_: type[C],
+    path: str | Path | None,
+    *,
+    env_prefix: str,
+    environ: Mapping[str, str] | None = None,
+) -> C:
+    """Read ``path`` (optional), apply ``<env_prefix><FIELD>`` overrides and validate."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = msgspec.toml.decode(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist")
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}")
+    for field in msgspec.structs.fields(type_):
+        value = environ.get(env_prefix + field.name.upper())
+        if value is not None:
+            raw[field.name] = value
+    try:
+        # strict=False lets "8470" from the environment become an int, "true" a bool.
+        config = msgspec.convert(raw, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}")
+    catalog = getattr(config, "catalog", None)
+    if isinstance(catalog, Catalog):
+        catalog.validate()
+    return config
+
+
+def split_hostport(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"listen address {listen!r} must be HOST:PORT")
+    return host, int(port)

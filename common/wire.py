@@ -1,0 +1,337 @@
+"""Every body that crosses HTTP, as msgspec Structs with constraints, and one decoder per type.
+
+Requests are decoded with :func:`decode`, which turns a msgspec validation error into
+``ApiError('invalid_request')`` whose message names the offending field (msgspec reports it as
+``$.field``). Responses are encoded with :func:`encode`.
+
+Three groups: the user API (notebooks, catalog), the operator API (projects, tokens, hosts) and
+the agent protocol (register, heartbeat, assignments, transitions, usage).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from common.errors import ApiError
+from common.states import NotebookState
+
+# ---------------------------------------------------------------- constrained scalars
+
+#: Label keys and values follow Kubernetes' rules closely enough for selectors to be unambiguous.
+LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")]
+LabelValue = Annotated[str, Meta(pattern=r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")]
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+EnvValue = Annotated[str, Meta(max_length=4096)]
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+CatalogKey = Annotated[str, Meta(min_length=1, max_length=64)]
+HostId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$")]
+#: A request for more than this is a typo, not a wish; per-project quotas sit well below.
+GpuCount = Annotated[int, Meta(ge=0, le=16)]
+CpuCount = Annotated[int, Meta(ge=0, le=256)]
+Role = Literal["read", "operator"]
+Desired = Literal["running", "stopped", "deleted"]
+
+
+# ---------------------------------------------------------------- user API
+
+
+class NotebookCreate(Struct, forbid_unknown_fields=True):
+    """``POST /v1/notebooks``. Neither ``gpu`` nor ``cpu`` given means 1 GPU."""
+
+    framework: CatalogKey
+    editor: CatalogKey
+    gpu: GpuCount | None = None
+    cpu: CpuCount | None = None
+    name: Name | None = None
+    labels: dict[LabelKey, LabelValue] = {}
+    envvars: dict[EnvName, EnvValue] = {}
+
+
+class GpuRef(Struct):
+    uuid: str
+    model: str
+    index: int
+
+
+class StateChange(Struct):
+    state: NotebookState
+    reason: str
+    at: float
+    generation: int
+
+
+class Notebook(Struct):
+    id: str
+    project: str
+    name: str
+    framework: str
+    editor: str
+    image: str
+    state: NotebookState
+    state_reason: str
+    state_at: float
+    gpu: int
+    cpu: int
+    memory_mb: int
+    labels: dict[str, str]
+    envvars: dict[str, str]
+    created_at: float
+    generation: int
+    host: str | None = None
+    gpus: list[GpuRef] = []
+    url: str | None = None
+    #: Set while a notebook is RUNNING: when the current billed run began.
+    running_since: float | None = None
+    billed_minutes: int = 0
+    history: list[StateChange] | None = None
+
+
+class NotebookList(Struct):
+    items: list[Notebook]
+
+
+class CatalogFramework(Struct):
+    name: str
+    image: str
+    editors: list[str]
+    description: str = ""
+
+
+class CatalogEditor(Struct):
+    name: str
+    port: int
+    description: str = ""
+
+
+class Catalog(Struct):
+    frameworks: list[CatalogFramework]
+    editors: list[CatalogEditor]
+
+
+class ErrorBody(Struct):
+    code: str
+    message: str
+    detail: dict[str, Any] = {}
+
+
+class Health(Struct):
+    status: str
+    version: str
+
+
+# ---------------------------------------------------------------- operator API
+
+
+class ProjectCreate(Struct, forbid_unknown_fields=True):
+    name: Name
+
+
+class Project(Struct):
+    name: str
+    created_at: float
+
+
+class ProjectList(Struct):
+    items: list[Project]
+
+
+class TokenCreate(Struct, forbid_unknown_fields=True):
+    project: Name
+    role: Role = "operator"
+    description: Annotated[str, Meta(max_length=200)] = ""
+
+
+class TokenCreated(Struct):
+    id: str
+    project: str
+    role: Role
+    #: Shown once; the scheduler keeps only its digest.
+    token: str
+
+
+class HostGpu(Struct):
+    uuid: str
+    model: str
+    index: int
+    memory_total_mb: int
+    memory_used_mb: int
+    utilization_pct: int
+    notebook: str | None = None
+
+
+class Host(Struct):
+    id: str
+    state: str
+    cpus: int
+    cpus_free: int
+    memory_mb: int
+    gpus: list[HostGpu]
+    last_heartbeat: float
+    agent_url: str
+    registered_at: float
+
+
+class HostList(Struct):
+    items: list[Host]
+
+
+# ---------------------------------------------------------------- agent protocol
+
+
+class GpuInfo(Struct):
+    """One GPU as NVML reports it."""
+
+    uuid: Annotated[str, Meta(min_length=1, max_length=96)]
+    index: Annotated[int, Meta(ge=0)]
+    model: str
+    memory_total_mb: Annotated[int, Meta(ge=0)]
+    memory_used_mb: Annotated[int, Meta(ge=0)] = 0
+    utilization_pct: Annotated[int, Meta(ge=0, le=100)] = 0
+
+
+class AgentRegister(Struct, forbid_unknown_fields=True):
+    """``POST /v1/agents/register``: sent at start and whenever the scheduler forgets the host."""
+
+    cpus: Annotated[int, Meta(ge=1)]
+    memory_mb: Annotated[int, Meta(ge=1)]
+    gpus: list[GpuInfo]
+    #: Base URL where the scheduler reaches this agent (logs; later the editor proxy).
+    agent_url: str
+    version: str
+    nvidia_runtime: bool = False
+    #: Why the inventory has no GPUs, when it has none (e.g. "NVML: driver not loaded").
+    gpu_note: str = ""
+
+
+class RegisterReply(Struct):
+    host: str
+    heartbeat_interval_s: float
+
+
+class Heartbeat(Struct, forbid_unknown_fields=True):
+    gpus: list[GpuInfo] = []
+    #: Notebook ids whose containers exist on the host, for the scheduler's bookkeeping.
+    containers: list[str] = []
+
+
+class HeartbeatReply(Struct):
+    #: False when the scheduler does not know this host (e.g. its database was reset): the agent
+    #: registers again.
+    known: bool
+    heartbeat_interval_s: float
+
+
+class Assignment(Struct):
+    """What the scheduler wants for one notebook on this host.
+
+    ``generation`` grows by one at every start; a report for an older generation is dropped by
+    the scheduler, and the agent labels containers with it so a restarted agent can tell a
+    current container from a stale one.
+    """
+
+    notebook: str
+    project: str
+    generation: int
+    desired: Desired
+    state: NotebookState
+    image: str
+    command: list[str]
+    editor_port: int
+    url_path: str
+    gpus: list[str]
+    cpu: int
+    memory_mb: int
+    env: dict[str, str]
+    #: True once a start has completed before: the workspace must then be restored and carry
+    #: its ``.workspace.initialized`` marker.
+    initialized: bool
+    #: Secret the editor checks (per notebook, stable across restarts).
+    access_token: str
+    running_since: float | None = None
+
+
+class Assignments(Struct):
+    #: Changes whenever any assignment for the host changes; pass it back as ``since``.
+    version: int
+    items: list[Assignment]
+
+
+class Transition(Struct, forbid_unknown_fields=True):
+    notebook: str
+    generation: Annotated[int, Meta(ge=1)]
+    state: NotebookState
+    reason: Annotated[str, Meta(max_length=2000)]
+    at: float
+    #: Set with RUNNING: where the editor answers.
+    url: str | None = None
+
+
+class TransitionBatch(Struct, forbid_unknown_fields=True):
+    items: list[Transition]
+
+
+class TransitionResult(Struct):
+    notebook: str
+    #: "applied", "repeat" (already in that state), "stale" (older generation or unknown
+    #: notebook: the agent drops it), or "refused" (not allowed from the current state).
+    outcome: Literal["applied", "repeat", "stale", "refused"]
+    state: NotebookState | None = None
+    message: str = ""
+
+
+class TransitionReply(Struct):
+    items: list[TransitionResult]
+
+
+class UsageItem(Struct, forbid_unknown_fields=True):
+    """Billed minutes so far of one run (one generation) of a notebook.
+
+    Cumulative, so replays and duplicates are harmless: the scheduler keeps the largest value.
+    """
+
+    notebook: str
+    generation: Annotated[int, Meta(ge=1)]
+    billed_minutes: Annotated[int, Meta(ge=0)]
+    at: float
+
+
+class UsageBatch(Struct, forbid_unknown_fields=True):
+    items: list[UsageItem]
+
+
+class Ack(Struct):
+    ok: bool = True
+
+
+# ---------------------------------------------------------------- encode / decode
+
+T = TypeVar("T")
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+_encoder = msgspec.json.Encoder()
+
+
+def decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
+    """The decoder for ``type_``, built once and reused."""
+    found = _decoders.get(type_)
+    if found is None:
+        found = _decoders[type_] = msgspec.json.Decoder(type_)
+    return found
+
+
+def decode(body: bytes, type_: type[T]) -> T:
+    """Decode a request body; any problem is a 400 whose message names the field."""
+    if not body:
+        raise ApiError("invalid_request", "request body is empty; expected a JSON object")
+    try:
+        return decoder(type_).decode(body)
+    except msgspec.ValidationError as exc:
+        raise ApiError("invalid_request", f"invalid request: {exc}")
+    except msgspec.DecodeError as exc:
+        raise ApiError("invalid_request", f"request body is not valid JSON: {exc}")
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
