@@ -251,6 +251,8 @@ class Assignment(Struct):
     #: Secret the editor checks (per notebook, stable across restarts).
     access_token: str
     running_since: float | None = None
+    #: uid:gid the editor runs as (the framework's ``user`` in the catalog); never root.
+    user: str = "1000:1000"
 
 
 class Assignments(Struct):
