@@ -1,0 +1,154 @@
+"""The CLI against a stand-in scheduler on loopback: request shape, output, errors, exit codes."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cli.main import main
+
+NOTEBOOK = {
+    "id": "6f1c",
+    "project": "default",
+    "name": "nb",
+    "framework": "conda",
+    "editor": "jupyterlab",
+    "image": "nbfleet/conda:latest",
+    "state": "RUNNING",
+    "state_reason": "editor answers",
+    "state_at": 1.0,
+    "gpu": 1,
+    "cpu": 4,
+    "memory_mb": 1024,
+    "labels": {"team": "cv"},
+    "envvars": {},
+    "created_at": 1.0,
+    "generation": 1,
+    "host": "host-a",
+    "gpus": [{"uuid": "GPU-1", "model": "NVIDIA H100", "index": 0}],
+    "url": "http://127.0.0.1:5555/lab?token=t",
+    "history": [{"state": "STARTING", "reason": "placed on host-a", "at": 1.0, "generation": 1}],
+}
+
+
+class Recorder(BaseHTTPRequestHandler):
+    calls: list = []
+    replies: dict = {}
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        Recorder.calls.append((self.command, self.path, self.headers.get("Authorization"), body))
+        status, payload = Recorder.replies.get(
+            (self.command, self.path.split("?")[0]),
+            (404, {"code": "not_found", "message": "notebook nope does not exist"}),
+        )
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    Recorder.calls, Recorder.replies = [], {}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("NBFLEET_URL", f"http://127.0.0.1:{httpd.server_port}")
+    monkeypatch.setenv("NBFLEET_TOKEN", "nbf_test")
+    monkeypatch.delenv("NBFLEET_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    yield Recorder
+    httpd.shutdown()
+
+
+def test_run_sends_the_request_and_prints_json(server, capsys):
+    server.replies[("POST", "/v1/notebooks")] = (201, NOTEBOOK)
+    code = main(
+        [
+            "notebook",
+            "run",
+            "conda",
+            "jupyterlab",
+            "--gpu",
+            "1",
+            "--label",
+            "team=cv",
+            "--envvar",
+            "SEED=1",
+            "-o",
+            "json",
+        ]
+    )
+    assert code == 0
+    method, path, authz, body = server.calls[0]
+    assert (method, path, authz) == ("POST", "/v1/notebooks", "Bearer nbf_test")
+    sent = json.loads(body)
+    assert sent["framework"] == "conda" and sent["gpu"] == 1
+    assert sent["labels"] == {"team": "cv"} and sent["envvars"] == {"SEED": "1"}
+    assert json.loads(capsys.readouterr().out)["id"] == "6f1c"
+
+
+def test_get_shows_url_gpus_and_history(server, capsys):
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, NOTEBOOK)
+    assert main(["notebook", "get", "6f1c"]) == 0
+    out = capsys.readouterr().out
+    for expected in [
+        "RUNNING",
+        "host-a",
+        "GPU-1",
+        "http://127.0.0.1:5555/lab?token=t",
+        "History:",
+        "placed on host-a",
+    ]:
+        assert expected in out
+
+
+def test_server_error_message_is_shown_with_exit_1(server, capsys):
+    assert main(["notebook", "get", "nope"]) == 1
+    assert "notebook nope does not exist" in capsys.readouterr().err
+
+
+def test_malformed_label_is_a_usage_error(server, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["notebook", "run", "conda", "jupyterlab", "--label", "novalue"])
+    assert info.value.code == 2
+    assert "--label must look like KEY=VALUE" in capsys.readouterr().err
+    assert server.calls == []
+
+
+def test_missing_token_is_explained(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("NBFLEET_TOKEN", raising=False)
+    monkeypatch.delenv("NBFLEET_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["notebook", "list"]) == 2
+    assert "no token" in capsys.readouterr().err
+
+
+def test_unreachable_scheduler_is_explained(monkeypatch, capsys):
+    monkeypatch.setenv("NBFLEET_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("NBFLEET_TOKEN", "x")
+    assert main(["notebook", "list"]) == 1
+    assert "cannot reach the scheduler" in capsys.readouterr().err
+
+
+def test_config_file(monkeypatch, tmp_path, server, capsys):
+    monkeypatch.delenv("NBFLEET_TOKEN")
+    url = __import__("os").environ.pop("NBFLEET_URL")
+    monkeypatch.delenv("NBFLEET_URL", raising=False)
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(f'url = "{url}"\ntoken = "nbf_file"\n')
+    monkeypatch.setenv("NBFLEET_CONFIG", str(cfg))
+    server.replies[("GET", "/v1/notebooks")] = (200, {"items": [NOTEBOOK]})
+    assert main(["notebook", "list"]) == 0
+    assert server.calls[0][2] == "Bearer nbf_file"
+    assert "6f1c" in capsys.readouterr().out

@@ -1,0 +1,107 @@
+import msgspec
+import pytest
+
+from common import wire
+from common.errors import STATUS, ApiError
+from common.states import NotebookState
+
+
+def roundtrip(obj):
+    return wire.decode(wire.encode(obj), type(obj))
+
+
+def test_notebook_create_roundtrip_and_defaults():
+    req = wire.decode(b'{"framework":"conda","editor":"jupyterlab"}', wire.NotebookCreate)
+    assert req.gpu is None and req.cpu is None and req.labels == {} and req.envvars == {}
+    full = wire.NotebookCreate(
+        "conda",
+        "jupyterlab",
+        gpu=2,
+        cpu=8,
+        name="my-nb",
+        labels={"team": "vision"},
+        envvars={"SEED": "1"},
+    )
+    assert roundtrip(full) == full
+
+
+def test_agent_protocol_roundtrips():
+    reg = wire.AgentRegister(
+        cpus=8,
+        memory_mb=1024,
+        agent_url="http://127.0.0.1:8471",
+        version="0.1.0",
+        gpus=[wire.GpuInfo("GPU-1", 0, "NVIDIA H100", 81920, 10, 5)],
+    )
+    assert roundtrip(reg) == reg
+    a = wire.Assignment(
+        notebook="n1",
+        project="p",
+        generation=2,
+        desired="running",
+        state=NotebookState.STARTING,
+        image="img",
+        command=["x"],
+        editor_port=8888,
+        url_path="/lab",
+        gpus=["GPU-1"],
+        cpu=4,
+        memory_mb=100,
+        env={"A": "b"},
+        initialized=True,
+        access_token="t",
+    )
+    batch = wire.Assignments(version=3, items=[a])
+    assert roundtrip(batch) == batch
+    tr = wire.TransitionBatch(
+        [wire.Transition("n1", 2, NotebookState.RUNNING, "up", 1.5, "http://x")]
+    )
+    assert roundtrip(tr) == tr
+    usage = wire.UsageBatch([wire.UsageItem("n1", 2, 3, 1.0)])
+    assert roundtrip(usage) == usage
+
+
+def bad(body: bytes, type_=wire.NotebookCreate) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        wire.decode(body, type_)
+    assert info.value.code == "invalid_request" and info.value.status == 400
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        (b'{"framework":"c","editor":"j","gpu":-1}', "$.gpu"),
+        (b'{"framework":"c","editor":"j","gpu":1000}', "$.gpu"),
+        (b'{"framework":"c","editor":"j","cpu":-2}', "$.cpu"),
+        (b'{"framework":"c","editor":"j","cpu":100000}', "$.cpu"),
+        (b'{"framework":"c","editor":"j","gpu":"two"}', "$.gpu"),
+        (b'{"framework":"c","editor":"j","labels":{"k":"v v"}}', "$.labels"),
+        (b'{"framework":"c","editor":"j","labels":{"-k":"v"}}', "$.labels"),
+        (b'{"framework":"c","editor":"j","envvars":{"1X":"v"}}', "$.envvars"),
+        (b'{"framework":"c","editor":"j","name":"Bad Name"}', "$.name"),
+        (b'{"editor":"j"}', "framework"),
+        (b'{"framework":"","editor":"j"}', "$.framework"),
+        (b'{"framework":"c","editor":"j","surprise":1}', "surprise"),
+    ],
+)
+def test_bad_input_names_the_field(body, field):
+    assert field in bad(body).message
+
+
+def test_not_json_and_empty_body():
+    assert "not valid JSON" in bad(b"{nope").message
+    assert "empty" in bad(b"").message
+    assert "JSON object" in bad(b"").message
+
+
+def test_error_codes_map_to_statuses_once():
+    assert STATUS["invalid_request"] == 400 and STATUS["not_found"] == 404
+    assert STATUS["conflict"] == 409 and STATUS["unauthenticated"] == 401
+    with pytest.raises(ValueError):
+        ApiError("no-such-code", "x")
+
+
+def test_one_decoder_per_type():
+    assert wire.decoder(wire.Heartbeat) is wire.decoder(wire.Heartbeat)
+    assert isinstance(wire.decoder(wire.Heartbeat), msgspec.json.Decoder)
