@@ -12,6 +12,7 @@ STATUS: dict[str, int] = {
     "unauthenticated": 401,  # no credentials, bad signature, stale or replayed request
     "forbidden": 403,  # credentials are fine but do not reach this resource
     "not_found": 404,
+    "method_not_allowed": 405,  # the path exists but not with this method
     "conflict": 409,  # the resource's current state does not allow the action
     "payload_too_large": 413,
     "no_capacity": 503,  # no host can take the notebook right now

@@ -1,0 +1,32 @@
+"""HTTP routes of the scheduler; handlers stay thin (decode, authorize, call, encode)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from scheduler.api import admin, agents, user
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/health", user.health)
+    r.add_get("/v1/catalog", user.catalog)
+    r.add_post("/v1/notebooks", user.create_notebook)
+    r.add_get("/v1/notebooks", user.list_notebooks)
+    r.add_get("/v1/notebooks/{id}", user.get_notebook)
+    r.add_delete("/v1/notebooks/{id}", user.delete_notebook)
+    r.add_post("/v1/notebooks/{id}/start", user.start_notebook)
+    r.add_post("/v1/notebooks/{id}/stop", user.stop_notebook)
+    r.add_get("/v1/notebooks/{id}/history", user.notebook_history)
+    r.add_get("/v1/notebooks/{id}/logs", user.notebook_logs)
+
+    r.add_post("/v1/admin/projects", admin.create_project)
+    r.add_get("/v1/admin/projects", admin.list_projects)
+    r.add_post("/v1/admin/tokens", admin.create_token)
+    r.add_get("/v1/admin/hosts", admin.list_hosts)
+
+    r.add_post("/v1/agents/register", agents.register)
+    r.add_post("/v1/agents/heartbeat", agents.heartbeat)
+    r.add_get("/v1/agents/assignments", agents.assignments)
+    r.add_post("/v1/agents/transitions", agents.transitions)
+    r.add_post("/v1/agents/usage", agents.usage)

@@ -1,0 +1,310 @@
+"""The agent protocol's service side: register, heartbeat, assignments, transitions, usage.
+
+The host id always comes from the verified signature, never from a body. An agent may only
+report on notebooks assigned to it (current host, or last host while DELETING); anything else is
+answered ``stale`` and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from common import wire
+from common.config import SchedulerConfig
+from common.states import ON_HOST, InvalidTransition, NotebookState
+from scheduler.board import AssignmentBoard
+from scheduler.db import Database, Row, Tx
+from scheduler.lifecycle import add_usage, change_state
+
+log = logging.getLogger(__name__)
+
+S = NotebookState
+
+#: Only the scheduler puts a notebook into these states (user start / delete).
+_SCHEDULER_ONLY = frozenset({S.STARTING, S.DELETING})
+
+#: Longest long-poll an agent may ask for.
+MAX_WAIT_S = 30.0
+DEFAULT_WAIT_S = 25.0
+
+
+def fill(template: str, *, token: str, port: int) -> str:
+    """Fill the per-notebook placeholders; other braces are left alone."""
+    return (
+        template.replace("{token}", token).replace("{port}", str(port)).replace("{base_url}", "/")
+    )
+
+
+class AgentService:
+    def __init__(
+        self,
+        db: Database,
+        config: SchedulerConfig,
+        board: AssignmentBoard,
+        clock: Callable[[], float],
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.board = board
+        self.clock = clock
+
+    # ------------------------------------------------------------ inventory
+
+    async def register(self, host_id: str, request: wire.AgentRegister) -> wire.RegisterReply:
+        """Create or refresh the host and its GPUs; idempotent. Reservations are kept, and a
+        reserved GPU that disappeared stays (marked absent) until its notebook releases it."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            await tx.run(
+                "INSERT INTO hosts (id, agent_url, cpus, memory_mb, nvidia_runtime, state, "
+                "last_heartbeat, registered_at, gpu_note, agent_version) "
+                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET agent_url = excluded.agent_url, "
+                "cpus = excluded.cpus, memory_mb = excluded.memory_mb, "
+                "nvidia_runtime = excluded.nvidia_runtime, state = 'ready', "
+                "last_heartbeat = excluded.last_heartbeat, gpu_note = excluded.gpu_note, "
+                "agent_version = excluded.agent_version",
+                (
+                    host_id,
+                    request.agent_url,
+                    request.cpus,
+                    request.memory_mb,
+                    int(request.nvidia_runtime),
+                    now,
+                    now,
+                    request.gpu_note,
+                    request.version,
+                ),
+            )
+            for gpu in request.gpus:
+                await tx.run(
+                    "INSERT INTO gpus (uuid, host_id, idx, model, memory_total_mb, "
+                    "memory_used_mb, utilization_pct, present) VALUES (?, ?, ?, ?, ?, ?, ?, 1) "
+                    "ON CONFLICT (uuid) DO UPDATE SET host_id = excluded.host_id, "
+                    "idx = excluded.idx, model = excluded.model, "
+                    "memory_total_mb = excluded.memory_total_mb, "
+                    "memory_used_mb = excluded.memory_used_mb, "
+                    "utilization_pct = excluded.utilization_pct, present = 1",
+                    (
+                        gpu.uuid,
+                        host_id,
+                        gpu.index,
+                        gpu.model,
+                        gpu.memory_total_mb,
+                        gpu.memory_used_mb,
+                        gpu.utilization_pct,
+                    ),
+                )
+            reported = [gpu.uuid for gpu in request.gpus]
+            gone = f"uuid NOT IN ({', '.join('?' for _ in reported)})" if reported else "1"
+            await tx.run(
+                f"DELETE FROM gpus WHERE host_id = ? AND notebook_id IS NULL AND {gone}",
+                (host_id, *reported),
+            )
+            await tx.run(
+                f"UPDATE gpus SET present = 0 WHERE host_id = ? AND {gone}", (host_id, *reported)
+            )
+        log.info(
+            "host=%s registered: %d CPUs, %d GPUs, agent %s at %s",
+            host_id,
+            request.cpus,
+            len(request.gpus),
+            request.version,
+            request.agent_url,
+        )
+        return wire.RegisterReply(
+            host=host_id, heartbeat_interval_s=self.config.heartbeat_interval_s
+        )
+
+    async def heartbeat(self, host_id: str, request: wire.Heartbeat) -> wire.HeartbeatReply:
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            known = await tx.run("UPDATE hosts SET last_heartbeat = ? WHERE id = ?", (now, host_id))
+            for gpu in request.gpus if known else []:
+                await tx.run(
+                    "UPDATE gpus SET memory_used_mb = ?, utilization_pct = ? "
+                    "WHERE uuid = ? AND host_id = ?",
+                    (gpu.memory_used_mb, gpu.utilization_pct, gpu.uuid, host_id),
+                )
+        if not known:
+            log.info("host=%s heartbeat from an unknown host; asking it to register", host_id)
+        return wire.HeartbeatReply(
+            known=bool(known), heartbeat_interval_s=self.config.heartbeat_interval_s
+        )
+
+    async def hosts(self) -> list[wire.Host]:
+        async with self.db.read() as tx:
+            rows = await tx.all(
+                "SELECT h.*, h.cpus - COALESCE((SELECT SUM(n.cpu) FROM notebooks n "
+                "WHERE n.host_id = h.id AND n.gpu = 0), 0) AS cpus_free FROM hosts h ORDER BY id"
+            )
+            gpus = await tx.all("SELECT * FROM gpus WHERE present = 1 ORDER BY host_id, idx")
+        by_host: dict[str, list[wire.HostGpu]] = {}
+        for g in gpus:
+            by_host.setdefault(g["host_id"], []).append(
+                wire.HostGpu(
+                    uuid=g["uuid"],
+                    model=g["model"],
+                    index=g["idx"],
+                    memory_total_mb=g["memory_total_mb"],
+                    memory_used_mb=g["memory_used_mb"],
+                    utilization_pct=g["utilization_pct"],
+                    notebook=g["notebook_id"],
+                )
+            )
+        return [
+            wire.Host(
+                id=r["id"],
+                state=r["state"],
+                cpus=r["cpus"],
+                cpus_free=r["cpus_free"],
+                memory_mb=r["memory_mb"],
+                gpus=by_host.get(r["id"], []),
+                last_heartbeat=r["last_heartbeat"],
+                agent_url=r["agent_url"],
+                registered_at=r["registered_at"],
+            )
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------ assignments
+
+    async def assignments(self, host_id: str) -> wire.Assignments:
+        async with self.db.read() as tx:
+            return await _assignments(tx, host_id)
+
+    async def wait_assignments(
+        self, host_id: str, *, since: int | None, wait_s: float
+    ) -> wire.Assignments:
+        """Answer at once if the version differs from ``since``; else wait up to ``wait_s``
+        for a change and answer with the current list either way."""
+        event = self.board.waiter(host_id)
+        current = await self.assignments(host_id)
+        if since is None or current.version != since or wait_s <= 0:
+            return current
+        if await self.board.wait(event, min(wait_s, MAX_WAIT_S)):
+            return await self.assignments(host_id)
+        return current
+
+    # ------------------------------------------------------------ reports
+
+    async def apply_transitions(
+        self, host_id: str, items: list[wire.Transition]
+    ) -> list[wire.TransitionResult]:
+        now = self.clock()
+        results = []
+        async with self.db.transaction() as tx:
+            for item in items:
+                results.append(await self._apply_one(tx, host_id, item, now))
+        for result in results:
+            if result.outcome in ("stale", "refused"):
+                log.info(
+                    "notebook=%s host=%s report %s: %s",
+                    result.notebook,
+                    host_id,
+                    result.outcome,
+                    result.message,
+                )
+        return results
+
+    async def _apply_one(
+        self, tx: Tx, host_id: str, item: wire.Transition, now: float
+    ) -> wire.TransitionResult:
+        row = await tx.one("SELECT * FROM notebooks WHERE id = ?", (item.notebook,))
+        if row is None:
+            return wire.TransitionResult(item.notebook, "stale", None, "unknown notebook")
+        current = S(row["state"])
+        if _assigned_host(row) != host_id:
+            return wire.TransitionResult(
+                item.notebook, "stale", current, f"notebook is not assigned to host {host_id}"
+            )
+        if item.generation != row["generation"]:
+            return wire.TransitionResult(
+                item.notebook,
+                "stale",
+                current,
+                f"generation {item.generation} is not the current one ({row['generation']})",
+            )
+        if item.state in _SCHEDULER_ONLY and item.state != current:
+            return wire.TransitionResult(
+                item.notebook, "refused", current, f"only the scheduler sets {item.state}"
+            )
+        try:
+            changed = await change_state(
+                tx, row, item.state, item.reason, now=now, board=self.board, url=item.url
+            )
+        except InvalidTransition as exc:
+            return wire.TransitionResult(item.notebook, "refused", current, str(exc))
+        if changed:
+            log.info(
+                "notebook=%s host=%s %s → %s: %s",
+                row["id"],
+                host_id,
+                current,
+                item.state,
+                item.reason,
+            )
+        return wire.TransitionResult(item.notebook, "applied" if changed else "repeat", item.state)
+
+    async def record_usage(self, host_id: str, items: list[wire.UsageItem]) -> None:
+        async with self.db.transaction() as tx:
+            for item in items:
+                row = await tx.one("SELECT * FROM notebooks WHERE id = ?", (item.notebook,))
+                if row is None or _assigned_host(row) != host_id:
+                    log.info(
+                        "notebook=%s host=%s usage for a notebook not on this host; dropped",
+                        item.notebook,
+                        host_id,
+                    )
+                    continue
+                if item.generation > row["generation"]:
+                    continue
+                await add_usage(tx, item.notebook, item.generation, item.billed_minutes)
+
+
+def _assigned_host(row: Row) -> str | None:
+    return row["host_id"] or row["last_host_id"]
+
+
+async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
+    host = await tx.one("SELECT assignments_version FROM hosts WHERE id = ?", (host_id,))
+    if host is None:
+        return wire.Assignments(version=0, items=[])
+    marks = ", ".join("?" for _ in ON_HOST)
+    rows = await tx.all(
+        f"SELECT * FROM notebooks WHERE COALESCE(host_id, last_host_id) = ? "
+        f"AND state IN ({marks}) ORDER BY created_at, rowid",
+        (host_id, *sorted(ON_HOST)),
+    )
+    items = []
+    for row in rows:
+        gpus = await tx.all(
+            "SELECT uuid FROM gpus WHERE notebook_id = ? ORDER BY idx", (row["id"],)
+        )
+        token, port = row["access_token"], row["editor_port"]
+        env = dict(json.loads(row["envvars"]))
+        env["NBFLEET_NOTEBOOK_ID"] = row["id"]
+        items.append(
+            wire.Assignment(
+                notebook=row["id"],
+                project=row["project"],
+                generation=row["generation"],
+                desired=row["desired"],
+                state=S(row["state"]),
+                image=row["image"],
+                command=[fill(part, token=token, port=port) for part in json.loads(row["command"])],
+                editor_port=port,
+                url_path=fill(row["url_path"], token=token, port=port),
+                gpus=[g["uuid"] for g in gpus],
+                cpu=row["cpu"],
+                memory_mb=row["memory_mb"],
+                env=env,
+                initialized=bool(row["initialized"]),
+                access_token=token,
+                running_since=row["running_since"],
+                user=row["user"],
+            )
+        )
+    return wire.Assignments(version=host["assignments_version"], items=items)

@@ -1,0 +1,46 @@
+"""Agent protocol handlers: every request is HMAC-signed; the host id comes from the signature."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common import wire
+from scheduler.agents import DEFAULT_WAIT_S, MAX_WAIT_S
+from scheduler.api.auth import signed_agent
+from scheduler.api.context import ctx
+from scheduler.api.middleware import json_reply
+from scheduler.api.query import float_param, int_param
+
+
+async def register(request: web.Request) -> web.Response:
+    host_id, body = await signed_agent(request)
+    reply = await ctx(request).agents.register(host_id, wire.decode(body, wire.AgentRegister))
+    return json_reply(reply)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    host_id, body = await signed_agent(request)
+    reply = await ctx(request).agents.heartbeat(host_id, wire.decode(body, wire.Heartbeat))
+    return json_reply(reply)
+
+
+async def assignments(request: web.Request) -> web.Response:
+    host_id, _ = await signed_agent(request)
+    since = int_param(request, "since", default=None, low=0, high=2**62)
+    wait_s = float_param(request, "wait", default=DEFAULT_WAIT_S, low=0, high=MAX_WAIT_S)
+    reply = await ctx(request).agents.wait_assignments(host_id, since=since, wait_s=wait_s)
+    return json_reply(reply)
+
+
+async def transitions(request: web.Request) -> web.Response:
+    host_id, body = await signed_agent(request)
+    batch = wire.decode(body, wire.TransitionBatch)
+    results = await ctx(request).agents.apply_transitions(host_id, batch.items)
+    return json_reply(wire.TransitionReply(items=results))
+
+
+async def usage(request: web.Request) -> web.Response:
+    host_id, body = await signed_agent(request)
+    batch = wire.decode(body, wire.UsageBatch)
+    await ctx(request).agents.record_usage(host_id, batch.items)
+    return json_reply(wire.Ack())

@@ -1,0 +1,59 @@
+"""Who is calling: a project token, the admin token, or a signed agent."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from common.auth import token_digest
+from common.errors import ApiError
+from scheduler.api.context import ctx
+from scheduler.projects import Principal
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("unauthenticated", "missing bearer token (Authorization: Bearer <token>)")
+    return token.strip()
+
+
+def _is_admin(request: web.Request, token: str) -> bool:
+    expected = ctx(request).admin_digest
+    return bool(expected) and hmac.compare_digest(token_digest(token), expected)
+
+
+async def project_principal(request: web.Request, *, operate: bool = False) -> Principal:
+    """The project token's principal; ``operate`` requires role ``operator``."""
+    token = _bearer(request)
+    if _is_admin(request, token):
+        raise ApiError("forbidden", "the admin token reaches /v1/admin/* only; use a project token")
+    principal = await ctx(request).projects.principal(token)
+    if principal is None:
+        raise ApiError("unauthenticated", "unknown token")
+    if operate and not principal.may_operate:
+        raise ApiError(
+            "forbidden",
+            f"token of project {principal.project} has role {principal.role}; "
+            "this needs role operator",
+            role=principal.role,
+        )
+    return principal
+
+
+async def require_admin(request: web.Request) -> None:
+    token = _bearer(request)
+    if _is_admin(request, token):
+        return
+    if await ctx(request).projects.principal(token) is not None:
+        raise ApiError("forbidden", "this endpoint needs the admin token")
+    raise ApiError("unauthenticated", "unknown token")
+
+
+async def signed_agent(request: web.Request) -> tuple[str, bytes]:
+    """``(host_id, body)`` of a correctly signed, fresh, first-seen agent request."""
+    body = await request.read()
+    host_id = ctx(request).verifier.verify(request.method, request.raw_path, request.headers, body)
+    return host_id, body

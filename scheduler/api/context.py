@@ -1,0 +1,42 @@
+"""What handlers reach through ``request.app[CONTEXT]``: the services, built by the app
+factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from common.auth import Verifier
+from common.config import SchedulerConfig
+from scheduler.agent_client import AgentClient
+from scheduler.agents import AgentService
+from scheduler.board import AssignmentBoard
+from scheduler.db import Database
+from scheduler.notebooks import NotebookService
+from scheduler.projects import ProjectService
+from scheduler.secrets import AgentSecrets
+
+
+@dataclass
+class Context:
+    config: SchedulerConfig
+    clock: Callable[[], float]
+    db: Database
+    board: AssignmentBoard
+    notebooks: NotebookService
+    agents: AgentService
+    projects: ProjectService
+    agent_secrets: AgentSecrets
+    verifier: Verifier
+    agent_client: AgentClient
+    #: sha256 of the admin token, set at start-up from ``admin_token_file``.
+    admin_digest: str = field(default="")
+
+
+CONTEXT = web.AppKey("nbfleet_context", Context)
+
+
+def ctx(request: web.Request) -> Context:
+    return request.app[CONTEXT]

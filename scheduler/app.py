@@ -1,0 +1,81 @@
+"""The scheduler's app factory.
+
+``create_app(config, clock=..., agent_client=...)`` builds the aiohttp application; the database
+is opened (and migrated), the admin token loaded (created if absent), the agent HTTP client
+started and the background loops run inside ``cleanup_ctx``, so the test client and
+``web.run_app`` share one lifecycle. ``clock`` drives every stored time, heartbeat freshness and
+signature checks, so tests move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from common.auth import Verifier, token_digest
+from common.config import SchedulerConfig
+from scheduler.agent_client import AgentClient
+from scheduler.agents import AgentService
+from scheduler.api import add_routes
+from scheduler.api.context import CONTEXT, Context
+from scheduler.api.middleware import MAX_BODY_BYTES, errors
+from scheduler.board import AssignmentBoard
+from scheduler.db import Database
+from scheduler.loops.base import Loop
+from scheduler.notebooks import NotebookService
+from scheduler.projects import ProjectService
+from scheduler.secrets import AgentSecrets, ensure_admin_token
+
+log = logging.getLogger(__name__)
+
+LOOPS = web.AppKey("nbfleet_loops", list[Loop])
+
+
+def create_app(
+    config: SchedulerConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    agent_client: AgentClient | None = None,
+) -> web.Application:
+    db = Database(config.database)
+    board = AssignmentBoard()
+    agent_secrets = AgentSecrets(config.agent_secrets_dir)
+    context = Context(
+        config=config,
+        clock=clock,
+        db=db,
+        board=board,
+        notebooks=NotebookService(db, config, board, clock),
+        agents=AgentService(db, config, board, clock),
+        projects=ProjectService(db, clock),
+        agent_secrets=agent_secrets,
+        verifier=Verifier(agent_secrets, clock=clock),
+        agent_client=agent_client or AgentClient(agent_secrets, clock=clock),
+    )
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors])
+    app[CONTEXT] = context
+    # Host-lost detection and other periodic work register here (see scheduler/loops/).
+    app[LOOPS] = []
+    add_routes(app)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    context = app[CONTEXT]
+    context.admin_digest = token_digest(ensure_admin_token(context.config.admin_token_file))
+    await context.db.open()
+    await context.agent_client.start()
+    for loop in app[LOOPS]:
+        loop.start()
+    log.info("scheduler ready: database %s", context.config.database)
+    try:
+        yield
+    finally:
+        for loop in app[LOOPS]:
+            await loop.stop()
+        await context.agent_client.close()
+        await context.db.close()

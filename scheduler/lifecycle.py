@@ -1,0 +1,134 @@
+"""The one function that changes a notebook's state, and what goes with each change.
+
+:func:`change_state` is the only code that assigns ``notebooks.state`` after creation (creation
+itself records the first state with :func:`record_history`). It runs inside the caller's write
+transaction and:
+
+* validates the transition with :func:`common.states.check` (an idempotent repeat records
+  nothing and returns ``False``; a forbidden one raises ``InvalidTransition``);
+* stamps ``state_at`` and ``state_reason``, appends ``state_history``, bumps ``version`` with a
+  ``WHERE id = ? AND version = ?`` guard;
+* on RUNNING: sets ``running_since``, ``initialized`` and the editor ``url``;
+* when leaving RUNNING: closes the run's usage at
+  ``max(reported, ceil((left_at - running_since) / 60))`` and clears ``running_since``;
+* entering STOPPED, FAILED, ERROR or DELETED: frees the GPUs and the host (``host_id = NULL``,
+  ``last_host_id`` remembered);
+* bumps the assignment version of the host(s) involved and wakes their long-polls on commit.
+"""
+
+from __future__ import annotations
+
+import math
+
+from common.errors import conflict
+from common.states import NotebookState, check
+from scheduler.board import AssignmentBoard
+from scheduler.db import Row, Tx
+from scheduler.placement import release
+
+S = NotebookState
+
+#: Entering one of these gives the notebook's GPUs and host back.
+RELEASING = frozenset({S.STOPPED, S.FAILED, S.ERROR, S.DELETED})
+
+#: Columns a caller may change together with the state.
+_EXTRA_COLUMNS = frozenset({"desired", "generation", "host_id"})
+
+
+async def change_state(
+    tx: Tx,
+    notebook: Row,
+    target: NotebookState,
+    reason: str,
+    *,
+    now: float,
+    board: AssignmentBoard,
+    url: str | None = None,
+    **changes: object,
+) -> bool:
+    """Move ``notebook`` (a row read in this transaction) to ``target``.
+
+    Returns ``True`` if recorded, ``False`` for a repeat. ``changes`` may set ``desired``,
+    ``generation`` and ``host_id`` in the same update.
+    """
+    unknown = set(changes) - _EXTRA_COLUMNS
+    if unknown:
+        raise ValueError(f"change_state cannot set {sorted(unknown)}")
+    current = S(notebook["state"])
+    if not check(current, target):
+        return False
+
+    columns: dict[str, object] = {
+        "state": target.value,
+        "state_reason": reason,
+        "state_at": now,
+        **changes,
+    }
+    if target == S.RUNNING:
+        columns["running_since"] = now
+        columns["initialized"] = 1
+        columns["url"] = url
+    if current == S.RUNNING:
+        await close_run(tx, notebook, left_at=now)
+        columns["running_since"] = None
+    host_before = notebook["host_id"] or notebook["last_host_id"]
+    host_after = changes.get("host_id", notebook["host_id"])
+    if target in RELEASING:
+        await release(tx, notebook["id"])
+        columns["host_id"] = None
+        host_after = None
+    if host_after is not None:
+        columns["last_host_id"] = host_after
+    if target in RELEASING and "desired" not in changes and notebook["desired"] == "running":
+        # A notebook that stopped or failed on its own is not to be started again by an agent.
+        columns["desired"] = "stopped"
+
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    updated = await tx.run(
+        f"UPDATE notebooks SET {assignments}, version = version + 1 WHERE id = ? AND version = ?",
+        (*columns.values(), notebook["id"], notebook["version"]),
+    )
+    if updated != 1:
+        raise conflict(f"notebook {notebook['id']} changed concurrently; try again")
+    generation = changes.get("generation", notebook["generation"])
+    await record_history(tx, notebook["id"], target, reason, at=now, generation=int(generation))
+    await bump_assignments(tx, board, {host_before, host_after})
+    return True
+
+
+async def record_history(
+    tx: Tx, notebook_id: str, state: NotebookState, reason: str, *, at: float, generation: int
+) -> None:
+    await tx.run(
+        "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (notebook_id, state.value, reason, at, generation),
+    )
+
+
+async def close_run(tx: Tx, notebook: Row, *, left_at: float) -> None:
+    """Bill the run that is ending: at least every commenced minute the scheduler saw."""
+    since = notebook["running_since"]
+    if since is None:
+        return
+    minutes = max(0, math.ceil((left_at - since) / 60))
+    await add_usage(tx, notebook["id"], notebook["generation"], minutes)
+
+
+async def add_usage(tx: Tx, notebook_id: str, generation: int, billed_minutes: int) -> None:
+    """Keep the larger of the stored and the reported cumulative minutes (replays bill once)."""
+    await tx.run(
+        "INSERT INTO usage (notebook_id, generation, billed_minutes) VALUES (?, ?, ?) "
+        "ON CONFLICT (notebook_id, generation) "
+        "DO UPDATE SET billed_minutes = MAX(billed_minutes, excluded.billed_minutes)",
+        (notebook_id, generation, billed_minutes),
+    )
+
+
+async def bump_assignments(tx: Tx, board: AssignmentBoard, host_ids: set[str | None]) -> None:
+    for host_id in sorted(h for h in host_ids if h):
+        await tx.run(
+            "UPDATE hosts SET assignments_version = assignments_version + 1 WHERE id = ?",
+            (host_id,),
+        )
+        tx.after_commit(lambda host_id=host_id: board.wake(host_id))

@@ -1,0 +1,49 @@
+"""A background loop: ``tick()`` does one pass; ``start``/``stop`` run it on a schedule.
+
+Tests call ``tick()`` directly instead of waiting. A failing tick is logged and retried after a
+jittered, growing delay; a good tick resets the delay to ``interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+log = logging.getLogger(__name__)
+
+
+class Loop:
+    name = "loop"
+
+    def __init__(self, interval_s: float, *, max_backoff_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        delay = self.interval_s
+        while True:
+            try:
+                await self.tick()
+                delay = self.interval_s
+            except Exception:
+                delay = min(self.max_backoff_s, max(delay, self.interval_s) * 2)
+                log.exception("%s tick failed; retrying in about %.0fs", self.name, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))

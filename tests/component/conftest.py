@@ -1,0 +1,297 @@
+"""A scheduler app on a temporary SQLite file, driven through aiohttp's test client.
+
+``harness`` gives a running scheduler with a fake clock, the admin token, helpers to create
+projects and tokens, and :class:`Agent` objects that sign their requests like a real agent.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from common.auth import sign
+from common.config import SchedulerConfig
+from scheduler.app import create_app
+from scheduler.secrets import ensure_admin_token, ensure_agent_secret
+
+START = 1_700_000_000.0
+
+CATALOG = {
+    "frameworks": {
+        "conda": {"image": "nbfleet/conda:test", "editors": ["jupyterlab", "vscode"]},
+        "pytorch": {"image": "nbfleet/pytorch:test", "editors": ["jupyterlab"], "user": "1000:100"},
+    },
+    "editors": {
+        "jupyterlab": {
+            "port": 8888,
+            "command": ["jupyter-lab", "--ServerApp.token={token}", "--port={port}"],
+            "url_path": "/lab?token={token}",
+        },
+        "vscode": {"port": 8080, "command": ["code-server", "--bind-addr=0.0.0.0:{port}"]},
+    },
+}
+
+
+class FakeClock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Reply:
+    status: int
+    text: str
+    content_type: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+    @property
+    def code(self) -> str:
+        return self.json["code"]
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> SchedulerConfig:
+    raw = {
+        "database": str(tmp_path / "scheduler.db"),
+        "admin_token_file": str(tmp_path / "admin.token"),
+        "agent_secrets_dir": str(tmp_path / "agents"),
+        "heartbeat_interval_s": 10.0,
+        "heartbeat_misses": 3,
+        "catalog": CATALOG,
+        **overrides,
+    }
+    return msgspec.convert(raw, SchedulerConfig)
+
+
+@dataclass
+class Harness:
+    config: SchedulerConfig
+    clock: FakeClock
+    client: TestClient | None = None
+    admin_token: str = ""
+    _agents: dict[str, Agent] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        self.client = TestClient(TestServer(create_app(self.config, clock=self.clock)))
+        await self.client.start_server()
+        self.admin_token = ensure_admin_token(self.config.admin_token_file)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def restart(self) -> None:
+        """A new app process on the same database file."""
+        await self.close()
+        await self.start()
+
+    @property
+    def app(self) -> Any:
+        assert self.client is not None
+        return self.client.server.app
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        body: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        assert self.client is not None
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent.setdefault("Content-Type", "application/json")
+        async with self.client.request(method, path, data=data, headers=sent) as resp:
+            return Reply(resp.status, await resp.text(), resp.content_type)
+
+    async def project(self, name: str = "alpha") -> Tokens:
+        """Create project ``name`` with an operator and a read token."""
+        created = await self.call(
+            "POST", "/v1/admin/projects", token=self.admin_token, body={"name": name}
+        )
+        assert created.status == 201, created.text
+        tokens = {}
+        for role in ("operator", "read"):
+            reply = await self.call(
+                "POST",
+                "/v1/admin/tokens",
+                token=self.admin_token,
+                body={"project": name, "role": role},
+            )
+            assert reply.status == 201, reply.text
+            tokens[role] = reply.json["token"]
+        return Tokens(self, name, tokens["operator"], tokens["read"])
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every stored row (read through a second connection: committed data only)."""
+        with sqlite3.connect(self.config.database) as conn:
+            tables = [
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
+            return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+
+    def agent(self, host_id: str) -> Agent:
+        if host_id not in self._agents:
+            secret = ensure_agent_secret(self.config.agent_secrets_dir, host_id)
+            self._agents[host_id] = Agent(self, host_id, secret.encode())
+        return self._agents[host_id]
+
+
+@dataclass
+class Tokens:
+    harness: Harness
+    name: str
+    operator: str
+    read: str
+
+    async def run(self, expect: int = 201, **fields: Any) -> Reply:
+        body = {"framework": "conda", "editor": "jupyterlab", **fields}
+        reply = await self.harness.call("POST", "/v1/notebooks", token=self.operator, body=body)
+        assert reply.status == expect, reply.text
+        return reply
+
+    async def get(self, notebook_id: str) -> dict[str, Any]:
+        reply = await self.harness.call("GET", f"/v1/notebooks/{notebook_id}", token=self.read)
+        assert reply.status == 200, reply.text
+        return reply.json
+
+    async def action(self, notebook_id: str, action: str, token: str | None = None) -> Reply:
+        if action == "delete":
+            return await self.harness.call(
+                "DELETE", f"/v1/notebooks/{notebook_id}", token=token or self.operator
+            )
+        return await self.harness.call(
+            "POST", f"/v1/notebooks/{notebook_id}/{action}", token=token or self.operator
+        )
+
+
+@dataclass
+class Agent:
+    harness: Harness
+    host_id: str
+    secret: bytes
+
+    async def call(
+        self, method: str, path_qs: str, body: Any = None, *, now: float | None = None
+    ) -> Reply:
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = sign(
+            self.secret,
+            self.host_id,
+            method,
+            path_qs,
+            data,
+            now=self.harness.clock() if now is None else now,
+        )
+        return await self.harness.call(method, path_qs, data=data or None, headers=headers)
+
+    async def register(
+        self, gpus: int = 2, cpus: int = 32, *, prefix: str | None = None, **extra: Any
+    ) -> Reply:
+        prefix = prefix or self.host_id
+        body = {
+            "cpus": cpus,
+            "memory_mb": 256_000,
+            "gpus": [
+                {"uuid": f"GPU-{prefix}-{i}", "index": i, "model": "A100", "memory_total_mb": 81920}
+                for i in range(gpus)
+            ],
+            "agent_url": extra.pop("agent_url", "http://127.0.0.1:9"),
+            "version": "test",
+            **extra,
+        }
+        reply = await self.call("POST", "/v1/agents/register", body)
+        assert reply.status == 200, reply.text
+        return reply
+
+    async def heartbeat(self, **body: Any) -> Reply:
+        return await self.call("POST", "/v1/agents/heartbeat", body)
+
+    async def assignments(self, since: int | None = None, wait: float = 0) -> dict[str, Any]:
+        path = f"/v1/agents/assignments?wait={wait:g}"
+        if since is not None:
+            path += f"&since={since}"
+        reply = await self.call("GET", path)
+        assert reply.status == 200, reply.text
+        return reply.json
+
+    async def report(
+        self,
+        notebook: str,
+        state: str,
+        *,
+        generation: int = 1,
+        reason: str = "agent says so",
+        url: str | None = None,
+    ) -> dict[str, Any]:
+        item = {
+            "notebook": notebook,
+            "generation": generation,
+            "state": state,
+            "reason": reason,
+            "at": self.harness.clock(),
+        }
+        if url is not None:
+            item["url"] = url
+        reply = await self.call("POST", "/v1/agents/transitions", {"items": [item]})
+        assert reply.status == 200, reply.text
+        return reply.json["items"][0]
+
+    async def usage(self, notebook: str, minutes: int, generation: int = 1) -> Reply:
+        item = {
+            "notebook": notebook,
+            "generation": generation,
+            "billed_minutes": minutes,
+            "at": self.harness.clock(),
+        }
+        return await self.call("POST", "/v1/agents/usage", {"items": [item]})
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, clock: FakeClock):
+    h = Harness(config=make_config(tmp_path), clock=clock)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+@pytest.fixture
+async def project(harness: Harness) -> Tokens:
+    return await harness.project("alpha")
+
+
+@pytest.fixture
+async def host(harness: Harness) -> Agent:
+    """A registered host ``h1`` with 2 GPUs and 32 CPUs."""
+    agent = harness.agent("h1")
+    await agent.register(gpus=2)
+    return agent
