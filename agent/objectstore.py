@@ -1,0 +1,215 @@
+"""Object storage for workspaces (S3 API through aiobotocore).
+
+Contract of :class:`ObjectStore`:
+
+* ``put_file(bucket, key, path, metadata)`` uploads a file (``path=None`` uploads an empty
+  object, used for symlinks); user metadata keys are lower-case ASCII, values ASCII.
+* ``get_file(bucket, key, dest)`` downloads into ``dest`` (created or truncated) and returns the
+  object's user metadata.
+* ``list(bucket, prefix, metadata=False)`` returns every object under ``prefix`` with size and
+  etag; with ``metadata=True`` also each object's user metadata (one HEAD per object).
+* ``delete(bucket, keys)`` deletes in batches of at most 1000; missing keys are not an error.
+* ``ensure_bucket(bucket)`` creates the bucket unless it exists.
+* Any failure to reach the store raises :class:`StoreError`, whose message says what failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+DELETE_BATCH = 1000
+CHUNK = 1024 * 1024
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class ObjectStore(Protocol):
+    async def ensure_bucket(self, bucket: str) -> None: ...
+
+    async def put_file(
+        self, bucket: str, key: str, path: str | None, metadata: dict[str, str]
+    ) -> None: ...
+
+    async def get_file(self, bucket: str, key: str, dest: str) -> dict[str, str]: ...
+
+    async def list(self, bucket: str, prefix: str, metadata: bool = False) -> list[ObjectInfo]: ...
+
+    async def delete(self, bucket: str, keys: list[str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class S3ObjectStore:
+    """:class:`ObjectStore` over the S3 API with path-style addressing (MinIO, SeaweedFS, AWS).
+
+    Empty ``endpoint`` / keys fall back to botocore's usual sources (``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, profiles, instance roles).
+    """
+
+    def __init__(
+        self,
+        endpoint: str = "",
+        region: str = "us-east-1",
+        access_key: str = "",
+        secret_key: str = "",
+        *,
+        head_concurrency: int = 16,
+    ) -> None:
+        self._endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+        self._region = region or None
+        self._access_key = access_key or None
+        self._secret_key = secret_key or None
+        self._head_limit = asyncio.Semaphore(max(1, head_concurrency))
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _s3(self) -> Any:
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    from aiobotocore.config import AioConfig
+                    from aiobotocore.session import get_session
+
+                    config = AioConfig(
+                        s3={"addressing_style": "path"},
+                        retries={"max_attempts": 3, "mode": "standard"},
+                        connect_timeout=10,
+                        read_timeout=120,
+                        max_pool_connections=64,
+                    )
+                    self._client = await self._stack.enter_async_context(
+                        get_session().create_client(
+                            "s3",
+                            endpoint_url=self._endpoint,
+                            region_name=self._region,
+                            aws_access_key_id=self._access_key,
+                            aws_secret_access_key=self._secret_key,
+                            config=config,
+                        )
+                    )
+        return self._client
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        s3 = await self._s3()
+        try:
+            await s3.head_bucket(Bucket=bucket)
+            return
+        except Exception as exc:
+            if _status(exc) not in (404, 403, 400):
+                raise StoreError(f"cannot reach bucket {bucket}: {exc}") from exc
+        try:
+            await s3.create_bucket(Bucket=bucket)
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StoreError(f"cannot create bucket {bucket}: {exc}") from exc
+
+    async def put_file(
+        self, bucket: str, key: str, path: str | None, metadata: dict[str, str]
+    ) -> None:
+        s3 = await self._s3()
+        try:
+            if path is None:
+                await s3.put_object(Bucket=bucket, Key=key, Body=b"", Metadata=metadata)
+                return
+            # Streamed from the open file; multipart upload for huge files is future work.
+            with open(path, "rb") as body:
+                await s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"upload of s3://{bucket}/{key} failed: {exc}") from exc
+
+    async def get_file(self, bucket: str, key: str, dest: str) -> dict[str, str]:
+        s3 = await self._s3()
+        try:
+            response = await s3.get_object(Bucket=bucket, Key=key)
+            with open(dest, "wb") as out:
+                async with response["Body"] as stream:
+                    while chunk := await stream.read(CHUNK):
+                        out.write(chunk)
+            return dict(response.get("Metadata") or {})
+        except OSError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"download of s3://{bucket}/{key} failed: {exc}") from exc
+
+    async def list(self, bucket: str, prefix: str, metadata: bool = False) -> list[ObjectInfo]:
+        s3 = await self._s3()
+        found: list[ObjectInfo] = []
+        try:
+            paginator = s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []) or []:
+                    found.append(
+                        ObjectInfo(
+                            key=item["Key"],
+                            size=int(item.get("Size", 0)),
+                            etag=str(item.get("ETag", "")).strip('"'),
+                        )
+                    )
+        except Exception as exc:
+            if _status(exc) == 404:  # no bucket yet: nothing stored
+                return []
+            raise StoreError(f"listing s3://{bucket}/{prefix} failed: {exc}") from exc
+        if metadata:
+            await asyncio.gather(*(self._fill_metadata(s3, bucket, info) for info in found))
+        return found
+
+    async def _fill_metadata(self, s3: Any, bucket: str, info: ObjectInfo) -> None:
+        async with self._head_limit:
+            try:
+                head = await s3.head_object(Bucket=bucket, Key=info.key)
+            except Exception as exc:
+                if _status(exc) == 404:  # deleted meanwhile: treat as metadata-less
+                    return
+                raise StoreError(f"reading metadata of s3://{bucket}/{info.key} failed: {exc}")
+            info.metadata = dict(head.get("Metadata") or {})
+
+    async def delete(self, bucket: str, keys: list[str]) -> None:
+        s3 = await self._s3()
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            try:
+                reply = await s3.delete_objects(
+                    Bucket=bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            except Exception as exc:
+                raise StoreError(f"deleting {len(batch)} objects in {bucket} failed: {exc}")
+            errors = [e for e in reply.get("Errors", []) or [] if e.get("Code") != "NoSuchKey"]
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"deleting {len(errors)} objects in {bucket} failed, first "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                )
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -1,0 +1,135 @@
+"""FakeRuntime: a ContainerRuntime with behaviour, for reconcile tests.
+
+Behaviours per image (``behaviours[image]``) or per notebook (``behaviours[notebook]``):
+
+* ``"ok"`` (default): starts, the editor answers at once.
+* ``"slow"``: the editor answers only after ``answer_after`` probes (default 3).
+* ``"never"``: runs but the editor never answers.
+* ``"exit1"`` / ``"exit0"``: exits right after starting with that code.
+* ``"missing"``: the image does not exist (ImageUnavailable).
+* ``"hang"``: create_and_start blocks until ``release(notebook)`` (a slow pull).
+
+``probe(url)`` is the matching editor probe to inject into the Reconciler. ``exit(notebook,
+code)`` makes a running container exit later. ``calls`` records every call in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from agent.runtime import (
+    ContainerExists,
+    ContainerInfo,
+    ContainerSpec,
+    ImageUnavailable,
+    NoSuchContainer,
+)
+
+
+class FakeRuntime:
+    def __init__(self) -> None:
+        self.containers: dict[str, ContainerInfo] = {}
+        self.specs: dict[str, ContainerSpec] = {}
+        self.behaviours: dict[str, str] = {}
+        self.answer_after = 3
+        self.calls: list[tuple[str, str]] = []
+        self.logs_text: dict[str, str] = {}
+        self._probes: dict[str, int] = {}
+        self._ports = itertools.count(40000)
+        self._gates: dict[str, asyncio.Event] = {}
+        self.closed = False
+
+    def behaviour(self, spec_or_notebook: ContainerSpec | str) -> str:
+        if isinstance(spec_or_notebook, str):
+            spec = self.specs.get(spec_or_notebook)
+            notebook = spec_or_notebook
+        else:
+            spec, notebook = spec_or_notebook, spec_or_notebook.notebook
+        if notebook in self.behaviours:
+            return self.behaviours[notebook]
+        if spec is not None and spec.image in self.behaviours:
+            return self.behaviours[spec.image]
+        return "ok"
+
+    def release(self, notebook: str) -> None:
+        self._gates.setdefault(notebook, asyncio.Event()).set()
+
+    def add_existing(self, info: ContainerInfo) -> None:
+        """A container that was there before the agent started (adoption tests)."""
+        self.containers[info.notebook] = info
+
+    def exit(self, notebook: str, code: int) -> None:
+        info = self.containers[notebook]
+        info.status = "exited"
+        info.exit_code = code
+
+    async def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
+        self.calls.append(("create", spec.notebook))
+        if spec.notebook in self.containers:
+            raise ContainerExists(spec.notebook)
+        behaviour = self.behaviour(spec)
+        if behaviour == "missing":
+            raise ImageUnavailable(f"image {spec.image} is not available: not found")
+        if behaviour == "hang":
+            await self._gates.setdefault(spec.notebook, asyncio.Event()).wait()
+        self.specs[spec.notebook] = spec
+        info = ContainerInfo(
+            notebook=spec.notebook,
+            generation=spec.generation,
+            project=spec.project,
+            gpus=list(spec.gpus),
+            status="running",
+            host_port=next(self._ports),
+            container_id=f"c-{spec.notebook}-{spec.generation}",
+        )
+        if behaviour in ("exit0", "exit1"):
+            info.status = "exited"
+            info.exit_code = int(behaviour[-1])
+        self.containers[spec.notebook] = info
+        return _copy(info)
+
+    async def probe(self, url: str) -> bool:
+        for notebook, info in self.containers.items():
+            if info.host_port is not None and f":{info.host_port}/" in url + "/":
+                if not info.running:
+                    return False
+                behaviour = self.behaviour(notebook)
+                if behaviour == "never":
+                    return False
+                if behaviour == "slow":
+                    self._probes[notebook] = self._probes.get(notebook, 0) + 1
+                    return self._probes[notebook] > self.answer_after
+                return True
+        return False
+
+    async def inspect(self, notebook: str) -> ContainerInfo | None:
+        info = self.containers.get(notebook)
+        return None if info is None else _copy(info)
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        return [_copy(info) for info in self.containers.values()]
+
+    async def stop(self, notebook: str, timeout_s: float = 10.0) -> None:
+        self.calls.append(("stop", notebook))
+        info = self.containers.get(notebook)
+        if info is not None and info.running:
+            info.status = "exited"
+            info.exit_code = 137
+
+    async def remove(self, notebook: str) -> None:
+        self.calls.append(("remove", notebook))
+        self.containers.pop(notebook, None)
+
+    async def logs(self, notebook: str, tail: int = 200) -> str:
+        if notebook not in self.containers:
+            raise NoSuchContainer(notebook)
+        lines = self.logs_text.get(notebook, f"log of {notebook}\n").splitlines(keepends=True)
+        return "".join(lines[-tail:])
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _copy(info: ContainerInfo) -> ContainerInfo:
+    return ContainerInfo(**{**info.__dict__, "gpus": list(info.gpus)})
