@@ -1,0 +1,433 @@
+"""Desired vs actual: the agent's half of the notebook lifecycle (design.md, "Lifecycle").
+
+The scheduler's assignments say what it wants; Docker and the host dirs say what is. Each
+:meth:`Reconciler.tick` starts one step per notebook in its own task, guarded by a per-notebook
+lock and skipped while that notebook's previous step still runs, so a slow pull or push of one
+notebook never delays another. A step looks at the container and does the next thing:
+
+* ``desired=running``: workspace (use host dir, else restore; marker rules), create and start
+  ``nbfleet-<id>``, report RUNNING once the editor answers HTTP; an exit code N ≠ 0 → push →
+  FAILED ``container exited with code N``; exit 0 → STOPPING → push → STOPPED; no answer within
+  ``start_timeout_s`` → FAILED. A container of another generation is removed first.
+* ``desired=stopped``: stop and remove the container, remove scratch, push the workspace, remove
+  the host dir only after the push succeeded, STOPPED (a failed push: FAILED, dir kept).
+* ``desired=deleted``: remove the container, the host dirs and the workspace objects, DELETED.
+
+Nothing is destroyed before the first assignments arrive: after an agent restart the existing
+containers are adopted (a running notebook is found RUNNING again, never restarted). A managed
+container no assignment mentions (the scheduler gave up on it) is stopped and its workspace
+pushed.
+
+Every state change goes through :meth:`Reconciler._set_state`: the ones this agent causes are
+validated with :func:`common.states.check` and queued in the outbox; the scheduler's own
+(STOPPING and DELETING set by a user) are adopted from assignments without a report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from agent.report import Outbox
+from agent.runtime import (
+    ContainerExists,
+    ContainerInfo,
+    ContainerRuntime,
+    ContainerSpec,
+    ImageUnavailable,
+)
+from agent.workspace.host import HostWorkspaces, MarkerMissing
+from common.config import AgentConfig
+from common.states import InvalidTransition, NotebookState, check
+from common.wire import Assignment, Transition
+
+log = logging.getLogger(__name__)
+
+S = NotebookState
+Probe = Callable[[str], Awaitable[bool]]
+
+
+async def http_probe(url: str) -> bool:
+    """True when something answers HTTP below 500 at ``url`` (a login page counts)."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+            async with session.get(url, allow_redirects=False) as response:
+                return response.status < 500
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
+
+
+@dataclass
+class NotebookRecord:
+    """What this agent knows about one run (generation) of a notebook."""
+
+    notebook: str
+    generation: int
+    state: NotebookState
+    #: When this agent first worked on this generation: the start timeout counts from here.
+    first_seen: float
+    running_since: float | None = None
+    url: str | None = None
+    last_error: str = ""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        config: AgentConfig,
+        runtime: ContainerRuntime,
+        workspaces: HostWorkspaces,
+        outbox: Outbox,
+        *,
+        clock: Callable[[], float] = time.time,
+        probe: Probe = http_probe,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.workspaces = workspaces
+        self.outbox = outbox
+        self.clock = clock
+        self.probe = probe
+        self.assignments: dict[str, Assignment] = {}
+        self.records: dict[str, NotebookRecord] = {}
+        #: Managed containers as last listed: notebook id → info.
+        self.containers: dict[str, ContainerInfo] = {}
+        self._synced = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------ inputs and outputs
+
+    def set_assignments(self, items: list[Assignment]) -> None:
+        self.assignments = {item.notebook: item for item in items}
+        self._synced = True
+        for notebook in list(self.records):
+            if notebook not in self.assignments and notebook not in self._busy():
+                del self.records[notebook]
+
+    async def adopt(self) -> None:
+        """Learn the containers that already exist (agent restart). Touches nothing."""
+        await self._refresh_containers()
+        for info in self.containers.values():
+            log.info(
+                "notebook=%s generation=%d adopting container (status %s)",
+                info.notebook,
+                info.generation,
+                info.status,
+            )
+
+    def running(self) -> list[tuple[str, int, float]]:
+        """``(notebook, generation, running_since)`` of every notebook RUNNING here."""
+        return [
+            (r.notebook, r.generation, r.running_since)
+            for r in self.records.values()
+            if r.state == S.RUNNING and r.running_since is not None
+        ]
+
+    def container_ids(self) -> list[str]:
+        return sorted(self.containers)
+
+    # ------------------------------------------------------------ the loop body
+
+    async def tick(self) -> None:
+        """Start one step for every notebook that needs one and is not already busy. Returns
+        without waiting for the steps; :meth:`idle` waits for them."""
+        try:
+            await self._refresh_containers()
+        except Exception:
+            log.exception("reconcile: listing containers failed; retrying next tick")
+            return
+        if not self._synced:
+            return
+        for notebook, assignment in self.assignments.items():
+            self._launch(notebook, self._step, assignment.notebook)
+        for notebook in self.containers:
+            if notebook not in self.assignments:
+                self._launch(notebook, self._retire_orphan, notebook)
+
+    async def idle(self) -> None:
+        """Wait until every step started so far has finished (tests, shutdown)."""
+        while busy := [task for task in self._tasks.values() if not task.done()]:
+            await asyncio.gather(*busy, return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _busy(self) -> set[str]:
+        return {notebook for notebook, task in self._tasks.items() if not task.done()}
+
+    def _launch(self, notebook: str, work: Callable[[str], Awaitable[None]], arg: str) -> None:
+        task = self._tasks.get(notebook)
+        if task is not None and not task.done():
+            return
+        self._tasks[notebook] = asyncio.create_task(
+            self._guarded(notebook, work, arg), name=f"reconcile-{notebook}"
+        )
+
+    async def _guarded(self, notebook: str, work: Callable[[str], Awaitable[None]], arg: str):
+        lock = self._locks.setdefault(notebook, asyncio.Lock())
+        async with lock:
+            try:
+                await work(arg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("notebook=%s reconcile step failed; retrying next tick", notebook)
+
+    async def _refresh_containers(self) -> None:
+        self.containers = {info.notebook: info for info in await self.runtime.list_managed()}
+
+    # ------------------------------------------------------------ state: the one path
+
+    def _set_state(
+        self,
+        record: NotebookRecord,
+        state: NotebookState,
+        reason: str,
+        *,
+        report: bool = True,
+        url: str | None = None,
+    ) -> None:
+        if not report:
+            if record.state != state:
+                log.info(
+                    "notebook=%s scheduler set %s (was %s)", record.notebook, state, record.state
+                )
+                record.state = state
+            return
+        try:
+            if not check(record.state, state):
+                return
+        except InvalidTransition as exc:
+            log.error("notebook=%s not reporting %s: %s", record.notebook, state, exc)
+            return
+        now = self.clock()
+        log.info(
+            "notebook=%s generation=%d %s: %s", record.notebook, record.generation, state, reason
+        )
+        record.state = state
+        if state == S.RUNNING:
+            record.running_since = now
+            record.url = url
+        self.outbox.add_transition(
+            Transition(
+                notebook=record.notebook,
+                generation=record.generation,
+                state=state,
+                reason=reason,
+                at=now,
+                url=url,
+            )
+        )
+
+    def _record(self, assignment: Assignment) -> NotebookRecord | None:
+        """The record for the assignment's generation, created or brought in line with the
+        scheduler; ``None`` for an assignment older than what this agent already runs."""
+        record = self.records.get(assignment.notebook)
+        if record is not None and record.generation > assignment.generation:
+            return None
+        if record is None or record.generation < assignment.generation:
+            record = NotebookRecord(
+                notebook=assignment.notebook,
+                generation=assignment.generation,
+                state=assignment.state,
+                first_seen=self.clock(),
+                running_since=assignment.running_since,
+            )
+            self.records[assignment.notebook] = record
+            return record
+        wanted = assignment.state
+        if wanted == S.DELETING and record.state != S.DELETED:
+            self._set_state(record, S.DELETING, "", report=False)
+        elif wanted == S.STOPPING and record.state in (S.STARTING, S.RUNNING):
+            self._set_state(record, S.STOPPING, "", report=False)
+        elif wanted == S.RUNNING and record.state == S.STARTING:
+            # The scheduler already has our RUNNING (e.g. from before an agent restart).
+            self._set_state(record, S.RUNNING, "", report=False)
+            record.running_since = record.running_since or assignment.running_since
+        return record
+
+    # ------------------------------------------------------------ steps
+
+    async def _step(self, notebook: str) -> None:
+        assignment = self.assignments.get(notebook)
+        if assignment is None:
+            return
+        record = self._record(assignment)
+        if record is None:
+            return
+        if assignment.desired == "deleted":
+            await self._delete(record)
+        elif assignment.desired == "stopped":
+            await self._stop(record)
+        else:
+            await self._run(record, assignment)
+
+    async def _run(self, record: NotebookRecord, assignment: Assignment) -> None:
+        if record.state == S.STOPPING:  # an exit 0 whose push did not finish
+            await self._push_then(record, S.STOPPED, "container exited with code 0")
+            return
+        if record.state not in (S.STARTING, S.RUNNING):
+            return  # already ended; the scheduler has not caught up yet
+        notebook = record.notebook
+        info = await self.runtime.inspect(notebook)
+        if info is not None and info.generation != record.generation:
+            log.info(
+                "notebook=%s removing container of generation %d (current %d)",
+                notebook,
+                info.generation,
+                record.generation,
+            )
+            await self.runtime.stop(notebook)
+            await self.runtime.remove(notebook)
+            info = None
+        if info is None:
+            if record.state == S.RUNNING:
+                await self._push_then(record, S.FAILED, "container disappeared")
+                return
+            info = await self._create(record, assignment)
+            if info is None:
+                return
+        if not info.running:
+            await self._exited(record, info)
+            return
+        if record.state == S.STARTING:
+            url = None
+            if info.host_port:
+                url = f"http://{self.config.public_host}:{info.host_port}{assignment.url_path}"
+            if url is not None and await self.probe(url):
+                self._set_state(record, S.RUNNING, "editor answers", url=url)
+            elif self._timed_out(record):
+                await self.runtime.stop(notebook)
+                await self.runtime.remove(notebook)
+                await self._push_then(
+                    record,
+                    S.FAILED,
+                    f"editor did not answer within {self.config.start_timeout_s:.0f}s",
+                )
+
+    def _timed_out(self, record: NotebookRecord) -> bool:
+        return self.clock() - record.first_seen > self.config.start_timeout_s
+
+    async def _create(self, record: NotebookRecord, assignment: Assignment) -> ContainerInfo | None:
+        """Workspace, then container. ``None`` when this step can go no further."""
+        notebook = record.notebook
+        if self._timed_out(record):
+            reason = f"notebook did not start within {self.config.start_timeout_s:.0f}s"
+            if record.last_error:
+                reason += f": {record.last_error}"
+            self._set_state(record, S.FAILED, reason)
+            return None
+        try:
+            await self.workspaces.prepare(notebook, assignment.initialized)
+        except MarkerMissing as exc:
+            self._set_state(record, S.ERROR, str(exc))
+            return None
+        except Exception as exc:
+            record.last_error = f"workspace restore failed: {exc}"
+            log.warning("notebook=%s %s; retrying next tick", notebook, record.last_error)
+            return None
+        spec = ContainerSpec(
+            notebook=notebook,
+            project=assignment.project,
+            generation=record.generation,
+            image=assignment.image,
+            command=list(assignment.command),
+            env=dict(assignment.env),
+            user=assignment.user,
+            gpus=list(assignment.gpus),
+            cpu=assignment.cpu,
+            memory_mb=assignment.memory_mb,
+            editor_port=assignment.editor_port,
+            workspace_dir=self.workspaces.workspace_dir(notebook),
+            scratch_dir=self.workspaces.scratch(notebook),
+            public_host=self.config.public_host,
+            nvidia_runtime=self.config.nvidia_runtime,
+        )
+        try:
+            info = await self.runtime.create_and_start(spec)
+        except ImageUnavailable as exc:
+            self._set_state(record, S.ERROR, str(exc))
+            return None
+        except ContainerExists:
+            return None  # created meanwhile; the next step inspects it
+        except Exception as exc:
+            record.last_error = f"container start failed: {exc}"
+            log.warning("notebook=%s %s; retrying next tick", notebook, record.last_error)
+            return None
+        log.info("notebook=%s generation=%d container started", notebook, record.generation)
+        return info
+
+    async def _exited(self, record: NotebookRecord, info: ContainerInfo) -> None:
+        notebook = record.notebook
+        if info.exit_code is None:
+            # Created but never started (an agent crash between create and start): redo.
+            await self.runtime.remove(notebook)
+            return
+        await self.runtime.remove(notebook)
+        reason = f"container exited with code {info.exit_code}"
+        if info.exit_code != 0:
+            await self._push_then(record, S.FAILED, reason)
+        else:
+            self._set_state(record, S.STOPPING, reason)
+            await self._push_then(record, S.STOPPED, reason)
+
+    async def _push_then(self, record: NotebookRecord, state: NotebookState, reason: str) -> None:
+        """Remove scratch, push the workspace, drop the host dir, report ``state``. A failed
+        push reports FAILED instead and keeps the host dir (the next start uses it)."""
+        notebook = record.notebook
+        await self.workspaces.remove_scratch(notebook)
+        try:
+            await self.workspaces.push(notebook)
+        except Exception as exc:
+            log.warning("notebook=%s workspace push failed, keeping host dir: %s", notebook, exc)
+            failure = f"workspace push failed: {exc}"
+            if state == S.FAILED:
+                failure = f"{reason}; {failure}"
+            self._set_state(record, S.FAILED, failure)
+            return
+        await self.workspaces.remove_workspace_dir(notebook)
+        self._set_state(record, state, reason)
+
+    async def _stop(self, record: NotebookRecord) -> None:
+        if record.state in (S.STOPPED, S.FAILED, S.ERROR):
+            return
+        await self.runtime.stop(record.notebook)
+        await self.runtime.remove(record.notebook)
+        await self._push_then(record, S.STOPPED, "stopped")
+
+    async def _delete(self, record: NotebookRecord) -> None:
+        if record.state == S.DELETED:
+            return
+        notebook = record.notebook
+        await self.runtime.stop(notebook, timeout_s=2)
+        await self.runtime.remove(notebook)
+        await self.workspaces.remove_scratch(notebook)
+        await self.workspaces.remove_workspace_dir(notebook)
+        deleted = await self.workspaces.delete_remote(notebook)
+        log.info("notebook=%s deleted %d workspace objects", notebook, deleted)
+        self._set_state(record, S.DELETED, "deleted")
+
+    async def _retire_orphan(self, notebook: str) -> None:
+        """A managed container no assignment wants: stop it and save its workspace."""
+        if notebook in self.assignments:
+            return
+        log.warning("notebook=%s container is not assigned to this host; stopping it", notebook)
+        await self.runtime.stop(notebook)
+        await self.runtime.remove(notebook)
+        await self.workspaces.remove_scratch(notebook)
+        try:
+            await self.workspaces.push(notebook)
+        except Exception as exc:
+            log.warning(
+                "notebook=%s orphan workspace push failed, keeping host dir: %s", notebook, exc
+            )
+            return
+        await self.workspaces.remove_workspace_dir(notebook)

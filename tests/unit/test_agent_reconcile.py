@@ -1,0 +1,382 @@
+"""Reconcile decisions, driven through tick() with a FakeRuntime, FakeObjectStore and FakeClock."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.reconcile import Reconciler
+from agent.report import Outbox
+from agent.runtime import ContainerInfo
+from agent.workspace.host import MARKER, HostWorkspaces
+from common.config import AgentConfig
+from common.states import NotebookState as S
+from common.wire import Assignment
+from tests.fakes.inventory import FakeClock
+from tests.fakes.objectstore import FakeObjectStore
+from tests.fakes.runtime import FakeRuntime
+from tests.fakes.scheduler import FakeSink
+
+BUCKET = "nbfleet-workspaces"
+
+
+@dataclass
+class Rig:
+    reconciler: Reconciler
+    runtime: FakeRuntime
+    store: FakeObjectStore
+    sink: FakeSink
+    outbox: Outbox
+    clock: FakeClock
+    root: Path
+
+    async def tick(self, times: int = 1) -> None:
+        for _ in range(times):
+            await self.reconciler.tick()
+            await self.reconciler.idle()
+        await self.outbox.tick()
+
+    def assign(self, *items: Assignment) -> None:
+        self.reconciler.set_assignments(list(items))
+
+    def reported(self, notebook: str | None = None) -> list[tuple[str, str]]:
+        return [
+            (t.state.value, t.reason)
+            for t in self.sink.sent
+            if notebook is None or t.notebook == notebook
+        ]
+
+    def workspace(self, notebook: str) -> Path:
+        return self.root / "workspaces" / notebook
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    config = AgentConfig(
+        host_id="h1",
+        workspaces_dir=str(tmp_path / "workspaces"),
+        scratch_dir=str(tmp_path / "scratch"),
+        public_host="127.0.0.1",
+        start_timeout_s=60,
+    )
+    runtime = FakeRuntime()
+    store = FakeObjectStore()
+    sink = FakeSink()
+    outbox = Outbox(sink)
+    clock = FakeClock()
+    workspaces = HostWorkspaces(store, BUCKET, config.workspaces_dir, config.scratch_dir)
+    reconciler = Reconciler(config, runtime, workspaces, outbox, clock=clock, probe=runtime.probe)
+    return Rig(reconciler, runtime, store, sink, outbox, clock, tmp_path)
+
+
+def assignment(notebook: str = "nb1", **overrides) -> Assignment:
+    fields = dict(
+        notebook=notebook,
+        project="p1",
+        generation=1,
+        desired="running",
+        state=S.STARTING,
+        image="tiny:ok",
+        command=["editor"],
+        editor_port=8888,
+        url_path="/lab",
+        gpus=["GPU-1"],
+        cpu=4,
+        memory_mb=1024,
+        env={},
+        initialized=False,
+        access_token="t",
+    )
+    fields.update(overrides)
+    return Assignment(**fields)
+
+
+async def test_start_reports_running_with_url_and_creates_marker(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    spec = rig.runtime.specs["nb1"]
+    port = rig.runtime.containers["nb1"].host_port
+    assert rig.reported() == [("RUNNING", "editor answers")]
+    assert rig.sink.sent[0].url == f"http://127.0.0.1:{port}/lab"
+    assert spec.user == "1000:1000" and spec.gpus == ["GPU-1"]
+    assert (rig.workspace("nb1") / MARKER).exists()
+    assert rig.reconciler.running() == [("nb1", 1, rig.clock.now)]
+
+
+async def test_slow_editor_stays_starting_until_it_answers(rig: Rig) -> None:
+    rig.runtime.behaviours["tiny:ok"] = "slow"
+    rig.runtime.answer_after = 2
+    rig.assign(assignment())
+    await rig.tick(2)
+    assert rig.reported() == []
+    await rig.tick()
+    assert rig.reported() == [("RUNNING", "editor answers")]
+
+
+async def test_editor_that_never_answers_fails_after_start_timeout(rig: Rig) -> None:
+    rig.runtime.behaviours["tiny:ok"] = "never"
+    rig.assign(assignment())
+    await rig.tick()
+    rig.clock.advance(59)
+    await rig.tick()
+    assert rig.reported() == []
+    rig.clock.advance(2)
+    await rig.tick()
+    assert rig.reported() == [("FAILED", "editor did not answer within 60s")]
+    assert "nb1" not in rig.runtime.containers
+    assert rig.store.keys(BUCKET, "nb1/workspace/") == [f"nb1/workspace/{MARKER}"]
+
+
+async def test_exit_nonzero_pushes_then_fails(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "notes.txt").write_text("hello")
+    rig.runtime.exit("nb1", 3)
+    await rig.tick()
+    assert rig.reported() == [
+        ("RUNNING", "editor answers"),
+        ("FAILED", "container exited with code 3"),
+    ]
+    assert "nb1/workspace/notes.txt" in rig.store.keys(BUCKET)
+    assert not rig.workspace("nb1").exists()
+    assert rig.reconciler.running() == []
+
+
+async def test_exit_before_running(rig: Rig) -> None:
+    rig.runtime.behaviours["tiny:ok"] = "exit1"
+    rig.assign(assignment())
+    await rig.tick(2)
+    assert rig.reported() == [("FAILED", "container exited with code 1")]
+
+
+async def test_exit_zero_goes_stopping_then_stopped(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.runtime.exit("nb1", 0)
+    await rig.tick()
+    assert [state for state, _ in rig.reported()] == ["RUNNING", "STOPPING", "STOPPED"]
+
+
+async def test_stop_removes_container_pushes_and_removes_host_dirs(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "model.py").write_text("x = 1")
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    assert rig.reported()[-1] == ("STOPPED", "stopped")
+    assert "nb1" not in rig.runtime.containers
+    assert ("stop", "nb1") in rig.runtime.calls and ("remove", "nb1") in rig.runtime.calls
+    assert not rig.workspace("nb1").exists()
+    assert not (rig.root / "scratch" / "nb1").exists()
+    assert "nb1/workspace/model.py" in rig.store.keys(BUCKET)
+
+
+async def test_stop_with_push_failure_reports_failed_and_keeps_host_dir(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.store.down_for(100)
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    state, reason = rig.reported()[-1]
+    assert state == "FAILED" and reason.startswith("workspace push failed: ")
+    assert rig.workspace("nb1").exists()
+    # The next start uses the kept dir as is, even while S3 is still down.
+    rig.store.down_for(0)
+    (rig.workspace("nb1") / "unsaved.txt").write_text("kept")
+    rig.assign(assignment(generation=2, initialized=True))
+    await rig.tick()
+    assert rig.reported("nb1")[-1] == ("RUNNING", "editor answers")
+    assert (rig.workspace("nb1") / "unsaved.txt").read_text() == "kept"
+
+
+async def test_restart_restores_workspace_from_object_store(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "data.csv").write_text("a,b\n")
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    assert not rig.workspace("nb1").exists()
+    rig.assign(assignment(generation=2, initialized=True))
+    await rig.tick()
+    assert (rig.workspace("nb1") / "data.csv").read_text() == "a,b\n"
+    assert rig.reported()[-1] == ("RUNNING", "editor answers")
+    assert rig.sink.sent[-1].generation == 2
+
+
+async def test_initialized_workspace_without_marker_is_an_error(rig: Rig) -> None:
+    rig.assign(assignment(initialized=True))
+    await rig.tick()
+    state, reason = rig.reported()[0]
+    assert state == "ERROR"
+    assert "workspace marker .workspace.initialized is missing" in reason
+    assert rig.runtime.containers == {}
+    assert not rig.workspace("nb1").exists()
+
+
+async def test_restore_failure_retries_then_start_timeout_fails(rig: Rig) -> None:
+    rig.store.down_for(1000)
+    rig.assign(assignment())
+    await rig.tick()
+    assert rig.reported() == []
+    rig.clock.advance(61)
+    await rig.tick()
+    state, reason = rig.reported()[0]
+    assert state == "FAILED"
+    assert "did not start within 60s: workspace restore failed" in reason
+
+
+async def test_s3_down_briefly_only_delays_the_start(rig: Rig) -> None:
+    rig.store.down_for(1)
+    rig.assign(assignment())
+    await rig.tick()
+    assert rig.reported() == []
+    await rig.tick()
+    assert rig.reported() == [("RUNNING", "editor answers")]
+
+
+async def test_missing_image_is_an_error(rig: Rig) -> None:
+    rig.runtime.behaviours["tiny:ok"] = "missing"
+    rig.assign(assignment())
+    await rig.tick()
+    assert rig.reported() == [("ERROR", "image tiny:ok is not available: not found")]
+
+
+async def test_delete_removes_everything(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    assert rig.store.keys(BUCKET, "nb1/")
+    rig.assign(assignment(desired="deleted", state=S.DELETING))
+    await rig.tick()
+    assert rig.reported()[-1] == ("DELETED", "deleted")
+    assert rig.store.keys(BUCKET, "nb1/") == []
+    assert not rig.workspace("nb1").exists()
+
+
+async def test_delete_of_running_notebook(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.assign(assignment(desired="deleted", state=S.DELETING))
+    await rig.tick()
+    assert [s for s, _ in rig.reported()] == ["RUNNING", "DELETED"]
+    assert rig.runtime.containers == {}
+    assert rig.store.keys(BUCKET, "nb1/") == []
+
+
+async def test_slow_pull_of_one_notebook_does_not_block_another(rig: Rig) -> None:
+    rig.runtime.behaviours["slow-nb"] = "hang"
+    rig.assign(assignment("slow-nb"), assignment("fast-nb"))
+    for _ in range(2):
+        await rig.reconciler.tick()
+        await _settle_except(rig, "slow-nb")
+    await rig.outbox.tick()
+    assert rig.reported("fast-nb") == [("RUNNING", "editor answers")]
+    assert rig.reported("slow-nb") == []
+    assert rig.runtime.calls.count(("create", "slow-nb")) == 1  # not started twice
+    rig.runtime.release("slow-nb")
+    await rig.tick(2)
+    assert rig.reported("slow-nb") == [("RUNNING", "editor answers")]
+
+
+async def _settle_except(rig: Rig, busy: str) -> None:
+    import asyncio
+
+    for task_name, task in list(rig.reconciler._tasks.items()):
+        if task_name != busy:
+            await task
+    await asyncio.sleep(0)
+
+
+async def test_adoption_after_restart_keeps_running_container(rig: Rig) -> None:
+    rig.runtime.add_existing(
+        ContainerInfo(notebook="nb1", generation=1, status="running", host_port=41000)
+    )
+    await rig.reconciler.adopt()
+    await rig.tick()  # no assignments yet: nothing may be touched
+    assert rig.runtime.calls == []
+    rig.assign(assignment(state=S.RUNNING, running_since=rig.clock.now - 120))
+    await rig.tick()
+    assert rig.runtime.calls == []
+    assert rig.reported() == []
+    assert rig.reconciler.running() == [("nb1", 1, rig.clock.now - 120)]
+    assert rig.reconciler.container_ids() == ["nb1"]
+
+
+async def test_adopted_starting_container_is_reported_running(rig: Rig) -> None:
+    rig.runtime.add_existing(
+        ContainerInfo(notebook="nb1", generation=1, status="running", host_port=41001)
+    )
+    await rig.reconciler.adopt()
+    rig.assign(assignment())
+    await rig.tick()
+    assert rig.reported() == [("RUNNING", "editor answers")]
+    assert rig.sink.sent[0].url == "http://127.0.0.1:41001/lab"
+
+
+async def test_container_of_older_generation_is_replaced(rig: Rig) -> None:
+    rig.runtime.add_existing(
+        ContainerInfo(notebook="nb1", generation=1, status="running", host_port=41002)
+    )
+    rig.assign(assignment(generation=2))
+    await rig.tick()
+    assert rig.runtime.containers["nb1"].generation == 2
+    assert rig.runtime.calls[:3] == [("stop", "nb1"), ("remove", "nb1"), ("create", "nb1")]
+
+
+async def test_orphan_container_is_stopped_and_its_workspace_saved(rig: Rig) -> None:
+    rig.runtime.add_existing(
+        ContainerInfo(notebook="gone", generation=4, status="running", host_port=41003)
+    )
+    os.makedirs(rig.workspace("gone"))
+    (rig.workspace("gone") / "f.txt").write_text("x")
+    await rig.reconciler.adopt()
+    rig.assign()
+    await rig.tick()
+    assert rig.runtime.containers == {}
+    assert rig.store.keys(BUCKET, "gone/") == ["gone/workspace/f.txt"]
+    assert rig.reported() == []
+
+
+async def test_usage_is_cumulative_commenced_minutes(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.clock.advance(61)
+    rig.outbox.record_usage(rig.reconciler.running(), rig.clock.now)
+    rig.clock.advance(60)
+    rig.outbox.record_usage(rig.reconciler.running(), rig.clock.now)
+    assert [u.billed_minutes for u in rig.outbox.pending_usage] == [3]
+    await rig.outbox.tick()
+    assert [(u.notebook, u.generation, u.billed_minutes) for u in rig.sink.usage_items] == [
+        ("nb1", 1, 3)
+    ]
+
+
+async def test_outbox_keeps_order_while_scheduler_is_down(rig: Rig) -> None:
+    rig.sink.down_for(2)
+    rig.assign(assignment())
+    await rig.reconciler.tick()
+    await rig.reconciler.idle()
+    rig.runtime.exit("nb1", 0)
+    await rig.reconciler.tick()
+    await rig.reconciler.idle()
+    for _ in range(2):
+        with pytest.raises(Exception, match="down"):
+            await rig.outbox.tick()
+    await rig.outbox.tick()
+    assert [s for s, _ in rig.reported()] == ["RUNNING", "STOPPING", "STOPPED"]
+    assert rig.outbox.empty()
+
+
+async def test_scheduler_stop_while_starting_is_adopted(rig: Rig) -> None:
+    rig.runtime.behaviours["tiny:ok"] = "never"
+    rig.assign(assignment())
+    await rig.tick()
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    assert rig.reported() == [("STOPPED", "stopped")]
+    await rig.tick()
+    assert rig.reported() == [("STOPPED", "stopped")]  # reported once
