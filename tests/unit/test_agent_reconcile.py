@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,12 +284,15 @@ async def test_slow_pull_of_one_notebook_does_not_block_another(rig: Rig) -> Non
 
 
 async def _settle_except(rig: Rig, busy: str) -> None:
-    import asyncio
-
+    """Wait for every step but ``busy``'s, and until ``busy`` is blocked in its create."""
     for task_name, task in list(rig.reconciler._tasks.items()):
         if task_name != busy:
             await task
-    await asyncio.sleep(0)
+    for _ in range(500):
+        if ("create", busy) in rig.runtime.calls:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{busy} never reached create_and_start")
 
 
 async def test_adoption_after_restart_keeps_running_container(rig: Rig) -> None:
