@@ -287,7 +287,7 @@ def build_agent(
         config,
         host_id=host_id,
         secret=secret,
-        runtime=runtime or DockerRuntime(config.docker_url),
+        runtime=runtime or DockerRuntime(config.docker_url, host_id=host_id),
         inventory=inventory or NvmlInventory(),
         store=store
         or S3ObjectStore(

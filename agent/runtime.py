@@ -3,8 +3,9 @@
 Contract of :class:`ContainerRuntime`:
 
 * One container per notebook, named ``nbfleet-<notebook id>``, labelled ``nbfleet.managed=1``,
-  ``nbfleet.notebook``, ``nbfleet.project``, ``nbfleet.generation`` and ``nbfleet.gpus``
-  (comma-separated UUIDs). The labels are how a restarted agent adopts what it already runs.
+  ``nbfleet.notebook``, ``nbfleet.project``, ``nbfleet.generation``, ``nbfleet.gpus``
+  (comma-separated UUIDs) and ``nbfleet.host``. The labels are how a restarted agent adopts
+  what it already runs; ``list_managed`` returns only this host's containers.
 * ``create_and_start`` creates and starts; a container of that name already existing is an error
   (:class:`ContainerExists`): the caller decides whether the old one may go. An image that is
   neither present nor pullable is :class:`ImageUnavailable`.
@@ -37,6 +38,8 @@ L_NOTEBOOK = "nbfleet.notebook"
 L_PROJECT = "nbfleet.project"
 L_GENERATION = "nbfleet.generation"
 L_GPUS = "nbfleet.gpus"
+#: Which agent owns the container: several agents may share one dockerd (tests, e2e).
+L_HOST = "nbfleet.host"
 
 
 def container_name(notebook: str) -> str:
@@ -147,7 +150,11 @@ def chown_tree(root: str, uid: int, gid: int) -> None:
 
 
 def container_config(
-    spec: ContainerSpec, *, cpus: int | None = None, memory_mb: int | None = None
+    spec: ContainerSpec,
+    *,
+    host_id: str = "",
+    cpus: int | None = None,
+    memory_mb: int | None = None,
 ) -> dict[str, Any]:
     """The Docker create body for ``spec`` (separate from the API call so it can be tested)."""
     cpus = host_cpus() if cpus is None else cpus
@@ -175,6 +182,15 @@ def container_config(
         host_config["DeviceRequests"] = [
             {"Driver": "nvidia", "DeviceIDs": list(spec.gpus), "Capabilities": [["gpu"]]}
         ]
+    labels = {
+        L_MANAGED: "1",
+        L_NOTEBOOK: spec.notebook,
+        L_PROJECT: spec.project,
+        L_GENERATION: str(spec.generation),
+        L_GPUS: ",".join(spec.gpus),
+    }
+    if host_id:
+        labels[L_HOST] = host_id
     return {
         "Image": spec.image,
         "Cmd": list(spec.command),
@@ -182,13 +198,7 @@ def container_config(
         "WorkingDir": "/workspace",
         "Env": [f"{key}={value}" for key, value in sorted(env.items())],
         "ExposedPorts": {port_key: {}},
-        "Labels": {
-            L_MANAGED: "1",
-            L_NOTEBOOK: spec.notebook,
-            L_PROJECT: spec.project,
-            L_GENERATION: str(spec.generation),
-            L_GPUS: ",".join(spec.gpus),
-        },
+        "Labels": labels,
         "HostConfig": host_config,
     }
 
@@ -218,10 +228,15 @@ def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
 
 
 class DockerRuntime:
-    """:class:`ContainerRuntime` on a Docker daemon. ``url`` empty means Docker's default."""
+    """:class:`ContainerRuntime` on a Docker daemon. ``url`` empty means Docker's default.
 
-    def __init__(self, url: str = "") -> None:
+    With ``host_id`` set, containers also carry ``nbfleet.host=<host_id>`` and
+    ``list_managed`` sees only those, so agents sharing a daemon never adopt each other's.
+    """
+
+    def __init__(self, url: str = "", *, host_id: str = "") -> None:
         self._url = url or None
+        self.host_id = host_id
         self._docker: aiodocker.Docker | None = None
 
     def _client(self) -> aiodocker.Docker:
@@ -235,7 +250,7 @@ class DockerRuntime:
             self._docker = None
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
-        config = container_config(spec)
+        config = container_config(spec, host_id=self.host_id)
         uid, gid = parse_user(spec.user)
         await asyncio.to_thread(chown_tree, spec.workspace_dir, uid, gid)
         await asyncio.to_thread(chown_tree, spec.scratch_dir, uid, gid)
@@ -273,9 +288,10 @@ class DockerRuntime:
         return _info_from_inspect(container._container)
 
     async def list_managed(self) -> list[ContainerInfo]:
-        containers = await self._client().containers.list(
-            all=True, filters={"label": [f"{L_MANAGED}=1"]}
-        )
+        labels = [f"{L_MANAGED}=1"]
+        if self.host_id:
+            labels.append(f"{L_HOST}={self.host_id}")
+        containers = await self._client().containers.list(all=True, filters={"label": labels})
         found = []
         for container in containers:
             try:
