@@ -18,7 +18,7 @@ nbf_require_root() {
 nbf_apt_install() {
     local missing=() pkg
     for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] \
             || missing+=("$pkg")
     done
     ((${#missing[@]})) || return 0
@@ -38,9 +38,9 @@ nbf_apt_install() {
 nbf_pip_install_repo() {
     local extra=${1:-} spec="$NBF_REPO"
     [[ -n $extra ]] && spec="$NBF_REPO[$extra]"
-    if [[ -z $extra ]] \
-        && "$NBF_PYTHON" -m pip show nbfleet 2>/dev/null \
-            | grep -qx "Editable project location: $NBF_REPO" \
+    local shown
+    shown=$("$NBF_PYTHON" -m pip show nbfleet 2>/dev/null || true)
+    if [[ -z $extra ]] && grep -qx "Editable project location: $NBF_REPO" <<<"$shown" \
         && command -v nbfleet-scheduler >/dev/null; then
         return 0
     fi
@@ -69,7 +69,11 @@ nbf_ensure_dockerd() {
         rm -f /var/run/docker.pid
     fi
     nbf_log "starting dockerd (log: $state/dockerd.log)"
-    setsid dockerd >>"$state/dockerd.log" 2>&1 </dev/null &
+    # NBF_DOCKERD_ARGS: extra dockerd flags (a second daemon on its own socket, for testing
+    # these scripts next to a dockerd that must not be disturbed). Never give such a second
+    # daemon "--bridge none": dockerd then deletes the shared docker0 interface.
+    # shellcheck disable=SC2086
+    setsid dockerd ${NBF_DOCKERD_ARGS:-} >>"$state/dockerd.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$state/dockerd.pid"
     for ((i = 0; i < 60; i++)); do
@@ -85,9 +89,12 @@ nbf_ensure_dockerd() {
     done
     echo "---- last lines of $state/dockerd.log ----" >&2
     tail -n 40 "$state/dockerd.log" >&2 || true
-    kill "$pid" 2>/dev/null || true
     rm -f "$state/dockerd.pid"
-    nbf_die "dockerd did not answer 'docker info' within 60 s"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        nbf_die "dockerd did not answer 'docker info' within 60 s (log: $state/dockerd.log)"
+    fi
+    nbf_die "dockerd exited at start (log: $state/dockerd.log)"
 }
 
 # nbf_stop_pid NAME PIDFILE [SECONDS]: TERM, wait, then KILL the process in PIDFILE.
