@@ -167,7 +167,7 @@ class Agent:
 
     async def _start_http(self) -> None:
         host, port = split_hostport(self.config.listen)
-        self._runner = web.AppRunner(self.web_app(), access_log=None)
+        self._runner = web.AppRunner(self.web_app(), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()

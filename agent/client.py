@@ -96,7 +96,7 @@ class SchedulerClient:
                 payload = await response.read()
                 status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise SchedulerUnavailable(f"{method} {path_qs}: {exc!r}") from exc
+            raise SchedulerUnavailable(f"{method} {path_qs}: {exc or type(exc).__name__}") from exc
         if status >= 500:
             raise SchedulerUnavailable(f"{method} {path_qs}: HTTP {status}: {payload[:200]!r}")
         if status >= 400:
