@@ -139,7 +139,9 @@ async def test_exit_code_and_logs(
     notebook = new_notebook_id(notebook_ids)
     runtime = DockerRuntime(host_id=host_id)
     try:
-        command = ["sh", "-c", "for i in 1 2 3 4; do echo line$i; done; echo oops >&2; exit 3"]
+        # Docker orders stdout against stderr only by arrival: the pause keeps them apart.
+        script = "for i in 1 2 3 4; do echo line$i; done; sleep 0.5; echo oops >&2; exit 3"
+        command = ["sh", "-c", script]
         await runtime.create_and_start(spec_for(notebook, tiny_image, tmp_path, command, gpus=[]))
 
         async def exited():
