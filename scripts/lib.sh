@@ -5,6 +5,8 @@
 NBF_REPO=${NBF_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 NBF_PYTHON=${NBF_PYTHON:-$(command -v python3 || command -v python)}
 _nbf_apt_updated=0
+# Everything here runs as root on purpose; pip need not warn about it every time.
+export PIP_ROOT_USER_ACTION=ignore
 
 nbf_log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 nbf_die() { printf '[%s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
