@@ -1,0 +1,213 @@
+"""The whole lifecycle on the real stack: scheduler and two agents as processes, real dockerd,
+real S3, fake GPUs seen through nvidia-ml-py."""
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.e2e.cluster import container_exec, docker, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def run_tiny(cluster, notebooks, *args):
+    nb = cluster.cli_json("notebook", "run", "tiny", *args)
+    notebooks.append(nb["id"])
+    return nb
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_two_gpu_notebook_lands_on_the_host_with_two_free_gpus(cluster, notebooks):
+    nb = run_tiny(cluster, notebooks, "httpd", "--gpu", "2", "--label", "team=vision")
+    assert nb["state"] == "STARTING"
+    host_b = cluster.agents["host-b"]
+    assert nb["host"] == "host-b"
+    assert sorted(g["uuid"] for g in nb["gpus"]) == sorted(u for u, _, _ in host_b.gpus)
+
+    running = cluster.wait_state(nb["id"], "RUNNING")
+    inspect = json.loads(docker("inspect", f"nbfleet-{nb['id']}"))[0]
+    env = dict(e.split("=", 1) for e in inspect["Config"]["Env"])
+    assert sorted(env["NVIDIA_VISIBLE_DEVICES"].split(",")) == sorted(u for u, _, _ in host_b.gpus)
+    # Unprivileged by default.
+    assert inspect["Config"]["User"] not in ("", "0", "root", "0:0")
+    assert inspect["HostConfig"]["CapDrop"] and "ALL" in inspect["HostConfig"]["CapDrop"]
+    assert container_exec(nb["id"], "id -u").strip() != "0"
+    # The editor answers at the URL `get` prints.
+    status, _ = fetch(running["url"])
+    assert status < 500
+
+    # No host has two free GPUs any more: refused at once, nothing stored.
+    before = cluster.api("GET", "/v1/notebooks")["items"]
+    refused = cluster.cli("notebook", "run", "tiny", "httpd", "--gpu", "2", check=False)
+    assert refused.returncode == 1 and "2 free GPU" in refused.stderr
+    assert len(cluster.api("GET", "/v1/notebooks")["items"]) == len(before)
+
+    # list filters by label and state; get shows host, GPUs, URL and history.
+    listed = cluster.cli_json("notebook", "list", "--label", "team=vision", "--state", "RUNNING")
+    assert [n["id"] for n in listed] == [nb["id"]]
+    shown = cluster.cli("notebook", "get", nb["id"]).stdout
+    for text in ["RUNNING", "host-b", host_b.gpus[0][0], running["url"], "History:", "STARTING"]:
+        assert text in shown
+
+
+def test_workspace_survives_stop_and_start(cluster, notebooks):
+    nb = run_tiny(cluster, notebooks, "httpd", "--gpu", "1")
+    cluster.wait_state(nb["id"], "RUNNING")
+    container_exec(
+        nb["id"],
+        "echo 'my work' > /workspace/notes.txt && mkdir -p /workspace/src/pkg && "
+        "echo 'print(42)' > /workspace/src/pkg/main.py && chmod 750 /workspace/src/pkg/main.py"
+        " && echo scratch > /data/scratch.txt",
+    )
+    host_dir = cluster.agents[nb["host"]].workspaces / nb["id"]
+    assert (host_dir / ".workspace.initialized").exists()
+
+    cluster.cli("notebook", "stop", nb["id"])
+    stopped = cluster.wait_state(nb["id"], "STOPPED")
+    assert stopped["host"] is None
+    # Pushed, then (and only then) the host copy is removed.
+    wait_for("host workspace dir removed after push", lambda: not host_dir.exists(), 30)
+    assert (
+        subprocess.run(["docker", "inspect", f"nbfleet-{nb['id']}"], capture_output=True).returncode
+        != 0
+    )
+
+    cluster.cli("notebook", "start", nb["id"])
+    running = cluster.wait_state(nb["id"], "RUNNING")
+    assert container_exec(nb["id"], "cat /workspace/notes.txt").strip() == "my work"
+    assert container_exec(nb["id"], "cat /workspace/src/pkg/main.py").strip() == "print(42)"
+    assert container_exec(nb["id"], "stat -c %a /workspace/src/pkg/main.py").strip() == "750"
+    # /data is scratch: gone after the notebook left RUNNING.
+    assert container_exec(nb["id"], "ls /data").strip() == ""
+    # Same id, and the editor serves the restored file at the notebook's URL.
+    status, body = fetch(running["url"].rstrip("/") + "/notes.txt")
+    assert (status, body.strip()) == (200, b"my work")
+    states = [h["state"] for h in cluster.notebook(nb["id"])["history"]]
+    assert states == ["STARTING", "RUNNING", "STOPPING", "STOPPED", "STARTING", "RUNNING"]
+
+
+def test_deleted_workspace_marker_ends_in_error(cluster, notebooks):
+    nb = run_tiny(cluster, notebooks, "httpd", "--cpu", "1")
+    cluster.wait_state(nb["id"], "RUNNING")
+    container_exec(nb["id"], "rm /workspace/.workspace.initialized")
+    cluster.cli("notebook", "stop", nb["id"])
+    cluster.wait_state(nb["id"], "STOPPED")
+    cluster.cli("notebook", "start", nb["id"])
+    errored = cluster.wait_state(nb["id"], "ERROR")
+    assert ".workspace.initialized" in errored["state_reason"]
+    # Nothing of it keeps running.
+    assert (
+        subprocess.run(["docker", "inspect", f"nbfleet-{nb['id']}"], capture_output=True).returncode
+        != 0
+    )
+
+
+def test_agent_killed_and_restarted_adopts_the_running_notebook(cluster, notebooks):
+    nb = run_tiny(cluster, notebooks, "httpd", "--cpu", "1")
+    running = cluster.wait_state(nb["id"], "RUNNING")
+    host = nb["host"]
+    before = json.loads(docker("inspect", f"nbfleet-{nb['id']}"))[0]
+
+    cluster.kill_agent(host)
+    # The notebook keeps running while its agent is gone.
+    status, _ = fetch(running["url"])
+    assert status < 500
+    cluster.start_agent(host)
+
+    # Give the restarted agent a few reconcile rounds, then check nothing was recreated.
+    wait_for(
+        "agent reconciled after restart",
+        lambda: (
+            "adopt" in cluster.agents[host].log.read_text().lower()
+            or cluster.notebook(nb["id"])["state"] == "RUNNING"
+        ),
+        30,
+    )
+    after = json.loads(docker("inspect", f"nbfleet-{nb['id']}"))[0]
+    assert after["Id"] == before["Id"]
+    assert after["State"]["StartedAt"] == before["State"]["StartedAt"]
+    assert after["State"]["Running"]
+    assert cluster.notebook(nb["id"])["state"] == "RUNNING"
+
+    # And the adopted notebook is still fully managed: it stops cleanly.
+    cluster.cli("notebook", "stop", nb["id"])
+    cluster.wait_state(nb["id"], "STOPPED")
+
+
+def test_container_exiting_non_zero_ends_in_failed(cluster, notebooks):
+    nb = run_tiny(cluster, notebooks, "crash", "--cpu", "1")
+    failed = cluster.wait_state(nb["id"], "FAILED")
+    assert "3" in failed["state_reason"]
+    logs = cluster.cli("notebook", "logs", nb["id"], check=False)
+    # Failed notebooks free their host; whatever logs returns, it must say why, not crash.
+    assert logs.returncode in (0, 1)
+    # A FAILED notebook can be started again (and fails again, the same way).
+    cluster.cli("notebook", "start", nb["id"])
+    cluster.wait_state(nb["id"], "FAILED")
+
+
+def test_bad_input_is_refused_with_the_field_named(cluster, notebooks):
+    cases = [
+        (["notebook", "run", "nope", "httpd"], "framework"),
+        (["notebook", "run", "tiny", "vscode"], "editor"),
+        (["notebook", "run", "tiny", "httpd", "--gpu", "-1"], "$.gpu"),
+        (["notebook", "run", "tiny", "httpd", "--gpu", "1000"], "$.gpu"),
+        (["notebook", "run", "tiny", "httpd", "--label", "bad key=v"], "$.labels"),
+    ]
+    before = cluster.api("GET", "/v1/notebooks")["items"]
+    for args, field in cases:
+        result = cluster.cli(*args, check=False)
+        assert result.returncode == 1, result
+        assert field in result.stderr, (args, result.stderr)
+    assert cluster.api("GET", "/v1/notebooks")["items"] == before
+    missing = cluster.cli("notebook", "get", "00000000-0000-0000-0000-000000000000", check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_conflicting_actions_name_the_current_state(cluster, notebooks):
+    nb = run_tiny(cluster, notebooks, "httpd", "--cpu", "1")
+    cluster.wait_state(nb["id"], "RUNNING")
+    again = cluster.cli("notebook", "start", nb["id"], check=False)
+    assert again.returncode == 1 and "RUNNING" in again.stderr
+    cluster.cli("notebook", "stop", nb["id"])
+    cluster.wait_state(nb["id"], "STOPPED")
+    twice = cluster.cli("notebook", "stop", nb["id"], check=False)
+    assert twice.returncode == 1 and "STOPPED" in twice.stderr
+    assert cluster.notebook(nb["id"])["state"] == "STOPPED"
+
+
+def test_delete_removes_container_and_workspace(cluster, notebooks, s3_client):
+    nb = run_tiny(cluster, notebooks, "httpd", "--cpu", "1")
+    cluster.wait_state(nb["id"], "RUNNING")
+    cluster.cli("notebook", "stop", nb["id"])
+    cluster.wait_state(nb["id"], "STOPPED")
+    prefix = f"{nb['id']}/workspace/"
+    assert s3_client.list(cluster.bucket, prefix), "stop pushed the workspace to S3"
+    cluster.cli("notebook", "delete", nb["id"])
+    cluster.wait_state(nb["id"], "DELETED")
+    assert s3_client.list(cluster.bucket, prefix) == []
+    assert nb["id"] not in [n["id"] for n in cluster.api("GET", "/v1/notebooks")["items"]]
+
+
+def test_only_health_is_open(cluster):
+    assert urllib.request.urlopen(cluster.url + "/health", timeout=5).status == 200
+    for path in ["/v1/notebooks", "/v1/catalog", "/v1/admin/hosts", "/v1/agents/assignments"]:
+        status, body = fetch(cluster.url + path)
+        assert status == 401, (path, status)
+        assert json.loads(body)["code"] == "unauthenticated"
+    # Agent endpoints refuse a user token and unsigned requests.
+    req = urllib.request.Request(cluster.url + "/v1/agents/heartbeat", data=b"{}", method="POST")
+    req.add_header("Authorization", f"Bearer {cluster.token}")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 401
