@@ -264,9 +264,14 @@ class Agent:
         try:
             text = await self.runtime.logs(notebook, tail)
         except NoSuchContainer:
-            raise ApiError(
-                "not_found", f"notebook {notebook} has no container on host {self.host_id}"
-            )
+            # Stopped or crashed: its last output was kept when the container was removed.
+            kept = self.reconciler.kept_logs.read(notebook, tail)
+            if kept is None:
+                raise ApiError(
+                    "not_found",
+                    f"notebook {notebook} has no container or kept output on host {self.host_id}",
+                )
+            text = kept
         return web.Response(text=text, content_type="text/plain")
 
 

@@ -30,9 +30,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
+from agent.kept_logs import KeptLogs
 from agent.report import Outbox
 from agent.runtime import (
     ContainerExists,
@@ -86,8 +88,10 @@ class Reconciler:
         *,
         clock: Callable[[], float] = time.time,
         probe: Probe = http_probe,
+        kept_logs: KeptLogs | None = None,
     ) -> None:
         self.config = config
+        self.kept_logs = kept_logs or KeptLogs(Path(config.state_dir) / "logs")
         self.runtime = runtime
         self.workspaces = workspaces
         self.outbox = outbox
@@ -371,6 +375,7 @@ class Reconciler:
             # Created but never started (an agent crash between create and start): redo.
             await self.runtime.remove(notebook)
             return
+        await self.kept_logs.keep(self.runtime, notebook)
         await self.runtime.remove(notebook)
         reason = f"container exited with code {info.exit_code}"
         if info.exit_code != 0:
@@ -400,6 +405,7 @@ class Reconciler:
         if record.state in (S.STOPPED, S.FAILED, S.ERROR):
             return
         await self.runtime.stop(record.notebook)
+        await self.kept_logs.keep(self.runtime, record.notebook)
         await self.runtime.remove(record.notebook)
         await self._push_then(record, S.STOPPED, "stopped")
 
@@ -411,6 +417,7 @@ class Reconciler:
         await self.runtime.remove(notebook)
         await self.workspaces.remove_scratch(notebook)
         await self.workspaces.remove_workspace_dir(notebook)
+        self.kept_logs.forget(notebook)
         deleted = await self.workspaces.delete_remote(notebook)
         log.info("notebook=%s deleted %d workspace objects", notebook, deleted)
         self._set_state(record, S.DELETED, "deleted")

@@ -8,7 +8,7 @@ value without rewriting the file. A bad value is an error naming the setting and
 Example scheduler file::
 
     listen = "0.0.0.0:8470"
-    database = "/var/lib/nbfleet/scheduler.db"
+    database = "/var/lib/nbfleet/scheduler/scheduler.db"
     admin_token_file = "/etc/nbfleet/admin.token"
     agent_secrets_dir = "/etc/nbfleet/agents"
 
@@ -72,7 +72,7 @@ class Catalog(Struct, forbid_unknown_fields=True):
 
 class SchedulerConfig(Struct, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8470"
-    database: str = "/var/lib/nbfleet/scheduler.db"
+    database: str = "/var/lib/nbfleet/scheduler/scheduler.db"
     #: Created with a fresh token on first start when absent.
     admin_token_file: str = "/etc/nbfleet/admin.token"
     #: One file per host, named by host id, holding that agent's HMAC secret.

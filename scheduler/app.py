@@ -61,6 +61,7 @@ def create_app(
     app[LOOPS] = []
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_release_long_polls)
     return app
 
 
@@ -79,3 +80,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await loop.stop()
         await context.agent_client.close()
         await context.db.close()
+
+
+async def _release_long_polls(app: web.Application) -> None:
+    app[CONTEXT].board.wake_all()

@@ -22,6 +22,13 @@ class AssignmentBoard:
             event = self._events[host_id] = asyncio.Event()
         return event
 
+    def wake_all(self) -> None:
+        """Answer every waiting long-poll now (at shutdown, so agents are not left hanging and
+        the server does not wait out their timeouts before it can exit)."""
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
+
     def wake(self, host_id: str) -> None:
         event = self._events.pop(host_id, None)
         if event is not None:

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nbfleet-scheduler: {exc}", file=sys.stderr)
         return 2
-    web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)
+    web.run_app(
+        create_app(config), host=host, port=port, print=None, access_log=None, shutdown_timeout=5
+    )
     return 0
 
 

@@ -104,17 +104,20 @@ class NotebookService:
             return await _history(tx, notebook_id)
 
     async def log_source(self, project: str, notebook_id: str) -> tuple[str, str]:
-        """``(host_id, agent_url)`` of the host that has the notebook's container."""
+        """``(host_id, agent_url)`` of the host that runs the notebook or, once it is stopped,
+        of the host it last ran on (whose agent keeps its last output)."""
         async with self.db.read() as tx:
             row = await _load(tx, project, notebook_id)
-            if row["host_id"] is None:
+            host_id = row["host_id"] or row["last_host_id"]
+            if host_id is None:
                 raise conflict(
-                    f"notebook {notebook_id} is {row['state']} and on no host; it has no logs",
+                    f"notebook {notebook_id} is {row['state']} and has never run on a host; "
+                    "it has no logs",
                     state=row["state"],
                 )
-            host = await tx.one("SELECT agent_url FROM hosts WHERE id = ?", (row["host_id"],))
+            host = await tx.one("SELECT agent_url FROM hosts WHERE id = ?", (host_id,))
             assert host is not None  # foreign key
-            return row["host_id"], host["agent_url"]
+            return host_id, host["agent_url"]
 
     # ------------------------------------------------------------ commands
 

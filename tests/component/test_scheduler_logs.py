@@ -60,14 +60,25 @@ async def test_unreachable_agent_is_502(harness: Harness, project: Tokens) -> No
     assert (reply.status, reply.code) == (502, "upstream_unavailable")
 
 
-async def test_logs_of_a_notebook_without_host_is_409(harness: Harness, project: Tokens) -> None:
-    agent = harness.agent("h1")
-    await agent.register(gpus=1)
-    nb = (await project.run()).json
-    await agent.report(nb["id"], "FAILED")
-    reply = await harness.call("GET", f"/v1/notebooks/{nb['id']}/logs", token=project.read)
-    assert (reply.status, reply.code) == (409, "conflict")
-    assert reply.json["detail"]["state"] == "FAILED"
+async def test_logs_of_a_failed_notebook_come_from_its_last_host(
+    harness: Harness, project: Tokens
+) -> None:
+    """A FAILED notebook has no host any more, but the agent it ran on kept its last output:
+    that is what a user needs to see why it failed."""
+    seen: list[str] = []
+    server = await fake_agent(harness, "h1", seen)
+    try:
+        await harness.agent("h1").register(gpus=1, agent_url=str(server.make_url("/")))
+        nb = (await project.run()).json
+        await harness.agent("h1").report(nb["id"], "FAILED")
+        shown = await harness.call("GET", f"/v1/notebooks/{nb['id']}", token=project.read)
+        assert shown.json["state"] == "FAILED" and shown.json["host"] is None
+        reply = await harness.call("GET", f"/v1/notebooks/{nb['id']}/logs", token=project.read)
+        assert reply.status == 200, reply.text
+        assert nb["id"] in reply.text
+        assert seen == [f"/v1/notebooks/{nb['id']}/logs"]
+    finally:
+        await server.close()
 
 
 class BrokenAgentClient:

@@ -107,6 +107,10 @@ class S3Server:
             f"-filer.port={filer}",
             "-s3",
             f"-s3.port={s3}",
+            # weed also serves Iceberg (8181) and Lance (9101) catalogs on fixed ports by
+            # default, so two test servers at once would crash on "address already in use".
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-volume.max=200",
             "-master.volumeSizeLimitMB=256",
         ]

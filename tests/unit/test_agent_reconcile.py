@@ -146,6 +146,19 @@ async def test_exit_nonzero_pushes_then_fails(rig: Rig) -> None:
     assert rig.reconciler.running() == []
 
 
+async def test_output_of_a_crashed_container_is_kept_until_delete(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.runtime.logs_text["nb1"] = "loading model\nTraceback: CUDA out of memory\n"
+    rig.runtime.exit("nb1", 1)
+    await rig.tick()
+    assert "nb1" not in rig.runtime.containers
+    assert rig.reconciler.kept_logs.read("nb1", 1) == "Traceback: CUDA out of memory\n"
+    rig.assign(assignment(desired="deleted", state=S.DELETING))
+    await rig.tick()
+    assert rig.reconciler.kept_logs.read("nb1", 10) is None
+
+
 async def test_exit_before_running(rig: Rig) -> None:
     rig.runtime.behaviours["tiny:ok"] = "exit1"
     rig.assign(assignment())
