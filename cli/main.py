@@ -36,10 +36,41 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 
+def _connection_options() -> argparse.ArgumentParser:
+    """``--url``/``--token``, accepted before or after the subcommand (people type both)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help="scheduler URL (default: NBFLEET_URL or config file)",
+    )
+    options.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="API token (default: NBFLEET_TOKEN or config file)",
+    )
+    return options
+
+
+class _Subcommands(argparse._SubParsersAction):
+    """Every subcommand also takes the connection options."""
+
+    def add_parser(self, name, **kwargs):
+        kwargs.setdefault("parents", []).append(_connection_options())
+        return super().add_parser(name, **kwargs)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Nested subcommand parsers are built from type(parent), so this reaches all levels.
+        self.register("action", "parsers", _Subcommands)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbfleet", description="Managed GPU notebooks.")
-    parser.add_argument("--url", help="scheduler URL (default: NBFLEET_URL or config file)")
-    parser.add_argument("--token", help="API token (default: NBFLEET_TOKEN or config file)")
+    parser = _Parser(
+        prog="nbfleet", description="Managed GPU notebooks.", parents=[_connection_options()]
+    )
     top = parser.add_subparsers(dest="group", required=True)
 
     nb = top.add_parser("notebook", aliases=["nb"], help="run and manage notebooks")
@@ -249,7 +280,7 @@ def cmd_admin(client: Client, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        client = Client(client_config(args.url, args.token))
+        client = Client(client_config(getattr(args, "url", None), getattr(args, "token", None)))
         if args.group in ("notebook", "nb"):
             return cmd_notebook(client, args)
         if args.group == "catalog":

@@ -152,3 +152,14 @@ def test_config_file(monkeypatch, tmp_path, server, capsys):
     assert main(["notebook", "list"]) == 0
     assert server.calls[0][2] == "Bearer nbf_file"
     assert "6f1c" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_token_and_url_flags_work_before_or_after_the_subcommand(server, monkeypatch, before):
+    url = __import__("os").environ["NBFLEET_URL"]
+    monkeypatch.setenv("NBFLEET_URL", "http://127.0.0.1:9")  # the flag must win
+    server.replies[("GET", "/v1/admin/hosts")] = (200, {"items": []})
+    flags = ["--token", "nba_flag", "--url", url]
+    argv = flags + ["admin", "host", "list"] if before else ["admin", "host", "list"] + flags
+    assert main(argv) == 0
+    assert server.calls[0][:3] == ("GET", "/v1/admin/hosts", "Bearer nba_flag")
