@@ -260,14 +260,16 @@ def cmd_admin(client: Client, args: argparse.Namespace) -> int:
             return 0
         rows = []
         for h in items:
-            models = sorted({g.model for g in h.gpus})
+            models = ", ".join(sorted({g.model for g in h.gpus}))
+            if not models:
+                models = f"- ({h.gpu_note})" if h.gpu_note else "-"
             free = sum(1 for g in h.gpus if g.notebook is None)
             rows.append(
                 [
                     h.id,
                     h.state,
                     f"{free}/{len(h.gpus)}",
-                    ", ".join(models) or "-",
+                    models,
                     f"{h.cpus_free}/{h.cpus}",
                     output.ago(h.last_heartbeat),
                 ]

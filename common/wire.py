@@ -172,6 +172,8 @@ class Host(Struct):
     last_heartbeat: float
     agent_url: str
     registered_at: float
+    #: Why the host reports no GPUs, when it reports none (e.g. "NVML: driver not loaded").
+    gpu_note: str = ""
 
 
 class HostList(Struct):

@@ -165,6 +165,7 @@ class AgentService:
                 last_heartbeat=r["last_heartbeat"],
                 agent_url=r["agent_url"],
                 registered_at=r["registered_at"],
+                gpu_note=r["gpu_note"],
             )
             for r in rows
         ]

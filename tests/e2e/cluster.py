@@ -138,7 +138,11 @@ class Cluster:
             text=True,
         ).stdout
 
-    def add_agent(self, host_id: str, gpus: list[tuple[str, str, int]]) -> Agent:
+    def add_agent(
+        self, host_id: str, gpus: list[tuple[str, str, int]], *, nvml: bool = True
+    ) -> Agent:
+        """Start an agent process; ``nvml=False`` gives it no ``libnvidia-ml.so.1`` at all, as on
+        a host without the NVIDIA driver."""
         root = self.root / host_id
         root.mkdir(parents=True, exist_ok=True)
         secret = self._scheduler_cmd("add-host", host_id).strip().splitlines()[-1]
@@ -163,8 +167,9 @@ reconcile_interval_s = 0.5
 usage_interval_s = 5
 """)
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = f"{self.nvml_dir}:{env.get('LD_LIBRARY_PATH', '')}"
-        env["NBFLEET_FAKE_GPUS"] = ";".join(f"{u}:{m}:{mem}" for u, m, mem in gpus)
+        if nvml:
+            env["LD_LIBRARY_PATH"] = f"{self.nvml_dir}:{env.get('LD_LIBRARY_PATH', '')}"
+            env["NBFLEET_FAKE_GPUS"] = ";".join(f"{u}:{m}:{mem}" for u, m, mem in gpus)
         agent = Agent(host_id, gpus, root, config, port, env)
         self.agents[host_id] = agent
         self.start_agent(host_id)

@@ -211,3 +211,32 @@ def test_only_health_is_open(cluster):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=5)
     assert info.value.code == 401
+
+
+def test_host_without_nvidia_driver_reports_zero_gpus_and_keeps_running(cluster):
+    """No libnvidia-ml.so.1 at all (a CPU-only host): nvidia-ml-py's load fails, the agent
+    registers with zero GPUs and says why, and stays up."""
+    agent = cluster.add_agent("host-cpu", [], nvml=False)
+    hosts = {
+        h["id"]: h
+        for h in cluster.api("GET", "/v1/admin/hosts", token=cluster.admin_token)["items"]
+    }
+    assert hosts["host-cpu"]["gpus"] == []
+    assert "NVML" in hosts["host-cpu"]["gpu_note"]
+    listed = cluster.cli("admin", "host", "list", token=cluster.admin_token).stdout
+    assert "host-cpu" in listed and "NVML" in listed
+    # Still alive and heartbeating a few intervals later.
+    first = hosts["host-cpu"]["last_heartbeat"]
+    wait_for(
+        "a later heartbeat from host-cpu",
+        lambda: (
+            next(
+                h
+                for h in cluster.api("GET", "/v1/admin/hosts", token=cluster.admin_token)["items"]
+                if h["id"] == "host-cpu"
+            )["last_heartbeat"]
+            > first
+        ),
+        15,
+    )
+    assert agent.proc.poll() is None
