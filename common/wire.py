@@ -37,6 +37,62 @@ Desired = Literal["running", "stopped", "deleted"]
 
 # ---------------------------------------------------------------- user API
 
+#: S3 bucket names (3-63 chars, lower case, digits, dots, hyphens).
+BucketName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+#: A prefix inside a bucket: relative, no ``..`` segment, no leading slash.
+ObjectPrefix = Annotated[str, Meta(pattern=r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]{0,512}$")]
+#: An absolute path inside the container, outside the system directories.
+MountPath = Annotated[str, Meta(pattern=r"^(?!.*/\.{1,2}(/|$))(?!.*//)/[A-Za-z0-9._/-]{1,255}$")]
+Permission = Literal["ro", "rw", "rwd"]
+
+
+class Volume(Struct, forbid_unknown_fields=True):
+    """A data volume: ``container@alias[/prefix]:/mount/path[:ro|rw|rwd]`` on the CLI.
+
+    ``ro`` is pulled at STARTING and never pushed; ``rw`` also pushes additions and changes at
+    STOPPING but never deletes remote objects; ``rwd`` also propagates deletions.
+    """
+
+    container: BucketName
+    alias: Name
+    mount_path: MountPath
+    prefix: ObjectPrefix = ""
+    permission: Permission = "ro"
+
+
+class RestoreSource(Struct):
+    notebook: str
+    snapshot: str
+
+
+class SnapshotInfo(Struct):
+    """One workspace snapshot (a backup a notebook can be restored or forked from)."""
+
+    id: str
+    created_at: float
+    kind: Literal["checkpoint", "stop", "fork", "manual"]
+    files: int
+    #: Bytes of the files as the user sees them.
+    logical_bytes: int
+    #: Bytes in object storage this snapshot references (compressed, deduplicated).
+    stored_bytes: int
+
+
+class SnapshotList(Struct):
+    items: list[SnapshotInfo]
+
+
+class Progress(Struct):
+    """How far a sync has got, for the user watching a STARTING or STOPPING notebook."""
+
+    phase: Literal["image", "restore", "volumes-pull", "push", "volumes-push", "checkpoint"]
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    at: float
+    detail: str = ""
+
 
 class NotebookCreate(Struct, forbid_unknown_fields=True):
     """``POST /v1/notebooks``. Neither ``gpu`` nor ``cpu`` given means 1 GPU."""
@@ -48,6 +104,18 @@ class NotebookCreate(Struct, forbid_unknown_fields=True):
     name: Name | None = None
     labels: dict[LabelKey, LabelValue] = {}
     envvars: dict[EnvName, EnvValue] = {}
+    volumes: list[Volume] = []
+
+
+class NotebookFork(Struct, forbid_unknown_fields=True):
+    """``POST /v1/notebooks/{id}/fork``: a new notebook whose workspace starts from one of the
+    source notebook's snapshots. Resources default to the source's."""
+
+    backup: Annotated[str, Meta(min_length=1, max_length=128)]
+    name: Name | None = None
+    gpu: GpuCount | None = None
+    cpu: CpuCount | None = None
+    labels: dict[LabelKey, LabelValue] | None = None
 
 
 class GpuRef(Struct):
@@ -87,6 +155,13 @@ class Notebook(Struct):
     running_since: float | None = None
     billed_minutes: int = 0
     history: list[StateChange] | None = None
+    volumes: list[Volume] = []
+    #: The latest snapshot of the workspace (sizes for storage billing).
+    workspace: SnapshotInfo | None = None
+    #: Set while a sync runs (STARTING, STOPPING, checkpoints).
+    progress: Progress | None = None
+    #: ``(notebook, snapshot)`` this notebook was forked from.
+    forked_from: RestoreSource | None = None
 
 
 class NotebookList(Struct):
@@ -120,6 +195,28 @@ class ErrorBody(Struct):
 class Health(Struct):
     status: str
     version: str
+
+
+class DatastoreCreate(Struct, forbid_unknown_fields=True):
+    """``POST /v1/datastores``: an S3 endpoint and credentials registered under an alias for
+    the caller's project. Credentials are never returned by the API."""
+
+    alias: Name
+    endpoint: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)]
+    access_key: Annotated[str, Meta(min_length=1, max_length=256)]
+    secret_key: Annotated[str, Meta(min_length=1, max_length=256)]
+    region: Annotated[str, Meta(min_length=1, max_length=64)] = "us-east-1"
+
+
+class Datastore(Struct):
+    alias: str
+    endpoint: str
+    region: str
+    created_at: float
+
+
+class DatastoreList(Struct):
+    items: list[Datastore]
 
 
 # ---------------------------------------------------------------- operator API
@@ -255,6 +352,19 @@ class Assignment(Struct):
     running_since: float | None = None
     #: uid:gid the editor runs as (the framework's ``user`` in the catalog); never root.
     user: str = "1000:1000"
+    volumes: list[VolumeAssignment] = []
+    #: For a fork's first start: restore this snapshot of another notebook's workspace.
+    restore_from: RestoreSource | None = None
+
+
+class VolumeAssignment(Struct):
+    """A volume with its datastore resolved: what the agent needs to sync it."""
+
+    volume: Volume
+    endpoint: str
+    region: str
+    access_key: str
+    secret_key: str
 
 
 class Assignments(Struct):
@@ -304,6 +414,24 @@ class UsageItem(Struct, forbid_unknown_fields=True):
 
 class UsageBatch(Struct, forbid_unknown_fields=True):
     items: list[UsageItem]
+
+
+class SnapshotReport(Struct, forbid_unknown_fields=True):
+    """``POST /v1/agents/snapshots``: a snapshot was committed (and, after retention, which of
+    the notebook's snapshots are still kept)."""
+
+    notebook: str
+    generation: Annotated[int, Meta(ge=1)]
+    snapshot: SnapshotInfo
+    retained: list[str] | None = None
+
+
+class ProgressReport(Struct, forbid_unknown_fields=True):
+    """``POST /v1/agents/progress``: best effort, latest wins; not stored across restarts."""
+
+    notebook: str
+    generation: Annotated[int, Meta(ge=1)]
+    progress: Progress | None
 
 
 class Ack(Struct):

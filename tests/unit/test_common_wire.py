@@ -105,3 +105,41 @@ def test_error_codes_map_to_statuses_once():
 def test_one_decoder_per_type():
     assert wire.decoder(wire.Heartbeat) is wire.decoder(wire.Heartbeat)
     assert isinstance(wire.decoder(wire.Heartbeat), msgspec.json.Decoder)
+
+
+def volume(**overrides) -> bytes:
+    body = {"container": "datasets", "alias": "lab-s3", "mount_path": "/workspace/data"}
+    body.update(overrides)
+    return wire.encode(body)
+
+
+@pytest.mark.parametrize("path", ["/workspace/data", "/data/imagenet", "/mnt/a.b/c-d_e", "/a/b..c"])
+def test_volume_mount_paths_accepted(path):
+    assert wire.decode(volume(mount_path=path), wire.Volume).mount_path == path
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"mount_path": "/workspace/../etc"}, "$.mount_path"),
+        ({"mount_path": "/../etc"}, "$.mount_path"),
+        ({"mount_path": "relative/path"}, "$.mount_path"),
+        ({"mount_path": "/a//b"}, "$.mount_path"),
+        ({"mount_path": "/"}, "$.mount_path"),
+        ({"prefix": "../other-project"}, "$.prefix"),
+        ({"prefix": "a/../../b"}, "$.prefix"),
+        ({"prefix": "/abs"}, "$.prefix"),
+        ({"container": "ab"}, "$.container"),
+        ({"permission": "rwx"}, "$.permission"),
+    ],
+)
+def test_volume_that_could_escape_is_refused(overrides, field):
+    assert field in bad(volume(**overrides), wire.Volume).message
+
+
+def test_snapshot_and_progress_reports_roundtrip():
+    snap = wire.SnapshotInfo("20261121T201500Z-ab12", 1.0, "checkpoint", 10, 1000, 400)
+    report = wire.SnapshotReport("nb", 2, snap, retained=[snap.id])
+    assert roundtrip(report) == report
+    progress = wire.ProgressReport("nb", 2, wire.Progress("restore", 4, 10, 400, 1000, 1.0))
+    assert roundtrip(progress) == progress
