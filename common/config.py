@@ -111,6 +111,14 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     sync_concurrency: int = 16
     #: Seconds an editor gets to answer before a STARTING notebook is declared failed.
     start_timeout_s: float = 300.0
+    #: A RUNNING notebook's workspace is snapshotted this often, so a host that dies loses at
+    #: most this much work. 0 disables checkpoints.
+    checkpoint_interval_s: float = 600.0
+    #: Snapshots kept: the last N, and one a day for this many days.
+    retention_last: int = 5
+    retention_daily: int = 7
+    #: Host directory for data volumes (one subdirectory per notebook).
+    volumes_dir: str = "/var/lib/nbfleet/volumes"
     reconcile_interval_s: float = 2.0
     usage_interval_s: float = 30.0
 
