@@ -15,6 +15,7 @@ from common import wire
 from common.config import SchedulerConfig
 from common.states import ON_HOST, InvalidTransition, NotebookState
 from scheduler.board import AssignmentBoard
+from scheduler.datastores import resolve_volumes
 from scheduler.db import Database, Row, Tx
 from scheduler.lifecycle import add_usage, change_state
 
@@ -306,6 +307,7 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
                 access_token=token,
                 running_since=row["running_since"],
                 user=row["user"],
+                volumes=await resolve_volumes(tx, row),
             )
         )
     return wire.Assignments(version=host["assignments_version"], items=items)

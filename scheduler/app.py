@@ -28,6 +28,7 @@ from scheduler.loops.base import Loop
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.secrets import AgentSecrets, ensure_admin_token
+from scheduler.snapshots import ProgressBoard, SnapshotService
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,19 @@ def create_app(
     db = Database(config.database)
     board = AssignmentBoard()
     agent_secrets = AgentSecrets(config.agent_secrets_dir)
+    progress = ProgressBoard()
     context = Context(
         config=config,
         clock=clock,
         db=db,
         board=board,
-        notebooks=NotebookService(db, config, board, clock),
+        notebooks=NotebookService(db, config, board, clock, progress),
         agents=AgentService(db, config, board, clock),
         projects=ProjectService(db, clock),
         agent_secrets=agent_secrets,
         verifier=Verifier(agent_secrets, clock=clock),
         agent_client=agent_client or AgentClient(agent_secrets, clock=clock),
+        snapshots=SnapshotService(db, clock, progress),
     )
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors])
     app[CONTEXT] = context

@@ -19,6 +19,7 @@ from common.errors import conflict, invalid, not_found
 from common.states import STARTABLE, STOPPABLE, NotebookState
 from scheduler import placement
 from scheduler.board import AssignmentBoard
+from scheduler.datastores import check_volumes, save_volumes, stored_volumes
 from scheduler.db import Database, Row, Tx
 from scheduler.lifecycle import bump_assignments, change_state, record_history
 
@@ -148,6 +149,7 @@ class NotebookService:
         notebook_id = str(uuid.uuid4())
         now = self.clock()
         async with self.db.transaction() as tx:
+            await check_volumes(tx, project, request.volumes)
             hosts = await placement.load_capacity(tx, now=now, fresh_within_s=self.fresh_within_s)
             chosen = placement.place(hosts, resources)
             reason = f"placed on {chosen.host}"
@@ -183,6 +185,7 @@ class NotebookService:
                     now,
                 ),
             )
+            await save_volumes(tx, notebook_id, request.volumes)
             await placement.reserve(tx, chosen, notebook_id)
             await record_history(tx, notebook_id, S.STARTING, reason, at=now, generation=1)
             await bump_assignments(tx, self.board, {chosen.host})
@@ -309,4 +312,5 @@ async def _view(tx: Tx, row: Row, *, with_history: bool = False) -> wire.Noteboo
         running_since=row["running_since"],
         billed_minutes=billed["minutes"] if billed else 0,
         history=await _history(tx, row["id"]) if with_history else None,
+        volumes=stored_volumes(row),
     )

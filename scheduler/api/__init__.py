@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, agents, user
+from scheduler.api import admin, agents, datastores, user
 
 
 def add_routes(app: web.Application) -> None:
@@ -19,6 +19,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/notebooks/{id}/stop", user.stop_notebook)
     r.add_get("/v1/notebooks/{id}/history", user.notebook_history)
     r.add_get("/v1/notebooks/{id}/logs", user.notebook_logs)
+    r.add_post("/v1/datastores", datastores.create_datastore)
+    r.add_get("/v1/datastores", datastores.list_datastores)
+    r.add_delete("/v1/datastores/{alias}", datastores.delete_datastore)
 
     r.add_post("/v1/admin/projects", admin.create_project)
     r.add_get("/v1/admin/projects", admin.list_projects)

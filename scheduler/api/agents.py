@@ -44,3 +44,15 @@ async def usage(request: web.Request) -> web.Response:
     batch = wire.decode(body, wire.UsageBatch)
     await ctx(request).agents.record_usage(host_id, batch.items)
     return json_reply(wire.Ack())
+
+
+async def snapshots(request: web.Request) -> web.Response:
+    host_id, body = await signed_agent(request)
+    await ctx(request).snapshots.record(host_id, wire.decode(body, wire.SnapshotReport))
+    return json_reply(wire.Ack())
+
+
+async def progress(request: web.Request) -> web.Response:
+    host_id, body = await signed_agent(request)
+    await ctx(request).snapshots.report_progress(host_id, wire.decode(body, wire.ProgressReport))
+    return json_reply(wire.Ack())

@@ -17,6 +17,7 @@ from scheduler.db import Database
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.secrets import AgentSecrets
+from scheduler.snapshots import SnapshotService
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Context:
     agent_secrets: AgentSecrets
     verifier: Verifier
     agent_client: AgentClient
+    snapshots: SnapshotService
     #: sha256 of the admin token, set at start-up from ``admin_token_file``.
     admin_digest: str = field(default="")
 

@@ -99,3 +99,17 @@ async def catalog(request: web.Request) -> web.Response:
             ],
         )
     )
+
+
+async def notebook_backups(request: web.Request) -> web.Response:
+    principal = await project_principal(request)
+    notebook_id = request.match_info["id"]
+    await ctx(request).notebooks.backups_of(principal.project, notebook_id)
+    return json_reply(await ctx(request).snapshots.backups(notebook_id))
+
+
+async def fork_notebook(request: web.Request) -> web.Response:
+    principal = await project_principal(request, operate=True)
+    body = wire.decode(await request.read(), wire.NotebookFork)
+    notebook = await ctx(request).notebooks.fork(principal.project, request.match_info["id"], body)
+    return json_reply(notebook, 201)
