@@ -104,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         _add_output(p)
 
+    backup = nbs.add_parser("backup", help="a notebook's workspace snapshots")
+    backups = backup.add_subparsers(dest="backup_action", required=True)
+    bl = backups.add_parser("list", help="snapshots, newest first (time, size, files)")
+    bl.add_argument("id")
+    _add_output(bl)
+
+    fork = nbs.add_parser("fork", help="a new notebook whose workspace starts from a backup")
+    fork.add_argument("id", help="the notebook to fork")
+    fork.add_argument("--backup", required=True, help="snapshot id from `notebook backup list`")
+    fork.add_argument("--name")
+    fork.add_argument("--gpu", type=int, help="default: the source's resources")
+    fork.add_argument("--cpu", type=int)
+    fork.add_argument("--label", action="append", type=_pairs("--label"), default=None)
+    _add_output(fork)
+
     logs = nbs.add_parser("logs", help="print a notebook's container output")
     logs.add_argument("id")
     logs.add_argument("--tail", type=int, default=200)
@@ -180,6 +195,24 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
     if action == "delete":
         _show(client.call("DELETE", f"/v1/notebooks/{args.id}", wire.Notebook), args.output)
         return 0
+    if action == "backup":
+        items = client.call("GET", f"/v1/notebooks/{args.id}/backups", wire.SnapshotList).items
+        if args.output == "json":
+            output.print_json(items)
+        else:
+            output.table(output.SNAPSHOT_HEADERS, output.snapshot_rows(items))
+        return 0
+    if action == "fork":
+        body = wire.NotebookFork(
+            backup=args.backup,
+            name=args.name,
+            gpu=args.gpu,
+            cpu=args.cpu,
+            labels=None if args.label is None else dict(args.label),
+        )
+        nb = client.call("POST", f"/v1/notebooks/{args.id}/fork", wire.Notebook, body=body)
+        _show(nb, args.output)
+        return 0
     if action == "logs":
         text = client.request("GET", f"/v1/notebooks/{args.id}/logs", query={"tail": args.tail})
         sys.stdout.write(text.decode(errors="replace"))
@@ -199,9 +232,12 @@ def _wait(client: Client, ident: str, target: NotebookState, timeout_s: float, f
     last = None
     while True:
         nb = client.call("GET", f"/v1/notebooks/{ident}", wire.Notebook)
-        if fmt == "table" and (nb.state, nb.state_reason) != last:
-            sys.stderr.write(f"{output.when(nb.state_at)}  {nb.state}: {nb.state_reason}\n")
-            last = (nb.state, nb.state_reason)
+        line = f"{nb.state}: {nb.state_reason}"
+        if nb.progress is not None:
+            line += f" ({output.progress(nb.progress)})"
+        if fmt == "table" and line != last:
+            sys.stderr.write(f"{output.when(time.time())}  {line}\n")
+            last = line
         if nb.state == target:
             _show(nb, fmt)
             return 0

@@ -63,6 +63,55 @@ def notebook_rows(items: Sequence[wire.Notebook]) -> list[list[Any]]:
     ]
 
 
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError
+
+
+PHASES = {
+    "image": "preparing image",
+    "restore": "restoring workspace",
+    "volumes-pull": "pulling volumes",
+    "push": "saving workspace",
+    "volumes-push": "pushing volumes",
+    "checkpoint": "checkpointing workspace",
+}
+
+
+def progress(p: wire.Progress) -> str:
+    """``restoring workspace 40% (412 of 1,030 files, 40.1 MB of 100.2 MB)``."""
+    text = PHASES.get(p.phase, p.phase)
+    if p.bytes_total:
+        text += f" {100 * p.bytes_done // p.bytes_total}%"
+    if p.files_total:
+        text += f" ({p.files_done:,} of {p.files_total:,} files, "
+        text += f"{size(p.bytes_done)} of {size(p.bytes_total)})"
+    if p.detail:
+        text += f": {p.detail}"
+    return text
+
+
+SNAPSHOT_HEADERS = ["BACKUP", "TIME", "KIND", "FILES", "SIZE", "STORED"]
+
+
+def snapshot_rows(items: Sequence[wire.SnapshotInfo]) -> list[list[Any]]:
+    return [
+        [
+            s.id,
+            when(s.created_at),
+            s.kind,
+            f"{s.files:,}",
+            size(s.logical_bytes),
+            size(s.stored_bytes),
+        ]
+        for s in items
+    ]
+
+
 NOTEBOOK_HEADERS = ["ID", "NAME", "STATE", "FRAMEWORK/EDITOR", "RESOURCES", "HOST", "SINCE"]
 
 
@@ -81,10 +130,26 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
         ("Host", nb.host or "-"),
         ("GPUs", gpus),
         ("URL", nb.url or "-"),
+        (
+            "Workspace",
+            (
+                f"{size(nb.workspace.logical_bytes)} in {nb.workspace.files:,} files, "
+                f"{size(nb.workspace.stored_bytes)} stored (backup {nb.workspace.id}, "
+                f"{when(nb.workspace.created_at)})"
+            )
+            if nb.workspace
+            else "no backup yet",
+        ),
         ("Labels", labels),
         ("Billed", f"{nb.billed_minutes} min"),
         ("Created", when(nb.created_at)),
     ]
+    if nb.progress is not None:
+        fields.insert(4, ("Progress", progress(nb.progress)))
+    if nb.forked_from is not None:
+        fields.append(
+            ("Forked from", f"{nb.forked_from.notebook} backup {nb.forked_from.snapshot}")
+        )
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         out.write(f"{key + ':':<{width + 1}} {value}\n")

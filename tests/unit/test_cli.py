@@ -163,3 +163,57 @@ def test_token_and_url_flags_work_before_or_after_the_subcommand(server, monkeyp
     argv = flags + ["admin", "host", "list"] if before else ["admin", "host", "list"] + flags
     assert main(argv) == 0
     assert server.calls[0][:3] == ("GET", "/v1/admin/hosts", "Bearer nba_flag")
+
+
+def test_backup_list_shows_time_size_and_files(server, capsys):
+    items = [
+        {
+            "id": "20261121T2015Z-ab",
+            "created_at": 1.0,
+            "kind": "checkpoint",
+            "files": 12034,
+            "logical_bytes": 1_500_000_000,
+            "stored_bytes": 600_000_000,
+        },
+    ]
+    server.replies[("GET", "/v1/notebooks/6f1c/backups")] = (200, {"items": items})
+    assert main(["notebook", "backup", "list", "6f1c"]) == 0
+    out = capsys.readouterr().out
+    for text in ["20261121T2015Z-ab", "checkpoint", "12,034", "1.5 GB", "600.0 MB"]:
+        assert text in out
+
+
+def test_fork_sends_backup_and_overrides(server, capsys):
+    server.replies[("POST", "/v1/notebooks/6f1c/fork")] = (201, NOTEBOOK)
+    argv = ["notebook", "fork", "6f1c", "--backup", "s1", "--name", "exp2", "-o", "json"]
+    assert main(argv) == 0
+    sent = json.loads(server.calls[0][3])
+    assert sent == {"backup": "s1", "name": "exp2", "gpu": None, "cpu": None, "labels": None}
+
+
+def test_get_shows_progress_and_workspace_size(server, capsys):
+    nb = dict(
+        NOTEBOOK,
+        state="STARTING",
+        progress={
+            "phase": "restore",
+            "files_done": 412,
+            "files_total": 1030,
+            "bytes_done": 40_100_000,
+            "bytes_total": 100_200_000,
+            "at": 1.0,
+        },
+        workspace={
+            "id": "s9",
+            "created_at": 1.0,
+            "kind": "stop",
+            "files": 1030,
+            "logical_bytes": 100_200_000,
+            "stored_bytes": 30_000_000,
+        },
+    )
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, nb)
+    assert main(["notebook", "get", "6f1c"]) == 0
+    out = capsys.readouterr().out
+    assert "restoring workspace 40% (412 of 1,030 files, 40.1 MB of 100.2 MB)" in out
+    assert "100.2 MB in 1,030 files, 30.0 MB stored (backup s9" in out
