@@ -128,6 +128,12 @@ class SchedulerClient:
     async def usage(self, body: wire.UsageBatch) -> wire.Ack:
         return await self._call("POST", "/v1/agents/usage", wire.Ack, body)
 
+    async def snapshot(self, body: wire.SnapshotReport) -> wire.Ack:
+        return await self._call("POST", "/v1/agents/snapshots", wire.Ack, body)
+
+    async def progress(self, body: wire.ProgressReport) -> wire.Ack:
+        return await self._call("POST", "/v1/agents/progress", wire.Ack, body)
+
 
 def _api_error(status: int, payload: bytes) -> ApiError:
     try:

@@ -20,6 +20,9 @@ from typing import Protocol
 from common.errors import ApiError
 from common.wire import (
     Ack,
+    Progress,
+    ProgressReport,
+    SnapshotReport,
     Transition,
     TransitionBatch,
     TransitionReply,
@@ -39,6 +42,10 @@ class ReportSink(Protocol):
 
     async def usage(self, body: UsageBatch) -> Ack: ...
 
+    async def snapshot(self, body: SnapshotReport) -> Ack: ...
+
+    async def progress(self, body: ProgressReport) -> Ack: ...
+
 
 def billed_minutes(running_since: float, now: float) -> int:
     """Commenced minutes of a run: 0 at its first instant, 1 for (0, 60] seconds, and so on."""
@@ -50,6 +57,17 @@ class Outbox:
         self._sink = sink
         self._transitions: list[Transition] = []
         self._usage: dict[tuple[str, int], UsageItem] = {}
+        self._snapshots: list[SnapshotReport] = []
+        #: Latest progress per notebook; ``None`` clears it at the scheduler. Best effort.
+        self._progress: dict[str, ProgressReport] = {}
+
+    def add_snapshot(self, report: SnapshotReport) -> None:
+        """Queue a committed snapshot; sent before transitions, so a STOPPED notebook already
+        shows the size of the workspace it just saved."""
+        self._snapshots.append(report)
+
+    def set_progress(self, notebook: str, generation: int, progress: Progress | None) -> None:
+        self._progress[notebook] = ProgressReport(notebook, generation, progress)
 
     def add_transition(self, transition: Transition) -> None:
         self._transitions.append(transition)
@@ -81,11 +99,18 @@ class Outbox:
         return list(self._usage.values())
 
     def empty(self) -> bool:
-        return not self._transitions and not self._usage
+        return not (self._transitions or self._usage or self._snapshots or self._progress)
 
     async def tick(self) -> None:
         """Send what is pending. Raises when the scheduler could not be reached (the caller
-        backs off); whatever was not acknowledged stays queued in order."""
+        backs off); whatever was not acknowledged stays queued in order. Progress is sent
+        last and never retried: a newer one will follow, or the sync is over."""
+        while self._snapshots:
+            try:
+                await self._sink.snapshot(self._snapshots[0])
+            except ApiError as exc:
+                log.error("report: scheduler refused a snapshot report, dropping: %s", exc)
+            del self._snapshots[0]
         while self._transitions:
             batch = self._transitions[:BATCH]
             try:
@@ -115,3 +140,9 @@ class Outbox:
             for key, item in sent_usage.items():
                 if self._usage.get(key) is item:
                     del self._usage[key]
+        progress, self._progress = self._progress, {}
+        for report in progress.values():
+            try:
+                await self._sink.progress(report)
+            except ApiError as exc:
+                log.debug("notebook=%s progress report refused: %s", report.notebook, exc)

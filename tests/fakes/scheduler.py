@@ -26,6 +26,8 @@ class FakeSink:
         #: Transitions acknowledged, in order of arrival.
         self.sent: list[wire.Transition] = []
         self.usage_items: list[wire.UsageItem] = []
+        self.snapshots: list[wire.SnapshotReport] = []
+        self.progress: list[wire.ProgressReport] = []
         self._down = 0
 
     def down_for(self, calls: int) -> None:
@@ -46,6 +48,16 @@ class FakeSink:
     async def usage(self, body: wire.UsageBatch) -> wire.Ack:
         self._enter()
         self.usage_items.extend(body.items)
+        return wire.Ack()
+
+    async def snapshot(self, body: wire.SnapshotReport) -> wire.Ack:
+        self._enter()
+        self.snapshots.append(body)
+        return wire.Ack()
+
+    async def progress(self, body: wire.ProgressReport) -> wire.Ack:
+        self._enter()
+        self.progress.append(body)
         return wire.Ack()
 
 
