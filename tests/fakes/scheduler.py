@@ -27,7 +27,7 @@ class FakeSink:
         self.sent: list[wire.Transition] = []
         self.usage_items: list[wire.UsageItem] = []
         self.snapshots: list[wire.SnapshotReport] = []
-        self.progress: list[wire.ProgressReport] = []
+        self.progress_reports: list[wire.ProgressReport] = []
         self._down = 0
 
     def down_for(self, calls: int) -> None:
@@ -57,7 +57,7 @@ class FakeSink:
 
     async def progress(self, body: wire.ProgressReport) -> wire.Ack:
         self._enter()
-        self.progress.append(body)
+        self.progress_reports.append(body)
         return wire.Ack()
 
 

@@ -54,7 +54,7 @@ async def test_progress_keeps_only_the_latest_and_is_not_retried():
     for done in (1, 2, 3):
         outbox.set_progress("nb1", 1, wire.Progress("restore", done, 3, done, 3, 1.0))
     await outbox.tick()
-    assert [r.progress.files_done for r in sink.progress] == [3]
+    assert [r.progress.files_done for r in sink.progress_reports] == [3]
     outbox.set_progress("nb1", 1, None)
     sink.down_for(1)
     with pytest.raises(SchedulerUnavailable):
