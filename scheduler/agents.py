@@ -18,6 +18,7 @@ from scheduler.board import AssignmentBoard
 from scheduler.datastores import resolve_volumes
 from scheduler.db import Database, Row, Tx
 from scheduler.lifecycle import add_usage, change_state
+from scheduler.snapshots import restore_source
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +309,7 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
                 running_since=row["running_since"],
                 user=row["user"],
                 volumes=await resolve_volumes(tx, row),
+                restore_from=await restore_source(tx, row),
             )
         )
     return wire.Assignments(version=host["assignments_version"], items=items)

@@ -22,6 +22,7 @@ from scheduler.board import AssignmentBoard
 from scheduler.datastores import check_volumes, save_volumes, stored_volumes
 from scheduler.db import Database, Row, Tx
 from scheduler.lifecycle import bump_assignments, change_state, record_history
+from scheduler.snapshots import ProgressBoard, latest_snapshot, retained_snapshot
 
 S = NotebookState
 
@@ -67,11 +68,17 @@ class NotebookService:
         config: SchedulerConfig,
         board: AssignmentBoard,
         clock: Callable[[], float],
+        progress: ProgressBoard | None = None,
     ) -> None:
         self.db = db
         self.config = config
         self.board = board
         self.clock = clock
+        self.progress = progress or ProgressBoard()
+
+    def _with_progress(self, nb: wire.Notebook) -> wire.Notebook:
+        nb.progress = self.progress.get(nb.id, nb.generation, nb.state)
+        return nb
 
     @property
     def fresh_within_s(self) -> float:
@@ -92,12 +99,12 @@ class NotebookService:
                 if (S(row["state"]) in states if states else row["state"] != S.DELETED)
                 and all(json.loads(row["labels"]).get(k) == v for k, v in labels.items())
             ]
-            return [await _view(tx, row) for row in wanted]
+            return [self._with_progress(await _view(tx, row)) for row in wanted]
 
     async def get(self, project: str, notebook_id: str) -> wire.Notebook:
         async with self.db.read() as tx:
             row = await _load(tx, project, notebook_id)
-            return await _view(tx, row, with_history=True)
+            return self._with_progress(await _view(tx, row, with_history=True))
 
     async def history(self, project: str, notebook_id: str) -> list[wire.StateChange]:
         async with self.db.read() as tx:
@@ -122,7 +129,15 @@ class NotebookService:
 
     # ------------------------------------------------------------ commands
 
-    async def create(self, project: str, request: wire.NotebookCreate) -> wire.Notebook:
+    async def create(
+        self,
+        project: str,
+        request: wire.NotebookCreate,
+        *,
+        fork: wire.RestoreSource | None = None,
+    ) -> wire.Notebook:
+        """Place and store a new notebook. With ``fork``, its workspace starts from that
+        snapshot of another notebook (checked by the caller, in :meth:`fork`)."""
         catalog = self.config.catalog
         framework = catalog.frameworks.get(request.framework)
         if framework is None:
@@ -153,6 +168,8 @@ class NotebookService:
             hosts = await placement.load_capacity(tx, now=now, fresh_within_s=self.fresh_within_s)
             chosen = placement.place(hosts, resources)
             reason = f"placed on {chosen.host}"
+            if fork is not None:
+                reason += f"; workspace from backup {fork.snapshot} of {fork.notebook}"
             await tx.run(
                 "INSERT INTO notebooks (id, project, name, framework, editor, image, command, "
                 "editor_port, url_path, user, gpu, cpu, memory_mb, labels, envvars, state, "
@@ -185,12 +202,47 @@ class NotebookService:
                     now,
                 ),
             )
+            if fork is not None:
+                # The snapshot carries the source's .workspace.initialized: a fork is a
+                # restart of that workspace, so the marker rules apply from its first start.
+                await tx.run(
+                    "UPDATE notebooks SET fork_notebook = ?, fork_snapshot = ?, initialized = 1 "
+                    "WHERE id = ?",
+                    (fork.notebook, fork.snapshot, notebook_id),
+                )
             await save_volumes(tx, notebook_id, request.volumes)
             await placement.reserve(tx, chosen, notebook_id)
             await record_history(tx, notebook_id, S.STARTING, reason, at=now, generation=1)
             await bump_assignments(tx, self.board, {chosen.host})
             row = await _load(tx, project, notebook_id)
             return await _view(tx, row)
+
+    async def fork(
+        self, project: str, notebook_id: str, request: wire.NotebookFork
+    ) -> wire.Notebook:
+        """A new notebook like ``notebook_id`` (framework, editor, resources, labels, env)
+        whose workspace starts from one of its retained snapshots."""
+        async with self.db.read() as tx:
+            source = await _load(tx, project, notebook_id)
+            await retained_snapshot(tx, notebook_id, request.backup)
+        overrides = request.gpu is not None or request.cpu is not None
+        create = wire.NotebookCreate(
+            framework=source["framework"],
+            editor=source["editor"],
+            gpu=request.gpu if overrides else source["gpu"],
+            cpu=request.cpu if overrides else source["cpu"],
+            name=request.name,
+            labels=json.loads(source["labels"]) if request.labels is None else request.labels,
+            envvars=json.loads(source["envvars"]),
+        )
+        return await self.create(
+            project, create, fork=wire.RestoreSource(notebook=notebook_id, snapshot=request.backup)
+        )
+
+    async def backups_of(self, project: str, notebook_id: str) -> None:
+        """Raise 404 unless the notebook exists in ``project`` (backups are scoped like it)."""
+        async with self.db.read() as tx:
+            await _load(tx, project, notebook_id)
 
     async def start(self, project: str, notebook_id: str) -> wire.Notebook:
         now = self.clock()
@@ -313,4 +365,10 @@ async def _view(tx: Tx, row: Row, *, with_history: bool = False) -> wire.Noteboo
         billed_minutes=billed["minutes"] if billed else 0,
         history=await _history(tx, row["id"]) if with_history else None,
         volumes=stored_volumes(row),
+        workspace=await latest_snapshot(tx, row["id"]),
+        forked_from=(
+            wire.RestoreSource(notebook=row["fork_notebook"], snapshot=row["fork_snapshot"])
+            if row["fork_notebook"]
+            else None
+        ),
     )

@@ -22,6 +22,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/datastores", datastores.create_datastore)
     r.add_get("/v1/datastores", datastores.list_datastores)
     r.add_delete("/v1/datastores/{alias}", datastores.delete_datastore)
+    r.add_get("/v1/notebooks/{id}/backups", user.notebook_backups)
+    r.add_post("/v1/notebooks/{id}/fork", user.fork_notebook)
 
     r.add_post("/v1/admin/projects", admin.create_project)
     r.add_get("/v1/admin/projects", admin.list_projects)
@@ -33,3 +35,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/agents/assignments", agents.assignments)
     r.add_post("/v1/agents/transitions", agents.transitions)
     r.add_post("/v1/agents/usage", agents.usage)
+    r.add_post("/v1/agents/snapshots", agents.snapshots)
+    r.add_post("/v1/agents/progress", agents.progress)
