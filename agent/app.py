@@ -142,7 +142,11 @@ class Agent:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        for directory in (self.config.workspaces_dir, self.config.scratch_dir):
+        for directory in (
+            self.config.workspaces_dir,
+            self.config.scratch_dir,
+            self.config.volumes_dir,
+        ):
             os.makedirs(directory, exist_ok=True)
         await self.reconciler.adopt()
         await self._start_http()
@@ -154,6 +158,7 @@ class Agent:
         for loop in self.loops:
             await loop.stop()
         await self.reconciler.close()
+        await self.reconciler.volumes.close()
         try:
             await self.outbox.tick()
         except Exception as exc:

@@ -43,6 +43,7 @@ from agent.runtime import (
     ContainerSpec,
     ImageUnavailable,
 )
+from agent.volumes import VolumeSync, VolumeSyncError
 from agent.workspace.host import HostWorkspaces, MarkerMissing
 from common.config import AgentConfig
 from common.states import InvalidTransition, NotebookState, check
@@ -89,7 +90,11 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         probe: Probe = http_probe,
         kept_logs: KeptLogs | None = None,
+        volumes: VolumeSync | None = None,
     ) -> None:
+        self.volumes = volumes or VolumeSync(
+            config.volumes_dir, concurrency=config.sync_concurrency, clock=clock
+        )
         self.config = config
         self.kept_logs = kept_logs or KeptLogs(Path(config.state_dir) / "logs")
         self.runtime = runtime
@@ -338,6 +343,9 @@ class Reconciler:
             record.last_error = f"workspace restore failed: {exc}"
             log.warning("notebook=%s %s; retrying next tick", notebook, record.last_error)
             return None
+        mounts = await self._pull_volumes(record, assignment)
+        if mounts is None:
+            return None
         spec = ContainerSpec(
             notebook=notebook,
             project=assignment.project,
@@ -354,6 +362,7 @@ class Reconciler:
             scratch_dir=self.workspaces.scratch(notebook),
             public_host=self.config.public_host,
             nvidia_runtime=self.config.nvidia_runtime,
+            extra_mounts=mounts,
         )
         try:
             info = await self.runtime.create_and_start(spec)
@@ -389,17 +398,65 @@ class Reconciler:
         push reports FAILED instead and keeps the host dir (the next start uses it)."""
         notebook = record.notebook
         await self.workspaces.remove_scratch(notebook)
+        volume_failure = await self._push_volumes(record)
         try:
             await self.workspaces.push(notebook)
         except Exception as exc:
             log.warning("notebook=%s workspace push failed, keeping host dir: %s", notebook, exc)
-            failure = f"workspace push failed: {exc}"
+            failure = "; ".join(filter(None, [f"workspace push failed: {exc}", volume_failure]))
             if state == S.FAILED:
                 failure = f"{reason}; {failure}"
             self._set_state(record, S.FAILED, failure)
             return
         await self.workspaces.remove_workspace_dir(notebook)
+        if volume_failure:
+            failure = f"{reason}; {volume_failure}" if state == S.FAILED else volume_failure
+            self._set_state(record, S.FAILED, failure)
+            return
         self._set_state(record, state, reason)
+
+    # ------------------------------------------------------------ data volumes
+
+    def _volume_progress(self, record: NotebookRecord):
+        return lambda progress: self.outbox.set_progress(
+            record.notebook, record.generation, progress
+        )
+
+    async def _pull_volumes(
+        self, record: NotebookRecord, assignment: Assignment
+    ) -> list[tuple[str, str, bool]] | None:
+        """Pull the data volumes before the container starts; their bind mounts, or ``None``
+        after a failed pull ended the notebook in FAILED (reason naming the volume)."""
+        if not assignment.volumes:
+            return []
+        try:
+            await self.volumes.pull(
+                record.notebook, assignment.volumes, self._volume_progress(record)
+            )
+        except VolumeSyncError as exc:
+            await self._push_then(record, S.FAILED, str(exc))
+            return None
+        finally:
+            self.outbox.set_progress(record.notebook, record.generation, None)
+        # The editor's start timeout counts from when it can start, not from a long pull.
+        record.first_seen = self.clock()
+        return [tuple(m) for m in self.volumes.mounts(record.notebook, assignment.volumes)]
+
+    async def _push_volumes(self, record: NotebookRecord) -> str:
+        """Push the data volumes (the container is gone); the failure reason, or ``""``.
+        Without an assignment there are no credentials: the host dirs are kept."""
+        assignment = self.assignments.get(record.notebook)
+        if assignment is None or not assignment.volumes:
+            return ""
+        try:
+            await self.volumes.push(
+                record.notebook, assignment.volumes, self._volume_progress(record)
+            )
+        except VolumeSyncError as exc:
+            return str(exc)
+        finally:
+            self.outbox.set_progress(record.notebook, record.generation, None)
+        return ""
 
     async def _stop(self, record: NotebookRecord) -> None:
         if record.state in (S.STOPPED, S.FAILED, S.ERROR):
@@ -417,6 +474,7 @@ class Reconciler:
         await self.runtime.remove(notebook)
         await self.workspaces.remove_scratch(notebook)
         await self.workspaces.remove_workspace_dir(notebook)
+        await self.volumes.remove(notebook)
         self.kept_logs.forget(notebook)
         deleted = await self.workspaces.delete_remote(notebook)
         log.info("notebook=%s deleted %d workspace objects", notebook, deleted)

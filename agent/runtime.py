@@ -80,6 +80,8 @@ class ContainerSpec:
     scratch_dir: str
     public_host: str = "127.0.0.1"
     nvidia_runtime: bool = False
+    #: Data volumes: (host dir, mount path, read only), bound after /workspace and /data.
+    extra_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +176,10 @@ def container_config(
         "RestartPolicy": {"Name": "no"},
         "Init": True,
     }
+    host_config["Binds"] += [
+        f"{source}:{target}:{'ro' if read_only else 'rw'}"
+        for source, target, read_only in spec.extra_mounts
+    ]
     if spec.cpu > 0:
         host_config["NanoCpus"] = min(spec.cpu, cpus) * 1_000_000_000
     if spec.memory_mb > 0:
@@ -254,6 +260,9 @@ class DockerRuntime:
         uid, gid = parse_user(spec.user)
         await asyncio.to_thread(chown_tree, spec.workspace_dir, uid, gid)
         await asyncio.to_thread(chown_tree, spec.scratch_dir, uid, gid)
+        for source, _, read_only in spec.extra_mounts:
+            if not read_only:  # the non-root editor writes rw volumes
+                await asyncio.to_thread(chown_tree, source, uid, gid)
         name = container_name(spec.notebook)
         docker = self._client()
         try:
