@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cli import output
+from cli import output, volumes
 from cli.client import Client, client_config
 from common import wire
 from common.config import ConfigError
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name")
     run.add_argument("--label", action="append", type=_pairs("--label"), default=[])
     run.add_argument("--envvar", action="append", type=_pairs("--envvar"), default=[])
+    volumes.add_volume_option(run)
     run.add_argument("--wait", action="store_true", help="wait until the notebook is RUNNING")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
     _add_output(run)
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, default=600.0)
     _add_output(wait)
 
+    volumes.add_datastore_parser(top, _add_output)
+
     cat = top.add_parser("catalog", help="list frameworks and editors")
     _add_output(cat)
 
@@ -171,6 +174,7 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
             name=args.name,
             labels=dict(args.label),
             envvars=dict(args.envvar),
+            volumes=list(args.volume),
         )
         nb = client.call("POST", "/v1/notebooks", wire.Notebook, body=body)
         if args.wait:
@@ -321,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = Client(client_config(getattr(args, "url", None), getattr(args, "token", None)))
         if args.group in ("notebook", "nb"):
             return cmd_notebook(client, args)
+        if args.group == "datastore":
+            return volumes.cmd_datastore(client, args)
         if args.group == "catalog":
             return cmd_catalog(client, args)
         return cmd_admin(client, args)
