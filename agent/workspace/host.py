@@ -1,10 +1,32 @@
-"""A notebook's directories on this host and their sync with object storage.
+"""A notebook's directories on this host and their snapshots in object storage.
 
 ``workspaces_dir/<id>`` is ``/workspace``; ``scratch_dir/<id>`` is ``/data`` (never synced).
 Rules (design.md, "Lifecycle"): an existing host workspace dir is used as is (it only survives a
-failed push, so it is never older than object storage); otherwise the workspace is restored.
-A notebook that has started before (``initialized``) must find the marker
+failed push, so it is never older than object storage); otherwise the newest snapshot is
+restored. A notebook that has started before (``initialized``) must find the marker
 :data:`MARKER` in its workspace, or it would silently start empty; a first start creates it.
+
+Snapshots of notebook ``<id>`` live under ``<bucket>/<id>/workspace/`` (the engine's layout,
+:mod:`agent.workspace.manifest`); the local index lives in ``state_dir/workspace-index``.
+
+API (all coroutines unless noted; pushes of one notebook are serialised):
+
+* ``prepare(notebook, initialized, *, progress=None, source_notebook=None, snapshot=None)``:
+  make ``/workspace`` and ``/data`` ready; a restore may come from another notebook's snapshot
+  (a fork's first start).
+* ``push(notebook, *, kind="stop", progress=None) -> PushResult | None``: snapshot the host dir
+  (``None`` when there is none), then apply retention (and GC when retention dropped something).
+  ``PushResult.snapshot`` is the committed :class:`common.wire.SnapshotInfo` (the parent's when
+  ``PushResult.unchanged``: nothing changed, nothing written), ``PushResult.kept`` the snapshot
+  ids retention kept.
+* ``checkpoint(notebook, progress=None) -> PushResult | None``: the same while the notebook
+  runs, kind ``"checkpoint"``, progress phase ``"checkpoint"``.
+* ``snapshots(notebook) -> list[SnapshotInfo]`` (oldest first).
+* ``restore(notebook, *, source_notebook=None, snapshot=None, progress=None) -> RestoreResult``:
+  restore into the (absent) host dir via ``<dir>.restoring``.
+* ``collect_garbage(notebook) -> int``; ``delete_remote(notebook) -> int``; directory helpers
+  ``workspace_dir``, ``scratch``, ``has_workspace`` (plain functions), ``remove_scratch``,
+  ``remove_workspace_dir``.
 """
 
 from __future__ import annotations
@@ -15,7 +37,14 @@ import os
 import shutil
 
 from agent.objectstore import ObjectStore
-from agent.workspace import mirror
+from agent.workspace import retention
+from agent.workspace.engine import PushResult
+from agent.workspace.engine import push as engine_push
+from agent.workspace.manifest import Kind
+from agent.workspace.progress import ProgressCallback
+from agent.workspace.restore import RESTORING_SUFFIX, RestoreResult
+from agent.workspace.restore import restore as engine_restore
+from common.wire import SnapshotInfo
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +53,10 @@ MARKER = ".workspace.initialized"
 
 class MarkerMissing(Exception):
     pass
+
+
+def workspace_prefix(notebook: str) -> str:
+    return f"{notebook}/workspace/"
 
 
 class HostWorkspaces:
@@ -35,13 +68,24 @@ class HostWorkspaces:
         scratch_dir: str,
         *,
         concurrency: int = 16,
+        state_dir: str | None = None,
+        retention_last: int = 5,
+        retention_daily: int = 7,
+        gc_grace_s: float = retention.GRACE_S,
     ) -> None:
         self.store = store
         self.bucket = bucket
         self.workspaces_dir = workspaces_dir
         self.scratch_dir = scratch_dir
         self.concurrency = concurrency
+        # Without a state dir the index sits beside the workspaces (never inside one).
+        base = state_dir if state_dir else workspaces_dir.rstrip("/") + ".state"
+        self.index_dir = os.path.join(base, "workspace-index")
+        self.retention_last = retention_last
+        self.retention_daily = retention_daily
+        self.gc_grace_s = gc_grace_s
         self._bucket_ready = False
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def workspace_dir(self, notebook: str) -> str:
         return os.path.join(self.workspaces_dir, notebook)
@@ -52,34 +96,32 @@ class HostWorkspaces:
     def has_workspace(self, notebook: str) -> bool:
         return os.path.isdir(self.workspace_dir(notebook))
 
+    def _lock(self, notebook: str) -> asyncio.Lock:
+        return self._locks.setdefault(notebook, asyncio.Lock())
+
     async def _ensure_bucket(self) -> None:
         if not self._bucket_ready:
             await self.store.ensure_bucket(self.bucket)
             self._bucket_ready = True
 
-    async def prepare(self, notebook: str, initialized: bool) -> None:
+    async def prepare(
+        self,
+        notebook: str,
+        initialized: bool,
+        *,
+        progress: ProgressCallback | None = None,
+        source_notebook: str | None = None,
+        snapshot: str | None = None,
+    ) -> None:
         """Make ``/workspace`` and ``/data`` ready. Raises :class:`MarkerMissing` (after removing
         the just-restored dir, which holds nothing new) or the store's error."""
         directory = self.workspace_dir(notebook)
         restored = False
         if not os.path.isdir(directory):
-            await self._ensure_bucket()
-            result = await mirror.restore(
-                self.store,
-                self.bucket,
-                mirror.workspace_prefix(notebook),
-                directory,
-                concurrency=self.concurrency,
+            await self.restore(
+                notebook, source_notebook=source_notebook, snapshot=snapshot, progress=progress
             )
             restored = True
-            log.info(
-                "notebook=%s workspace restored: %d files, %d symlinks, %d bytes, %d refused",
-                notebook,
-                result.files,
-                result.symlinks,
-                result.bytes,
-                len(result.refused),
-            )
         marker = os.path.join(directory, MARKER)
         if not os.path.lexists(marker):
             if initialized:
@@ -93,28 +135,115 @@ class HostWorkspaces:
             await asyncio.to_thread(_touch, marker)
         await asyncio.to_thread(os.makedirs, self.scratch(notebook), exist_ok=True)
 
-    async def push(self, notebook: str) -> mirror.PushResult | None:
-        """Push the host workspace dir; ``None`` when there is none (nothing to save)."""
+    async def restore(
+        self,
+        notebook: str,
+        *,
+        source_notebook: str | None = None,
+        snapshot: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> RestoreResult:
+        """Restore ``snapshot`` (default the newest) of ``source_notebook`` (default this
+        notebook) into this notebook's host dir, which must not exist."""
+        await self._ensure_bucket()
+        source = source_notebook or notebook
+        own = source == notebook
+        await asyncio.to_thread(os.makedirs, self.workspaces_dir, exist_ok=True)
+        result = await engine_restore(
+            self.store,
+            self.bucket,
+            workspace_prefix(source),
+            self.workspace_dir(notebook),
+            snapshot=snapshot,
+            concurrency=self.concurrency,
+            progress=progress,
+            # Seeding the index only makes sense for the prefix this dir will push to.
+            index_dir=self.index_dir if own else None,
+        )
+        log.info(
+            "notebook=%s workspace restored from %s snapshot %s: %d files, %d dirs, "
+            "%d symlinks, %d bytes (%d downloaded in %d requests) in %.2fs",
+            notebook,
+            source,
+            result.snapshot.id if result.snapshot else "(none)",
+            result.files,
+            result.dirs,
+            result.symlinks,
+            result.bytes,
+            result.downloaded_bytes,
+            result.requests,
+            result.seconds,
+        )
+        return result
+
+    async def push(
+        self,
+        notebook: str,
+        *,
+        kind: Kind = "stop",
+        progress: ProgressCallback | None = None,
+    ) -> PushResult | None:
+        """Snapshot the host workspace dir; ``None`` when there is none (nothing to save)."""
         directory = self.workspace_dir(notebook)
         if not os.path.isdir(directory):
             return None
         await self._ensure_bucket()
-        result = await mirror.push(
-            self.store,
-            self.bucket,
-            mirror.workspace_prefix(notebook),
-            directory,
-            concurrency=self.concurrency,
-        )
+        prefix = workspace_prefix(notebook)
+        async with self._lock(notebook):
+            result = await engine_push(
+                self.store,
+                self.bucket,
+                prefix,
+                directory,
+                index_dir=self.index_dir,
+                kind=kind,
+                concurrency=self.concurrency,
+                progress=progress,
+                progress_phase="checkpoint" if kind == "checkpoint" else "push",
+            )
+            kept, dropped = await retention.apply_retention(
+                self.store,
+                self.bucket,
+                prefix,
+                keep_last=self.retention_last,
+                keep_daily=self.retention_daily,
+            )
+            result.kept = kept
+            if dropped:
+                await retention.collect_garbage(
+                    self.store, self.bucket, prefix, grace_s=self.gc_grace_s
+                )
         log.info(
-            "notebook=%s workspace pushed: %d uploaded, %d unchanged, %d deleted, %d bytes",
+            "notebook=%s workspace %s snapshot %s: %d files, %d bytes, read %d files, "
+            "uploaded %d objects / %d bytes, reused %d, in %.2fs",
             notebook,
-            result.uploaded,
-            result.skipped,
-            result.deleted,
-            result.bytes,
+            "unchanged" if result.unchanged else kind,
+            result.snapshot.id,
+            result.files,
+            result.logical_bytes,
+            result.read_files,
+            result.uploaded_objects,
+            result.uploaded_bytes,
+            result.reused_objects,
+            result.seconds,
         )
         return result
+
+    async def checkpoint(
+        self, notebook: str, progress: ProgressCallback | None = None
+    ) -> PushResult | None:
+        return await self.push(notebook, kind="checkpoint", progress=progress)
+
+    async def snapshots(self, notebook: str) -> list[SnapshotInfo]:
+        await self._ensure_bucket()
+        return await retention.list_snapshots(self.store, self.bucket, workspace_prefix(notebook))
+
+    async def collect_garbage(self, notebook: str) -> int:
+        await self._ensure_bucket()
+        async with self._lock(notebook):
+            return await retention.collect_garbage(
+                self.store, self.bucket, workspace_prefix(notebook), grace_s=self.gc_grace_s
+            )
 
     async def remove_scratch(self, notebook: str) -> None:
         await asyncio.to_thread(_rmtree, self.scratch(notebook))
@@ -122,13 +251,18 @@ class HostWorkspaces:
     async def remove_workspace_dir(self, notebook: str) -> None:
         directory = self.workspace_dir(notebook)
         await asyncio.to_thread(_rmtree, directory)
-        await asyncio.to_thread(_rmtree, directory + mirror.RESTORING_SUFFIX)
+        await asyncio.to_thread(_rmtree, directory + RESTORING_SUFFIX)
 
     async def delete_remote(self, notebook: str) -> int:
+        """Delete every snapshot and object of the notebook; returns how many objects."""
         await self._ensure_bucket()
-        return await mirror.delete_prefix(
-            self.store, self.bucket, mirror.workspace_prefix(notebook)
-        )
+        prefix = workspace_prefix(notebook)
+        keys = [info.key for info in await self.store.list(self.bucket, prefix)]
+        # Manifests first: an interrupted delete never leaves a snapshot missing its objects.
+        keys.sort(key=lambda key: not key.startswith(prefix + "snapshots/"))
+        if keys:
+            await self.store.delete(self.bucket, keys)
+        return len(keys)
 
 
 def _touch(path: str) -> None:

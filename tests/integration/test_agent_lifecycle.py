@@ -10,7 +10,7 @@ from agent.objectstore import S3ObjectStore
 from agent.reconcile import Reconciler
 from agent.report import Outbox
 from agent.runtime import DockerRuntime
-from agent.workspace.host import MARKER, HostWorkspaces
+from agent.workspace.host import HostWorkspaces
 from common.config import AgentConfig
 from common.states import NotebookState as S
 from common.wire import Assignment
@@ -91,8 +91,8 @@ async def test_run_stop_restart_delete(
         await drive(reconciler, outbox, sink, S.STOPPED, "the stop")
         assert await runtime.inspect(notebook) is None
         assert not (tmp_path / "ws" / notebook).exists()
-        keys = sorted(o.key for o in await store.list(config.workspace_bucket, f"{notebook}/"))
-        assert keys == [f"{notebook}/workspace/{MARKER}", f"{notebook}/workspace/notes.txt"]
+        snapshots = await workspaces.snapshots(notebook)
+        assert [s.files for s in snapshots] == [2]  # the marker and notes.txt
 
         sink.sent.clear()
         reconciler.set_assignments(
@@ -113,8 +113,8 @@ async def test_run_stop_restart_delete(
         )
         failed = await drive(reconciler, outbox, sink, S.FAILED, "the exit")
         assert failed.reason.startswith("container exited with code ")
-        keys = sorted(o.key for o in await store.list(config.workspace_bucket, f"{notebook}/"))
-        assert f"{notebook}/workspace/more.txt" in keys
+        snapshots = await workspaces.snapshots(notebook)
+        assert snapshots[-1].files == 3, "more.txt was pushed"
 
         reconciler.set_assignments(
             [assignment(notebook, tiny_image, generation=2, desired="deleted", state=S.DELETING)]

@@ -1,4 +1,4 @@
-"""The workspace mirror and the S3 adapter against a real SeaweedFS server."""
+"""The S3 adapter and the snapshot engine against a real SeaweedFS server."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.objectstore import ObjectInfo, S3ObjectStore
-from agent.workspace import mirror
+from agent.objectstore import AlreadyExists, NotFound, S3ObjectStore
+from agent.workspace import engine
+from agent.workspace.restore import restore
 from tests.support.s3server import S3Server
 
 MTIME_NS = 1_600_000_000_123_456_789
+P = "nb1/workspace/"
 
 
 @pytest.fixture
@@ -38,98 +40,61 @@ def make_tree(root: Path) -> None:
     (root / "secret.txt").write_text("mine")
     os.chmod(root / "secret.txt", 0o600)
     (root / "données é.csv").write_text("a;b\n")
-    (root / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (root / "big.bin").write_bytes(os.urandom(20 * 1024 * 1024 + 17))
+    (root / "empty-dir").mkdir()
     os.symlink("/etc/passwd", root / "passwd-link")
     os.symlink("src/pkg", root / "pkg-link")
     for path in root.rglob("*"):
         os.utime(path, ns=(MTIME_NS, MTIME_NS), follow_symlinks=False)
 
 
+async def test_conditional_put_refuses_to_overwrite(store: S3ObjectStore, bucket: str) -> None:
+    await store.put_bytes(bucket, "snapshots/x", b"first", if_none_match=True)
+    with pytest.raises(AlreadyExists):
+        await store.put_bytes(bucket, "snapshots/x", b"second", if_none_match=True)
+    assert await store.get_bytes(bucket, "snapshots/x") == b"first"
+
+
+async def test_ranged_get_multipart_put_and_missing_key(store: S3ObjectStore, bucket: str) -> None:
+    data = os.urandom(40 * 1024 * 1024 + 5)  # above the multipart threshold
+    await store.put_bytes(bucket, "big", data, metadata={"kind": "test"})
+    assert await store.get_bytes(bucket, "big", 10, 20) == data[10:20]
+    assert await store.get_bytes(bucket, "big") == data
+    [listed] = await store.list(bucket, "big", metadata=True)
+    assert listed.size == len(data) and listed.modified > 0 and listed.metadata == {"kind": "test"}
+    with pytest.raises(NotFound):
+        await store.get_bytes(bucket, "missing")
+
+
 async def test_push_restore_round_trip(store: S3ObjectStore, bucket: str, tmp_path: Path) -> None:
     src = tmp_path / "src-ws"
     make_tree(src)
-    prefix = mirror.workspace_prefix("nb1")
-    events: list[tuple[str, int, int]] = []
-    pushed = await mirror.push(
-        store, bucket, prefix, str(src), concurrency=4, progress=lambda *e: events.append(e)
-    )
-    assert pushed.uploaded == 7 and pushed.deleted == 0
-    assert events[-1] == ("upload", 7, 7)
+    index = str(tmp_path / "index")
+    pushed = await engine.push(store, bucket, P, str(src), index_dir=index, kind="stop")
+    assert pushed.files == 5 and pushed.uploaded_objects >= 3
 
-    objects = {o.key: o for o in await store.list(bucket, prefix, metadata=True)}
-    link = objects[prefix + "passwd-link"]
-    assert link.size == 0  # the link, never /etc/passwd's content
-    assert link.metadata["symlink"] == "%2Fetc%2Fpasswd"
+    # The link to /etc/passwd is stored as a link: the host's file never leaves the host.
+    passwd = Path("/etc/passwd").read_bytes()[:64]
+    for obj in await store.list(bucket, P):
+        assert passwd not in await store.get_bytes(bucket, obj.key), obj.key
 
-    again = await mirror.push(store, bucket, prefix, str(src))
-    assert (again.uploaded, again.skipped) == (0, 7)
+    again = await engine.push(store, bucket, P, str(src), index_dir=index)
+    assert again.unchanged and again.uploaded_objects == 0
 
     dest = tmp_path / "restored" / "nb1"
-    restored = await mirror.restore(store, bucket, prefix, str(dest), concurrency=4)
-    assert (restored.files, restored.symlinks, restored.refused) == (5, 2, [])
+    dest.parent.mkdir()
+    restored = await restore(store, bucket, P, str(dest), concurrency=4)
+    assert (restored.files, restored.symlinks) == (5, 2)
     assert not Path(str(dest) + ".restoring").exists()
     assert os.readlink(dest / "passwd-link") == "/etc/passwd"
     assert os.readlink(dest / "pkg-link") == "src/pkg"
+    assert (dest / "empty-dir").is_dir()
     for relpath in ["src/pkg/mod.py", "run.sh", "secret.txt", "données é.csv", "big.bin"]:
         original, copy = os.stat(src / relpath), os.stat(dest / relpath)
         assert (dest / relpath).read_bytes() == (src / relpath).read_bytes(), relpath
         assert copy.st_mode == original.st_mode, relpath
         assert copy.st_mtime_ns == MTIME_NS, relpath
     assert os.lstat(dest / "passwd-link").st_mtime_ns == MTIME_NS
-
-
-async def test_push_deletes_remote_extras_last(
-    store: S3ObjectStore, bucket: str, tmp_path: Path
-) -> None:
-    src = tmp_path / "ws"
-    src.mkdir()
-    for i in range(30):
-        (src / f"f{i}.txt").write_text(str(i))
-    prefix = mirror.workspace_prefix("nb2")
-    await mirror.push(store, bucket, prefix, str(src), concurrency=8)
-    for i in range(10, 30):
-        (src / f"f{i}.txt").unlink()
-    (src / "new.txt").write_text("new")
-    result = await mirror.push(store, bucket, prefix, str(src))
-    assert (result.uploaded, result.deleted, result.skipped) == (1, 20, 10)
-    keys = sorted(o.key for o in await store.list(bucket, prefix))
-    assert keys == sorted([prefix + f"f{i}.txt" for i in range(10)] + [prefix + "new.txt"])
-    assert await mirror.delete_prefix(store, bucket, prefix) == 11
-    assert await store.list(bucket, prefix) == []
-
-
-class PlantedListing:
-    """The real store, with keys a hostile or buggy writer could have left in the listing
-    (SeaweedFS itself refuses to store ``..`` keys)."""
-
-    def __init__(self, real: S3ObjectStore, planted: list[str]) -> None:
-        self.real = real
-        self.planted = planted
-
-    async def list(self, bucket: str, prefix: str, metadata: bool = False) -> list[ObjectInfo]:
-        found = await self.real.list(bucket, prefix, metadata)
-        return found + [ObjectInfo(key=key, size=5) for key in self.planted]
-
-    def __getattr__(self, name: str):
-        return getattr(self.real, name)
-
-
-async def test_restore_refuses_dotdot_and_absolute_keys(
-    store: S3ObjectStore, bucket: str, tmp_path: Path
-) -> None:
-    prefix = mirror.workspace_prefix("nb3")
-    src = tmp_path / "ws"
-    src.mkdir()
-    (src / "ok.txt").write_text("ok")
-    await mirror.push(store, bucket, prefix, str(src))
-    with pytest.raises(Exception, match="Invalid"):
-        await store.put_file(bucket, prefix + "../escape", None, {})  # the server says no too
-    bad = [prefix + "../../escape", prefix + "/etc/cron.d/x", prefix + "a/../../b"]
-    dest = tmp_path / "dest" / "nb3"
-    result = await mirror.restore(PlantedListing(store, bad), bucket, prefix, str(dest))
-    assert sorted(result.refused) == sorted(bad)
-    assert sorted(os.listdir(dest)) == ["ok.txt"]
-    assert not (tmp_path / "escape").exists() and not (tmp_path / "dest" / "escape").exists()
 
 
 async def test_list_of_missing_bucket_is_empty(store: S3ObjectStore) -> None:

@@ -12,6 +12,7 @@ import pytest
 from agent.reconcile import Reconciler
 from agent.report import Outbox
 from agent.runtime import ContainerInfo
+from agent.workspace import engine
 from agent.workspace.host import MARKER, HostWorkspaces
 from common.config import AgentConfig
 from common.states import NotebookState as S
@@ -22,6 +23,16 @@ from tests.fakes.runtime import FakeRuntime
 from tests.fakes.scheduler import FakeSink
 
 BUCKET = "nbfleet-workspaces"
+
+
+async def saved_files(store: FakeObjectStore, notebook: str) -> list[str]:
+    """Files in the notebook's newest workspace snapshot."""
+    prefix = f"{notebook}/workspace/"
+    snapshot = await engine.latest_snapshot_id(store, BUCKET, prefix)
+    if snapshot is None:
+        return []
+    manifest, _ = await engine.load_manifest(store, BUCKET, prefix, snapshot)
+    return [entry.path for entry in manifest.entries if entry.kind == "f"]
 
 
 @dataclass
@@ -128,7 +139,7 @@ async def test_editor_that_never_answers_fails_after_start_timeout(rig: Rig) -> 
     await rig.tick()
     assert rig.reported() == [("FAILED", "editor did not answer within 60s")]
     assert "nb1" not in rig.runtime.containers
-    assert rig.store.keys(BUCKET, "nb1/workspace/") == [f"nb1/workspace/{MARKER}"]
+    assert await saved_files(rig.store, "nb1") == [MARKER]
 
 
 async def test_exit_nonzero_pushes_then_fails(rig: Rig) -> None:
@@ -141,7 +152,7 @@ async def test_exit_nonzero_pushes_then_fails(rig: Rig) -> None:
         ("RUNNING", "editor answers"),
         ("FAILED", "container exited with code 3"),
     ]
-    assert "nb1/workspace/notes.txt" in rig.store.keys(BUCKET)
+    assert "notes.txt" in await saved_files(rig.store, "nb1")
     assert not rig.workspace("nb1").exists()
     assert rig.reconciler.running() == []
 
@@ -185,7 +196,7 @@ async def test_stop_removes_container_pushes_and_removes_host_dirs(rig: Rig) -> 
     assert ("stop", "nb1") in rig.runtime.calls and ("remove", "nb1") in rig.runtime.calls
     assert not rig.workspace("nb1").exists()
     assert not (rig.root / "scratch" / "nb1").exists()
-    assert "nb1/workspace/model.py" in rig.store.keys(BUCKET)
+    assert "model.py" in await saved_files(rig.store, "nb1")
 
 
 async def test_stop_with_push_failure_reports_failed_and_keeps_host_dir(rig: Rig) -> None:
@@ -354,7 +365,7 @@ async def test_orphan_container_is_stopped_and_its_workspace_saved(rig: Rig) -> 
     rig.assign()
     await rig.tick()
     assert rig.runtime.containers == {}
-    assert rig.store.keys(BUCKET, "gone/") == ["gone/workspace/f.txt"]
+    assert await saved_files(rig.store, "gone") == ["f.txt"]
     assert rig.reported() == []
 
 

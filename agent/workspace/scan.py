@@ -1,0 +1,165 @@
+"""Walking a workspace without following links, and the local index that spares re-reading it.
+
+:func:`scan` lists directories, regular files and symlinks with ``lstat`` semantics
+(``scandir`` entries, never ``follow_symlinks``), so a link to ``/etc/shadow`` is recorded as a
+link and its target is never opened. FIFOs, sockets and devices are skipped with a warning.
+
+:class:`LocalIndex` maps a path to ``(size, mtime_ns, inode, ctime_ns)`` and the content ids
+it had; a file whose four stat values all match is not read again. Entries whose mtime is within
+:data:`RACY_NS` of the push are not recorded, so a write landing in the same timestamp tick as
+the hash is caught next time (git's "racy clean" rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+RACY_NS = 2_000_000_000
+
+
+@dataclass(slots=True)
+class Scanned:
+    path: str
+    kind: str  # "f", "d" or "l"
+    mode: int
+    mtime_ns: int
+    size: int
+    ino: int
+    ctime_ns: int
+    target: str = ""
+
+
+def scan(directory: str) -> tuple[list[Scanned], int]:
+    """Every entry below ``directory`` (relative ``/`` paths, parents before children) and the
+    number of special files skipped."""
+    found: list[Scanned] = []
+    skipped = 0
+    stack = [("", directory)]
+    while stack:
+        rel, absolute = stack.pop()
+        try:
+            iterator = os.scandir(absolute)
+        except FileNotFoundError:  # removed while we walked
+            continue
+        with iterator:
+            for item in iterator:
+                path = rel + item.name
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                fmt = stat.S_IFMT(st.st_mode)
+                mode = stat.S_IMODE(st.st_mode)
+                if fmt == stat.S_IFREG:
+                    found.append(
+                        Scanned(
+                            path, "f", mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns
+                        )
+                    )
+                elif fmt == stat.S_IFDIR:
+                    found.append(Scanned(path, "d", mode, st.st_mtime_ns, 0, st.st_ino, 0))
+                    stack.append((path + "/", item.path))
+                elif fmt == stat.S_IFLNK:
+                    try:
+                        target = os.readlink(item.path)
+                    except FileNotFoundError:
+                        continue
+                    found.append(Scanned(path, "l", mode, st.st_mtime_ns, 0, st.st_ino, 0, target))
+                else:
+                    skipped += 1
+                    log.warning(
+                        "workspace=%s skipping special file %s (fifo, socket or device): "
+                        "it is not saved in snapshots",
+                        directory,
+                        path,
+                    )
+    found.sort(key=lambda entry: entry.path)
+    return found, skipped
+
+
+class _IndexFile(msgspec.Struct):
+    snapshot: str
+    files: dict[str, tuple[int, int, int, int, list[str]]]
+
+
+_decoder = msgspec.msgpack.Decoder(_IndexFile)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class LocalIndex:
+    """The index of one (bucket, prefix) in ``index_dir``, plus a copy of the manifest it was
+    built against (so a push whose parent is that snapshot need not download it)."""
+
+    def __init__(self, index_dir: str, bucket: str, prefix: str) -> None:
+        name = hashlib.sha256(f"{bucket}\0{prefix}".encode()).hexdigest()[:32]
+        self.dir = index_dir
+        self.path = os.path.join(index_dir, name + ".index")
+        self.manifest_path = os.path.join(index_dir, name + ".manifest")
+        self.snapshot = ""
+        self.files: dict[str, tuple[int, int, int, int, list[str]]] = {}
+
+    def load(self) -> None:
+        try:
+            with open(self.path, "rb") as source:
+                data = _decoder.decode(source.read())
+        except (OSError, msgspec.DecodeError):
+            return
+        self.snapshot, self.files = data.snapshot, data.files
+
+    def cached_manifest(self, snapshot: str) -> bytes | None:
+        if not snapshot or snapshot != self.snapshot:
+            return None
+        try:
+            with open(self.manifest_path, "rb") as source:
+                return source.read()
+        except OSError:
+            return None
+
+    def lookup(self, entry: Scanned) -> list[str] | None:
+        known = self.files.get(entry.path)
+        if known is None:
+            return None
+        size, mtime_ns, ino, ctime_ns, chunks = known
+        if (size, mtime_ns, ino, ctime_ns) != (
+            entry.size,
+            entry.mtime_ns,
+            entry.ino,
+            entry.ctime_ns,
+        ):
+            return None
+        return chunks
+
+    def save(
+        self,
+        snapshot: str,
+        manifest_bytes: bytes,
+        files: dict[str, tuple[int, int, int, int, list[str]]],
+    ) -> None:
+        """Replace the index atomically (write, fsync-less rename: losing it costs a re-read)."""
+        os.makedirs(self.dir, exist_ok=True)
+        for path, data in (
+            (self.manifest_path, manifest_bytes),
+            (self.path, _encoder.encode(_IndexFile(snapshot, files))),
+        ):
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        self.snapshot, self.files = snapshot, files
+
+
+def index_row(
+    entry: Scanned, chunks: list[str], now_ns: int
+) -> tuple[int, int, int, int, list[str]] | None:
+    """What the index records for ``entry`` (``None`` when its mtime is too recent to trust)."""
+    if now_ns - entry.mtime_ns < RACY_NS:
+        return None
+    return (entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns, chunks)

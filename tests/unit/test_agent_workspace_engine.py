@@ -1,0 +1,230 @@
+"""The snapshot engine against the in-memory FakeObjectStore (real S3 is in tests/integration)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.objectstore import StoreError
+from agent.workspace import engine
+from agent.workspace import manifest as mf
+from agent.workspace.manifest import CHUNK_SIZE
+from agent.workspace.restore import restore
+from tests.fakes.objectstore import FakeObjectStore
+
+B = "bkt"
+P = "nb1/workspace/"
+OLD_NS = 1_600_000_000_123_456_789
+
+
+def write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    path.write_bytes(data)
+    os.chmod(path, mode)
+
+
+def age(root: Path) -> None:
+    """Old mtimes, so the local index trusts them (fresh ones are re-read: racy-clean rule)."""
+    for path in [*root.rglob("*"), root]:
+        os.utime(path, ns=(OLD_NS, OLD_NS), follow_symlinks=False)
+
+
+def make_tree(root: Path) -> None:
+    write(root / "src" / "pkg" / "mod.py", "print('hi')\n")
+    write(root / "run.sh", "#!/bin/sh\necho run\n", 0o750)
+    write(root / "secret.txt", "mine", 0o600)
+    write(root / "données é.csv", "a;b\n" * 1000)
+    write(root / "empty.txt", b"")
+    (root / "empty-dir" / "nested").mkdir(parents=True)
+    os.chmod(root / "empty-dir", 0o700)
+    os.symlink("/etc/passwd", root / "passwd-link")
+    os.symlink("src/pkg", root / "pkg-link")
+    age(root)
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Everything restore must reproduce: type, mode, mtime, content or link target."""
+    found: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        st = os.lstat(path)
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = ("l", os.readlink(path), st.st_mtime_ns)
+        elif path.is_dir():
+            found[rel] = ("d", st.st_mode, st.st_mtime_ns)
+        else:
+            found[rel] = ("f", st.st_mode, st.st_mtime_ns, path.read_bytes())
+    return found
+
+
+async def push(store: FakeObjectStore, src: Path, tmp_path: Path, **kw) -> engine.PushResult:
+    return await engine.push(store, B, P, str(src), index_dir=str(tmp_path / "index"), **kw)
+
+
+async def test_round_trip_keeps_modes_mtimes_empty_dirs_and_symlinks(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    make_tree(src)
+    pushed = await push(store, src, tmp_path, kind="stop")
+    assert not pushed.unchanged and pushed.snapshot.kind == "stop"
+    assert pushed.files == 5 and pushed.snapshot.files == 5
+    dest = tmp_path / "dest"
+    restored = await restore(store, B, P, str(dest))
+    assert restored.snapshot is not None and restored.snapshot.id == pushed.snapshot.id
+    assert tree(dest) == tree(src)
+    assert restored.symlinks == 2 and not Path(str(dest) + ".restoring").exists()
+
+
+async def test_no_change_push_uploads_nothing_and_lists_once(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    make_tree(src)
+    first = await push(store, src, tmp_path)
+    store.calls.clear()
+    again = await push(store, src, tmp_path)
+    assert again.unchanged and again.snapshot == first.snapshot
+    assert (again.read_files, again.uploaded_objects) == (0, 0)
+    assert dict(store.calls) == {"list": 1}  # the parent came from the local index's copy
+
+
+async def test_editing_one_byte_of_a_large_file_uploads_one_chunk(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    big = bytearray(os.urandom(3 * CHUNK_SIZE + 1234))
+    write(src / "model.bin", bytes(big))
+    age(src)
+    first = await push(store, src, tmp_path)
+    assert first.uploaded_objects == 4
+    assert len(store.keys(B, P + "chunks/")) == 4
+    big[CHUNK_SIZE + 10] ^= 0xFF
+    write(src / "model.bin", bytes(big))
+    store.put_keys.clear()
+    second = await push(store, src, tmp_path)
+    assert [k.split("/")[-2] for k in store.put_keys] == ["chunks", "snapshots"]
+    assert second.uploaded_objects == 1 and second.uploaded_bytes <= CHUNK_SIZE
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert (dest / "model.bin").read_bytes() == bytes(big)
+
+
+async def test_a_thousand_small_files_are_a_handful_of_puts(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    for i in range(1000):
+        write(src / f"d{i % 10}" / f"f{i}.py", f"x = {i}\n" * (i % 50 + 1))
+    result = await push(store, src, tmp_path)
+    assert store.calls["put_bytes"] <= 5  # pack, its .idx, the manifest
+    assert result.files == 1000
+    dest = tmp_path / "dest"
+    restored = await restore(store, B, P, str(dest))
+    assert restored.requests <= 2  # one coalesced ranged GET of the pack
+    assert (dest / "d7" / "f997.py").read_text() == "x = 997\n" * 48
+
+
+async def test_symlink_to_a_file_outside_is_stored_as_a_link(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    outside = tmp_path / "outside-secret"
+    outside.write_bytes(b"TOP-SECRET-CONTENT" * 100)
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(str(outside), src / "leak")
+    os.symlink("/etc/shadow", src / "shadow")
+    await push(store, src, tmp_path)
+    for body, _ in store.objects.values():
+        assert b"TOP-SECRET" not in body
+    assert store.keys(B, P + "packs/") == []
+    snapshot_id = (await engine.latest_snapshot_id(store, B, P)) or ""
+    manifest, _ = await engine.load_manifest(store, B, P, snapshot_id)
+    assert [(e.path, e.kind, e.target) for e in manifest.entries] == [
+        ("leak", "l", str(outside)),
+        ("shadow", "l", "/etc/shadow"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "complaint"),
+    [
+        ("../escape", "'..'"),
+        ("a/../../b", "'..'"),
+        ("/etc/cron.d/x", "absolute"),
+        ("link/passwd", "traverse the symlink 'link'"),
+    ],
+)
+async def test_restore_refuses_unsafe_manifest_paths(
+    tmp_path: Path, path: str, complaint: str
+) -> None:
+    store = FakeObjectStore()
+    entries = [
+        mf.Entry("link", "l", 0o777, OLD_NS, 0, "/etc"),
+        mf.Entry(path, "f", 0o644, OLD_NS, 0),
+    ]
+    planted = mf.Manifest(
+        id=mf.new_snapshot_id(), created_at=0, kind="stop", entries=entries, blobs={}
+    )
+    await store.put_bytes(B, P + "snapshots/" + planted.id, mf.encode(planted))
+    with pytest.raises(mf.UnsafePath, match=complaint) as caught:
+        await restore(store, B, P, str(tmp_path / "dest"))
+    assert repr(path) in str(caught.value)
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "escape").exists()
+
+
+async def test_s3_down_mid_push_keeps_previous_snapshot_and_retry_resumes(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    make_tree(src)
+    write(src / "big.bin", os.urandom(2 * CHUNK_SIZE))
+    first = await push(store, src, tmp_path)
+    before = tree(src)
+    for i in range(300):
+        write(src / "new" / f"n{i}.txt", os.urandom(200_000))  # ~60 MB: two packs
+    write(src / "big.bin", os.urandom(3 * CHUNK_SIZE))
+    store.down_after(5)
+    with pytest.raises(StoreError):
+        await push(store, src, tmp_path)
+    store.down_for(0)
+    assert await engine.latest_snapshot_id(store, B, P) == first.snapshot.id
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest), snapshot=first.snapshot.id)
+    assert tree(dest) == before
+    arrived = {k for k in store.put_keys if "/snapshots/" not in k}
+    store.put_keys.clear()
+    retried = await push(store, src, tmp_path)
+    assert not arrived & set(store.put_keys), "a finished object was uploaded again"
+    assert retried.reused_objects >= 1
+    dest2 = tmp_path / "dest2"
+    await restore(store, B, P, str(dest2))
+    assert tree(dest2) == tree(src)
+
+
+async def test_restore_of_nothing_gives_an_empty_dir(tmp_path: Path) -> None:
+    result = await restore(FakeObjectStore(), B, P, str(tmp_path / "ws"))
+    assert result.snapshot is None and os.listdir(tmp_path / "ws") == []
+
+
+async def test_restore_refuses_an_existing_target(tmp_path: Path) -> None:
+    with pytest.raises(FileExistsError):
+        await restore(FakeObjectStore(), B, P, str(tmp_path))
+
+
+async def test_special_files_are_skipped(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "pipe")
+    write(src / "ok.txt", "ok")
+    result = await push(store, src, tmp_path)
+    assert result.skipped_special == 1 and result.files == 1
+
+
+async def test_progress_is_reported(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    make_tree(src)
+    events = []
+    await push(store, src, tmp_path, progress=events.append)
+    assert events and events[-1].phase == "push"
+    assert events[-1].files_done == events[-1].files_total == 4  # empty.txt needs no read
