@@ -1,5 +1,8 @@
 """``nbfleet-agent run --config agent.toml``: the GPU-host daemon.
 
+``nbfleet-agent workspace push|restore|list|gc ...``: operator access to workspace snapshots
+(:mod:`agent.workspace.cli`).
+
 Settings come from the TOML file and ``NBFLEET_AGENT_<SETTING>`` overrides; ``host_id`` defaults
 to the machine's short hostname. SIGTERM / SIGINT stop the agent but never the notebooks.
 """
@@ -13,7 +16,7 @@ import signal
 import socket
 import sys
 
-from agent.app import build_agent
+from agent.workspace import cli as workspace_cli
 from common.auth import read_secret
 from common.config import AgentConfig, ConfigError, load
 
@@ -26,10 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the agent until SIGTERM")
     run.add_argument("--config", required=False, default=None, help="path to agent.toml")
     run.add_argument("--log-level", default="INFO")
+    workspace_cli.add_parser(commands)
     return parser
 
 
 async def _run(config: AgentConfig, host_id: str, secret: bytes) -> None:
+    from agent.app import build_agent  # the daemon's dependencies; workspace commands skip them
+
     agent = build_agent(config, host_id=host_id, secret=secret)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "workspace":
+        return workspace_cli.run(args)
     try:
         config = load(AgentConfig, args.config, env_prefix="NBFLEET_AGENT_")
     except ConfigError as exc:
