@@ -141,6 +141,15 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
             else "no backup yet",
         ),
         ("Labels", labels),
+        (
+            "Volumes",
+            "; ".join(
+                f"{v.container}@{v.alias}{'/' + v.prefix if v.prefix else ''}:{v.mount_path}:"
+                f"{v.permission}"
+                for v in nb.volumes
+            )
+            or "-",
+        ),
         ("Billed", f"{nb.billed_minutes} min"),
         ("Created", when(nb.created_at)),
     ]

@@ -220,8 +220,8 @@ class NotebookService:
     async def fork(
         self, project: str, notebook_id: str, request: wire.NotebookFork
     ) -> wire.Notebook:
-        """A new notebook like ``notebook_id`` (framework, editor, resources, labels, env)
-        whose workspace starts from one of its retained snapshots."""
+        """A new notebook like ``notebook_id`` (framework, editor, resources, labels, env,
+        volumes) whose workspace starts from one of its retained snapshots."""
         async with self.db.read() as tx:
             source = await _load(tx, project, notebook_id)
             await retained_snapshot(tx, notebook_id, request.backup)
@@ -234,6 +234,8 @@ class NotebookService:
             name=request.name,
             labels=json.loads(source["labels"]) if request.labels is None else request.labels,
             envvars=json.loads(source["envvars"]),
+            # Same data attached; aliases are checked again, as for any new notebook.
+            volumes=stored_volumes(source),
         )
         return await self.create(
             project, create, fork=wire.RestoreSource(notebook=notebook_id, snapshot=request.backup)

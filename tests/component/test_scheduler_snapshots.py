@@ -146,3 +146,32 @@ async def test_progress_is_shown_while_syncing_and_cleared_after(
     assert (await project.get(nb["id"]))["progress"]["files_done"] == 40
     await host.call("POST", "/v1/agents/progress", {**body, "progress": None})
     assert (await project.get(nb["id"]))["progress"] is None
+
+
+async def test_fork_keeps_the_source_volumes(
+    harness: Harness, project: Tokens, host: Agent
+) -> None:
+    store = {
+        "alias": "lab-s3",
+        "endpoint": "http://127.0.0.1:9000",
+        "access_key": "k",
+        "secret_key": "s",
+    }
+    made = await harness.call("POST", "/v1/datastores", token=project.operator, body=store)
+    assert made.status == 201, made.text
+    volume = {
+        "container": "datasets",
+        "alias": "lab-s3",
+        "mount_path": "/workspace/data",
+        "permission": "rw",
+    }
+    source = await running(harness, project, host, volumes=[volume])
+    await report_snapshot(host, source["id"], snapshot("s1", 100.0))
+    reply = await harness.call(
+        "POST",
+        f"/v1/notebooks/{source['id']}/fork",
+        token=project.operator,
+        body={"backup": "s1"},
+    )
+    assert reply.status == 201, reply.text
+    assert reply.json["volumes"] == [{**volume, "prefix": ""}]
