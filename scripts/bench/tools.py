@@ -90,16 +90,18 @@ def _version(argv: list[str], env: dict[str, str] | None = None) -> str:
 
 
 class Ours(Tool):
-    def __init__(self, repo: Path, state_dir: Path) -> None:
-        super().__init__("ours", "engine defaults")
+    def __init__(self, repo: Path) -> None:
+        super().__init__("ours", "engine defaults; a fresh --state-dir (local index) per run")
         self.repo = repo
-        self.state_dir = state_dir
         self.exe = sys.executable
         commit = _version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
         self.version = f"nbfleet-agent workspace @ {commit}"
 
     def _base(self, verb: str, directory: Path, bucket: str, prefix: str, s3: S3Target):
-        # Run this checkout's agent (not whatever nbfleet-agent is on PATH), as operators do.
+        # Run this checkout's agent (not whatever nbfleet-agent is on PATH). The local index
+        # lives next to the copy being timed, so every run starts without one (as a first
+        # push does), and the restore gets a state dir of its own, as on another host.
+        state_dir = directory.parent / f"ours-state-{verb}"
         return [
             self.exe,
             "-m",
@@ -113,6 +115,8 @@ class Ours(Tool):
             prefix,
             "--endpoint",
             s3.endpoint,
+            "--state-dir",
+            str(state_dir),
             "--json",
         ]
 
@@ -249,7 +253,7 @@ ALL_TOOLS = ("ours", "s5cmd", "rclone", "aws")
 
 def make_tool(name: str, *, cache: Path, repo: Path) -> Tool:
     if name == "ours":
-        return Ours(repo, cache / "ours-state")
+        return Ours(repo)
     if name == "s5cmd":
         return S5cmd(cache)
     if name == "rclone":
