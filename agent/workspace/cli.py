@@ -96,7 +96,7 @@ async def _main(args: argparse.Namespace, config: AgentConfig | None) -> tuple[d
         state_dir = args.state_dir or config.state_dir
     else:
         store = S3ObjectStore(args.endpoint, os.environ.get("AWS_REGION", "us-east-1"))
-        concurrency = args.concurrency or 32
+        concurrency = args.concurrency or 16
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         state_dir = args.state_dir or os.path.join(cache, "nbfleet")
     prefix = f"{args.notebook}/workspace/" if args.notebook else args.prefix.strip("/")
@@ -130,7 +130,6 @@ async def _push(
     ``uploaded_bytes``, ``uploaded_objects``, ``reused_objects``, ``read_files``,
     ``read_bytes``, ``skipped_special``, ``kept``, ``seconds``."""
     started = time.monotonic()
-    await store.ensure_bucket(args.bucket)
     result = await engine.push(
         store,
         args.bucket,
@@ -139,6 +138,7 @@ async def _push(
         index_dir=index_dir,
         kind=args.kind,
         concurrency=concurrency,
+        create_bucket=True,
     )
     if args.keep_last is not None or args.keep_daily is not None:
         result.kept, _ = await retention.apply_retention(

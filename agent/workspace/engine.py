@@ -8,7 +8,9 @@
 2. Files whose ``(size, mtime_ns, inode, ctime_ns)`` match the local index and whose contents
    the parent stores are not read. If nothing else changed either, the push is **unchanged**:
    no object is written and the parent's :class:`~common.wire.SnapshotInfo` is returned with
-   ``PushResult.unchanged`` set (a no-change push costs that LIST and a stat walk).
+   ``PushResult.unchanged`` set (a no-change push costs that LIST and a stat walk). Files
+   too recently modified for the index to trust are re-read; if they turn out identical the
+   push is still unchanged.
 3. Otherwise what a killed push left behind is found first (one LIST of ``packs/``, the
    ``.idx`` of every pack no manifest references, one LIST of ``chunks/`` when large files
    changed) so none of it is uploaded again. Changed small files are read, hashed and
@@ -137,9 +139,11 @@ async def push(
     concurrency: int = 16,
     progress: ProgressCallback | None = None,
     progress_phase: str = "push",
+    create_bucket: bool = False,
 ) -> PushResult:
     """Snapshot ``directory`` under ``prefix`` (ending in ``/`` or empty). Raises the store's
-    error on failure, leaving the previous snapshot the newest."""
+    error on failure, leaving the previous snapshot the newest. With ``create_bucket`` the
+    bucket is created when there is no snapshot yet (no extra request otherwise)."""
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     if not os.path.isdir(directory):
@@ -152,9 +156,12 @@ async def push(
         await asyncio.gather(scanning, return_exceptions=True)
         raise
     scanned, skipped = await scanning
+    if parent_id is None and create_bucket:
+        await store.ensure_bucket(bucket)
     parent: mf.Manifest | None = None
+    parent_bytes = b""
     if parent_id is not None:
-        parent, _ = await load_manifest(
+        parent, parent_bytes = await load_manifest(
             store, bucket, prefix, parent_id, index.cached_manifest(parent_id)
         )
     known: dict[str, Blob] = dict(parent.blobs) if parent is not None else {}
@@ -181,20 +188,7 @@ async def push(
     if parent is not None and not small and not large:
         entries = _entries(scanned, chunks_of, sizes)
         if entries == parent.entries:
-            info = parent.info()
-            return PushResult(
-                snapshot=info,
-                unchanged=True,
-                files=info.files,
-                logical_bytes=info.logical_bytes,
-                read_files=0,
-                read_bytes=0,
-                uploaded_objects=0,
-                uploaded_bytes=0,
-                reused_objects=0,
-                skipped_special=skipped,
-                seconds=time.monotonic() - started,
-            )
+            return _unchanged(parent, job, skipped, started)
 
     reporter = Reporter(progress, progress_phase)
     reporter.total(len(small) + len(large), sum(e.size for e in small) + sum(e.size for e in large))
@@ -205,6 +199,11 @@ async def push(
             + [job.chunked(entry, chunks_of, reporter) for entry in large]
         )
     entries = _entries(scanned, chunks_of, sizes)
+    rows = _index_rows(scanned, chunks_of, sizes)
+    if parent is not None and entries == parent.entries:
+        # Re-read (recently modified) but identical: the parent still describes the tree.
+        await loop.run_in_executor(executor(), index.save, parent.id, parent_bytes, rows)
+        return _unchanged(parent, job, skipped, started)
     blobs: dict[str, Blob] = {}
     for entry in entries:
         for cid in entry.chunks:
@@ -212,15 +211,6 @@ async def push(
                 blobs[cid] = job.added.get(cid) or job.orphans.get(cid) or known[cid]
     manifest_bytes, info = await _commit(store, bucket, prefix, kind, entries, blobs)
 
-    now_ns = time.time_ns()
-    rows: dict[str, tuple[int, int, int, int, list[str]]] = {}
-    for entry in scanned:
-        if entry.kind == "f" and entry.path in chunks_of:
-            if sizes.get(entry.path, entry.size) != entry.size:
-                continue
-            row = index_row(entry, list(chunks_of[entry.path]), now_ns)
-            if row is not None:
-                rows[entry.path] = row
     await loop.run_in_executor(executor(), index.save, info.id, manifest_bytes, rows)
     reporter.emit(force=True)
     return PushResult(
@@ -236,6 +226,38 @@ async def push(
         skipped_special=skipped,
         seconds=time.monotonic() - started,
     )
+
+
+def _unchanged(parent: mf.Manifest, job: _Uploads, skipped: int, started: float) -> PushResult:
+    info = parent.info()
+    return PushResult(
+        snapshot=info,
+        unchanged=True,
+        files=info.files,
+        logical_bytes=info.logical_bytes,
+        read_files=job.read_files,
+        read_bytes=job.read_bytes,
+        uploaded_objects=job.uploaded_objects,
+        uploaded_bytes=job.uploaded_bytes,
+        reused_objects=0,
+        skipped_special=skipped,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _index_rows(
+    scanned: list[Scanned], chunks_of: dict[str, tuple[str, ...]], sizes: dict[str, int]
+) -> dict[str, tuple[int, int, int, int, list[str]]]:
+    now_ns = time.time_ns()
+    rows: dict[str, tuple[int, int, int, int, list[str]]] = {}
+    for entry in scanned:
+        if entry.kind == "f" and entry.path in chunks_of:
+            if sizes.get(entry.path, entry.size) != entry.size:
+                continue
+            row = index_row(entry, list(chunks_of[entry.path]), now_ns)
+            if row is not None:
+                rows[entry.path] = row
+    return rows
 
 
 async def _commit(

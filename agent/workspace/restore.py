@@ -27,7 +27,13 @@ from dataclasses import dataclass
 
 from agent.objectstore import NotFound, ObjectStore
 from agent.workspace import manifest as mf
-from agent.workspace.engine import executor, latest_snapshot_id, load_manifest, run_all
+from agent.workspace.engine import (
+    cpu_slots,
+    executor,
+    latest_snapshot_id,
+    load_manifest,
+    run_all,
+)
 from agent.workspace.manifest import Blob
 from agent.workspace.packer import unpack
 from agent.workspace.progress import ProgressCallback, Reporter
@@ -108,6 +114,14 @@ async def restore(
         reporter.add(files, nbytes)
 
     await run_all(fetch(*planned) for planned in ranges)
+    files = [entry for entry in manifest.entries if entry.kind == "f"]
+    step = max(1, -(-len(files) // cpu_slots()))
+    await asyncio.gather(
+        *(
+            loop.run_in_executor(executor(), _file_attributes, staging, files[i : i + step])
+            for i in range(0, len(files), step)
+        )
+    )
     counts = await loop.run_in_executor(executor(), _finish, staging, manifest.entries)
     result.files, result.dirs, result.symlinks, result.bytes = counts
     await loop.run_in_executor(executor(), os.rename, staging, directory)
@@ -208,16 +222,36 @@ def _write(
     return files, nbytes
 
 
+def _file_attributes(staging: str, files: list[mf.Entry]) -> None:
+    """Modes (unless already what ``open`` gave) and mtimes of regular files."""
+    created = 0o666 & ~_umask()
+    for entry in files:
+        path = os.path.join(staging, entry.path)
+        # setuid/setgid are not restored: the agent writes as root.
+        if entry.mode & 0o777 != created:
+            os.chmod(path, entry.mode & 0o777)
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _umask() -> int:
+    """The process umask, read without os.umask (which would change it for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o7777  # unknown: chmod every file
+
+
 def _finish(staging: str, entries: list[mf.Entry]) -> tuple[int, int, int, int]:
+    """Symlinks, then directory modes and mtimes (deepest first); returns the counts."""
     files = dirs = links = nbytes = 0
     directories: list[mf.Entry] = []
     symlinks: list[mf.Entry] = []
     for entry in entries:
         if entry.kind == "f":
-            path = os.path.join(staging, entry.path)
-            # setuid/setgid are not restored: the agent writes as root.
-            os.chmod(path, entry.mode & 0o777)
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
             files += 1
             nbytes += entry.size
         elif entry.kind == "l":
