@@ -44,10 +44,11 @@ from agent.runtime import (
     ImageUnavailable,
 )
 from agent.volumes import VolumeSync, VolumeSyncError
+from agent.workspace.engine import PushResult
 from agent.workspace.host import HostWorkspaces, MarkerMissing
 from common.config import AgentConfig
 from common.states import InvalidTransition, NotebookState, check
-from common.wire import Assignment, Transition
+from common.wire import Assignment, SnapshotReport, Transition
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class NotebookRecord:
     running_since: float | None = None
     url: str | None = None
     last_error: str = ""
+    #: When the last checkpoint was tried (or the run began): the next is due an interval later.
+    last_checkpoint: float | None = None
 
 
 class Reconciler:
@@ -299,7 +302,7 @@ class Reconciler:
             info = None
         if info is None:
             if record.state == S.RUNNING:
-                await self._push_then(record, S.FAILED, "container disappeared")
+                await self._container_lost(record)
                 return
             info = await self._create(record, assignment)
             if info is None:
@@ -307,12 +310,16 @@ class Reconciler:
         if not info.running:
             await self._exited(record, info)
             return
+        if record.state == S.RUNNING:
+            await self._checkpoint_if_due(record)
+            return
         if record.state == S.STARTING:
             url = None
             if info.host_port:
                 url = f"http://{self.config.public_host}:{info.host_port}{assignment.url_path}"
             if url is not None and await self.probe(url):
                 self._set_state(record, S.RUNNING, "editor answers", url=url)
+                record.last_checkpoint = self.clock()
             elif self._timed_out(record):
                 await self.runtime.stop(notebook)
                 await self.runtime.remove(notebook)
@@ -334,8 +341,15 @@ class Reconciler:
                 reason += f": {record.last_error}"
             self._set_state(record, S.FAILED, reason)
             return None
+        source = assignment.restore_from
         try:
-            await self.workspaces.prepare(notebook, assignment.initialized)
+            await self.workspaces.prepare(
+                notebook,
+                assignment.initialized,
+                progress=self._progress(record),
+                source_notebook=source.notebook if source else None,
+                snapshot=source.snapshot if source else None,
+            )
         except MarkerMissing as exc:
             self._set_state(record, S.ERROR, str(exc))
             return None
@@ -343,6 +357,8 @@ class Reconciler:
             record.last_error = f"workspace restore failed: {exc}"
             log.warning("notebook=%s %s; retrying next tick", notebook, record.last_error)
             return None
+        finally:
+            self.outbox.set_progress(notebook, record.generation, None)
         mounts = await self._pull_volumes(record, assignment)
         if mounts is None:
             return None
@@ -400,7 +416,7 @@ class Reconciler:
         await self.workspaces.remove_scratch(notebook)
         volume_failure = await self._push_volumes(record)
         try:
-            await self.workspaces.push(notebook)
+            result = await self.workspaces.push(notebook, progress=self._progress(record))
         except Exception as exc:
             log.warning("notebook=%s workspace push failed, keeping host dir: %s", notebook, exc)
             failure = "; ".join(filter(None, [f"workspace push failed: {exc}", volume_failure]))
@@ -408,6 +424,9 @@ class Reconciler:
                 failure = f"{reason}; {failure}"
             self._set_state(record, S.FAILED, failure)
             return
+        finally:
+            self.outbox.set_progress(notebook, record.generation, None)
+        self._report_snapshot(record, result)
         await self.workspaces.remove_workspace_dir(notebook)
         if volume_failure:
             failure = f"{reason}; {volume_failure}" if state == S.FAILED else volume_failure
@@ -415,9 +434,71 @@ class Reconciler:
             return
         self._set_state(record, state, reason)
 
+    def _report_snapshot(self, record: NotebookRecord, result: PushResult | None) -> None:
+        """Tell the scheduler about the snapshot a push committed (or found unchanged: the
+        report is idempotent, and it repairs a report lost with an earlier agent)."""
+        if result is None:
+            return
+        self.outbox.add_snapshot(
+            SnapshotReport(
+                notebook=record.notebook,
+                generation=record.generation,
+                snapshot=result.snapshot,
+                retained=list(result.kept),
+            )
+        )
+
+    async def _container_lost(self, record: NotebookRecord) -> None:
+        """A RUNNING notebook whose container is gone (removed behind our back, or the host
+        died and came back). A backend error, not the notebook's: save what the host still
+        has; with no host dir left nothing is pushed, so the last checkpoint stays the newest
+        backup and a start restores it."""
+        notebook = record.notebook
+        if self.workspaces.has_workspace(notebook):
+            await self._push_then(record, S.ERROR, "container disappeared; workspace saved")
+            return
+        await self.workspaces.remove_scratch(notebook)
+        self._set_state(
+            record,
+            S.ERROR,
+            "container and host workspace disappeared (host restarted with an empty disk?); "
+            "start the notebook again to restore its last backup",
+        )
+
+    async def _checkpoint_if_due(self, record: NotebookRecord) -> None:
+        """Snapshot a RUNNING notebook's workspace every ``checkpoint_interval_s``, so a host
+        that dies loses at most that much work and a stop only moves the last delta."""
+        interval = self.config.checkpoint_interval_s
+        if interval <= 0:
+            return
+        now = self.clock()
+        if record.last_checkpoint is None:
+            record.last_checkpoint = now
+            return
+        if now - record.last_checkpoint < interval:
+            return
+        record.last_checkpoint = now
+        try:
+            result = await self.workspaces.checkpoint(
+                record.notebook, progress=self._progress(record)
+            )
+        except Exception as exc:
+            log.warning(
+                "notebook=%s checkpoint failed, next try in %.0fs: %s",
+                record.notebook,
+                interval,
+                exc,
+            )
+            return
+        finally:
+            self.outbox.set_progress(record.notebook, record.generation, None)
+        if result is not None and not result.unchanged:
+            log.info("notebook=%s checkpoint %s", record.notebook, result.snapshot.id)
+        self._report_snapshot(record, result)
+
     # ------------------------------------------------------------ data volumes
 
-    def _volume_progress(self, record: NotebookRecord):
+    def _progress(self, record: NotebookRecord):
         return lambda progress: self.outbox.set_progress(
             record.notebook, record.generation, progress
         )
@@ -430,9 +511,7 @@ class Reconciler:
         if not assignment.volumes:
             return []
         try:
-            await self.volumes.pull(
-                record.notebook, assignment.volumes, self._volume_progress(record)
-            )
+            await self.volumes.pull(record.notebook, assignment.volumes, self._progress(record))
         except VolumeSyncError as exc:
             await self._push_then(record, S.FAILED, str(exc))
             return None
@@ -449,9 +528,7 @@ class Reconciler:
         if assignment is None or not assignment.volumes:
             return ""
         try:
-            await self.volumes.push(
-                record.notebook, assignment.volumes, self._volume_progress(record)
-            )
+            await self.volumes.push(record.notebook, assignment.volumes, self._progress(record))
         except VolumeSyncError as exc:
             return str(exc)
         finally:

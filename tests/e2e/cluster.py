@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -97,6 +98,7 @@ class Cluster:
     nvml_dir: Path
     bucket: str = "nbfleet-e2e"
     port: int = field(default_factory=free_port)
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     scheduler: subprocess.Popen | None = None
     agents: dict[str, Agent] = field(default_factory=dict)
     admin_token: str = ""
@@ -138,11 +140,18 @@ class Cluster:
             text=True,
         ).stdout
 
-    def add_agent(
-        self, host_id: str, gpus: list[tuple[str, str, int]], *, nvml: bool = True
-    ) -> Agent:
+    def host(self, name: str) -> str:
+        """The host id of the agent added as ``name`` (ids carry this cluster's run id, so two
+        test clusters sharing one dockerd never take each other's containers for orphans)."""
+        return f"{name}-{self.run_id}"
+
+    def agent(self, name: str) -> Agent:
+        return self.agents[self.host(name)]
+
+    def add_agent(self, name: str, gpus: list[tuple[str, str, int]], *, nvml: bool = True) -> Agent:
         """Start an agent process; ``nvml=False`` gives it no ``libnvidia-ml.so.1`` at all, as on
         a host without the NVIDIA driver."""
+        host_id = self.host(name)
         root = self.root / host_id
         root.mkdir(parents=True, exist_ok=True)
         secret = self._scheduler_cmd("add-host", host_id).strip().splitlines()[-1]
@@ -166,6 +175,7 @@ workspace_bucket = "{self.bucket}"
 start_timeout_s = 60
 reconcile_interval_s = 0.5
 usage_interval_s = 5
+checkpoint_interval_s = 3
 """)
         env = dict(os.environ)
         if nvml:

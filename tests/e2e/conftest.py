@@ -92,11 +92,13 @@ def cluster(tmp_path_factory, s3_endpoint):
         raise
     yield c
     c.stop()
-    subprocess.run(
-        "docker ps -aq --filter label=nbfleet.managed=1 | xargs -r docker rm -f",
-        shell=True,
-        capture_output=True,
-    )
+    # Only this cluster's containers: another test run may share the dockerd.
+    for host_id in c.agents:
+        subprocess.run(
+            f"docker ps -aq --filter label=nbfleet.host={host_id} | xargs -r docker rm -f",
+            shell=True,
+            capture_output=True,
+        )
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ def fetch(url: str) -> tuple[int, bytes]:
 def test_two_gpu_notebook_lands_on_the_host_with_two_free_gpus(cluster, notebooks):
     nb = run_tiny(cluster, notebooks, "httpd", "--gpu", "2", "--label", "team=vision")
     assert nb["state"] == "STARTING"
-    host_b = cluster.agents["host-b"]
-    assert nb["host"] == "host-b"
+    host_b = cluster.agent("host-b")
+    assert nb["host"] == host_b.host_id
     assert sorted(g["uuid"] for g in nb["gpus"]) == sorted(u for u, _, _ in host_b.gpus)
 
     running = cluster.wait_state(nb["id"], "RUNNING")
@@ -56,7 +56,14 @@ def test_two_gpu_notebook_lands_on_the_host_with_two_free_gpus(cluster, notebook
     listed = cluster.cli_json("notebook", "list", "--label", "team=vision", "--state", "RUNNING")
     assert [n["id"] for n in listed] == [nb["id"]]
     shown = cluster.cli("notebook", "get", nb["id"]).stdout
-    for text in ["RUNNING", "host-b", host_b.gpus[0][0], running["url"], "History:", "STARTING"]:
+    for text in [
+        "RUNNING",
+        host_b.host_id,
+        host_b.gpus[0][0],
+        running["url"],
+        "History:",
+        "STARTING",
+    ]:
         assert text in shown
 
 
@@ -221,19 +228,19 @@ def test_host_without_nvidia_driver_reports_zero_gpus_and_keeps_running(cluster)
         h["id"]: h
         for h in cluster.api("GET", "/v1/admin/hosts", token=cluster.admin_token)["items"]
     }
-    assert hosts["host-cpu"]["gpus"] == []
-    assert "NVML" in hosts["host-cpu"]["gpu_note"]
+    assert hosts[agent.host_id]["gpus"] == []
+    assert "NVML" in hosts[agent.host_id]["gpu_note"]
     listed = cluster.cli("admin", "host", "list", token=cluster.admin_token).stdout
-    assert "host-cpu" in listed and "NVML" in listed
+    assert agent.host_id in listed and "NVML" in listed
     # Still alive and heartbeating a few intervals later.
-    first = hosts["host-cpu"]["last_heartbeat"]
+    first = hosts[agent.host_id]["last_heartbeat"]
     wait_for(
         "a later heartbeat from host-cpu",
         lambda: (
             next(
                 h
                 for h in cluster.api("GET", "/v1/admin/hosts", token=cluster.admin_token)["items"]
-                if h["id"] == "host-cpu"
+                if h["id"] == agent.host_id
             )["last_heartbeat"]
             > first
         ),

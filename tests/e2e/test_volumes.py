@@ -71,5 +71,5 @@ def test_rw_volume_round_trip(cluster, notebooks, s3_client):
     ]
     body = s3_client.client.get_object(Bucket=bucket, Key="in/result.txt")["Body"].read()
     assert body == b"trained\n"
-    volumes_dir = cluster.agents[nb["host"] or "host-a"].root / "volumes" / nb["id"]
+    volumes_dir = cluster.agents[nb["host"] or cluster.host("host-a")].root / "volumes" / nb["id"]
     wait_for("volume host dirs removed after the push", lambda: not volumes_dir.exists(), 30)

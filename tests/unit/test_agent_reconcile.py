@@ -71,8 +71,10 @@ def rig(tmp_path: Path) -> Rig:
         host_id="h1",
         workspaces_dir=str(tmp_path / "workspaces"),
         scratch_dir=str(tmp_path / "scratch"),
+        state_dir=str(tmp_path / "state"),
         public_host="127.0.0.1",
         start_timeout_s=60,
+        checkpoint_interval_s=600,
     )
     runtime = FakeRuntime()
     store = FakeObjectStore()
@@ -408,3 +410,103 @@ async def test_scheduler_stop_while_starting_is_adopted(rig: Rig) -> None:
     assert rig.reported() == [("STOPPED", "stopped")]
     await rig.tick()
     assert rig.reported() == [("STOPPED", "stopped")]  # reported once
+
+
+# ------------------------------------------------------------ snapshots, checkpoints, progress
+
+
+async def test_checkpoint_while_running_is_reported_and_unchanged_adds_nothing(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    assert rig.reported() == [("RUNNING", "editor answers")]
+    (rig.workspace("nb1") / "train.py").write_text("epochs = 10")
+    await rig.tick()
+    assert rig.sink.snapshots == []  # not due yet
+    rig.clock.advance(601)
+    await rig.tick()
+    first = rig.sink.snapshots[-1].snapshot
+    assert first.kind == "checkpoint" and "train.py" in await saved_files(rig.store, "nb1")
+    rig.clock.advance(601)
+    await rig.tick()
+    # Nothing changed: no new snapshot (the report repeats the same one, harmlessly).
+    assert {r.snapshot.id for r in rig.sink.snapshots} == {first.id}
+    assert rig.reported()[-1] == ("RUNNING", "editor answers")
+
+
+async def test_stop_reports_the_snapshot_before_stopped(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "notes.md").write_text("x")
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    report = rig.sink.snapshots[-1]
+    assert report.snapshot.kind == "stop" and report.snapshot.id in report.retained
+    assert rig.reported()[-1] == ("STOPPED", "stopped")
+
+
+async def test_lost_container_and_disk_is_an_error_and_pushes_nothing(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "work.txt").write_text("precious")
+    rig.clock.advance(601)
+    await rig.tick()  # checkpoint
+    checkpoint = rig.sink.snapshots[-1].snapshot.id
+    # The host "dies": container and local disk gone.
+    del rig.runtime.containers["nb1"]
+    for path in sorted(rig.workspace("nb1").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    rig.workspace("nb1").rmdir()
+    await rig.tick()
+    state, reason = rig.reported()[-1]
+    assert state == "ERROR" and "disappeared" in reason
+    assert {r.snapshot.id for r in rig.sink.snapshots} == {checkpoint}
+    assert await saved_files(rig.store, "nb1") == [".workspace.initialized", "work.txt"]
+
+
+async def test_lost_container_with_its_disk_saves_the_workspace(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "late.txt").write_text("after the last checkpoint")
+    del rig.runtime.containers["nb1"]
+    await rig.tick()
+    assert rig.reported()[-1] == ("ERROR", "container disappeared; workspace saved")
+    assert "late.txt" in await saved_files(rig.store, "nb1")
+
+
+async def test_restore_reports_progress_then_clears_it(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    for i in range(20):
+        (rig.workspace("nb1") / f"f{i}.txt").write_text("data" * i)
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    seen = []
+    set_progress = rig.outbox.set_progress
+
+    def spy(notebook, generation, progress):
+        seen.append(None if progress is None else (progress.phase, progress.files_total))
+        set_progress(notebook, generation, progress)
+
+    rig.outbox.set_progress = spy
+    rig.assign(assignment(generation=2, initialized=True))
+    await rig.tick()
+    assert ("restore", 21) in seen  # 20 files and the marker
+    assert seen[-1] is None  # cleared once the restore is done
+    assert rig.sink.progress_reports[-1].progress is None
+    assert (rig.workspace("nb1") / "f19.txt").read_text() == "data" * 19
+
+
+async def test_fork_restores_the_source_snapshot(rig: Rig) -> None:
+    from common.wire import RestoreSource
+
+    rig.assign(assignment("src"))
+    await rig.tick()
+    (rig.workspace("src") / "model.bin").write_text("weights")
+    rig.assign(assignment("src", desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    snap = rig.sink.snapshots[-1].snapshot.id
+    fork = assignment("fork", initialized=True, restore_from=RestoreSource("src", snap))
+    rig.assign(fork)
+    await rig.tick()
+    assert rig.reported("fork") == [("RUNNING", "editor answers")]
+    assert (rig.workspace("fork") / "model.bin").read_text() == "weights"
