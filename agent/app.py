@@ -121,6 +121,9 @@ class Agent:
             config.workspaces_dir,
             config.scratch_dir,
             concurrency=config.sync_concurrency,
+            state_dir=config.state_dir,
+            retention_last=config.retention_last,
+            retention_daily=config.retention_daily,
         )
         self.reconciler = Reconciler(
             config, runtime, self.workspaces, self.outbox, clock=clock, probe=probe

@@ -62,6 +62,8 @@ async def test_run_stop_restart_delete(
         host_id=host_id,
         workspaces_dir=str(tmp_path / "ws"),
         scratch_dir=str(tmp_path / "scratch"),
+        state_dir=str(tmp_path / "state"),
+        volumes_dir=str(tmp_path / "volumes"),
         workspace_bucket=f"it-{host_id}",
         start_timeout_s=60,
     )

@@ -43,8 +43,12 @@ async def setup(tmp_path: Path):
         listen="127.0.0.1:0",
         workspaces_dir=str(tmp_path / "ws"),
         scratch_dir=str(tmp_path / "scratch"),
+        state_dir=str(tmp_path / "state"),
+        volumes_dir=str(tmp_path / "volumes"),
         reconcile_interval_s=0.05,
         usage_interval_s=0.05,
+        retention_last=3,
+        retention_daily=2,
     )
     runtime = FakeRuntime()
     agent = build_agent(
@@ -101,6 +105,13 @@ async def test_registers_runs_assignment_and_reports(setup) -> None:
         "heartbeat listing the container",
         lambda: any(hb.containers == ["nb1"] for _, hb in scheduler.heartbeats),
     )
+
+
+async def test_workspace_settings_come_from_the_agent_config(setup) -> None:
+    _, agent, _ = setup
+    assert (agent.workspaces.retention_last, agent.workspaces.retention_daily) == (3, 2)
+    # The local index lives in the agent's state dir, never inside a workspace.
+    assert agent.workspaces.index_dir.startswith(agent.config.state_dir)
 
 
 async def test_registers_again_when_forgotten(setup) -> None:
