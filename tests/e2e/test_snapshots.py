@@ -78,3 +78,54 @@ def test_stop_makes_a_backup_and_fork_starts_from_it(cluster, notebooks):
     cluster.cli("notebook", "start", nb["id"])
     cluster.wait_state(nb["id"], "RUNNING")
     assert container_exec(nb["id"], "cat /workspace/models/v1").strip() == "weights"
+
+
+def test_agent_killed_mid_push_leaves_the_previous_backup_and_resumes(cluster, notebooks):
+    nb = cluster.cli_json("notebook", "run", "tiny", "httpd", "--cpu", "1")
+    notebooks.append(nb["id"])
+    running = cluster.wait_state(nb["id"], "RUNNING")
+    host = running["host"]
+    container_exec(nb["id"], "echo v1 > /workspace/first.txt")
+    wait_for(
+        "a checkpoint with first.txt",
+        lambda: any(b["files"] >= 2 for b in backups(cluster, nb["id"])),
+        60,
+    )
+    before = backups(cluster, nb["id"])[0]
+
+    # ~300 MB of incompressible data: the next checkpoint takes a few seconds to push.
+    container_exec(
+        nb["id"],
+        "mkdir -p /workspace/run && for i in 1 2 3 4 5 6; do "
+        "dd if=/dev/urandom of=/workspace/run/part$i bs=1M count=50 2>/dev/null; done; "
+        "md5sum /workspace/run/* > /workspace/run.md5",
+    )
+    expected = container_exec(nb["id"], "cat /workspace/run.md5")
+
+    def pushing():
+        progress = cluster.notebook(nb["id"]).get("progress")
+        return (
+            progress
+            if progress
+            and progress["phase"] == "checkpoint"
+            and 0 < progress["bytes_done"] < progress["bytes_total"]
+            else None
+        )
+
+    wait_for("the checkpoint of the new data to be under way", pushing, 60, 0.05)
+    cluster.kill_agent(host)
+    # The interrupted push published nothing: the newest backup is the one from before.
+    assert backups(cluster, nb["id"])[0]["id"] == before["id"]
+
+    cluster.start_agent(host)
+    # The notebook kept running; the next checkpoint completes the push.
+    wait_for(
+        "a checkpoint with the new data",
+        lambda: backups(cluster, nb["id"])[0]["logical_bytes"] > 300_000_000,
+        120,
+    )
+    cluster.cli("notebook", "stop", nb["id"])
+    cluster.wait_state(nb["id"], "STOPPED")
+    cluster.cli("notebook", "start", nb["id"])
+    cluster.wait_state(nb["id"], "RUNNING")
+    assert container_exec(nb["id"], "cd / && md5sum /workspace/run/*") == expected
