@@ -202,7 +202,9 @@ class Aws(Tool):
         super().__init__(
             "aws",
             f"s3.max_concurrent_requests {AWS_CONCURRENCY}, max_queue_size 10000, "
-            "multipart_chunksize 16MB; push and restore: s3 sync (push with --delete)",
+            "multipart_chunksize 16MB, request_checksum_calculation and "
+            "response_checksum_validation when_required; push and restore: s3 sync "
+            "(push with --delete)",
         )
         self.exe = str(ensure_venv_tool(cache, "awscli", "awscli", "aws"))
         # A config file of the benchmark's own, so `aws configure set` never edits ~/.aws.
@@ -214,6 +216,9 @@ class Aws(Tool):
             ("default.s3.max_concurrent_requests", str(AWS_CONCURRENCY)),
             ("default.s3.max_queue_size", "10000"),
             ("default.s3.multipart_chunksize", "16MB"),
+            # No CRC32 trailers (aws-chunked bodies) or response checksums: S3 checks MD5.
+            ("default.request_checksum_calculation", "when_required"),
+            ("default.response_checksum_validation", "when_required"),
         ):
             subprocess.run(
                 [self.exe, "configure", "set", key, value],
