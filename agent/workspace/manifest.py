@@ -161,7 +161,9 @@ def check_paths(entries: list[Entry]) -> None:
     seen: set[str] = set()
     for entry in entries:
         path = entry.path
-        if not path or path.startswith("/") or "\x00" in path or "\\" in path:
+        # A backslash is an ordinary filename character on Linux, not a separator: refusing it
+        # would make a workspace holding such a file unrestorable.
+        if not path or path.startswith("/") or "\x00" in path:
             raise UnsafePath(f"manifest path {path!r} is empty or absolute; refusing to restore")
         parts = path.split("/")
         if any(part in ("", ".", "..") for part in parts):

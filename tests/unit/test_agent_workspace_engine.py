@@ -79,6 +79,21 @@ async def test_round_trip_keeps_modes_mtimes_empty_dirs_and_symlinks(tmp_path: P
     assert restored.symlinks == 2 and not Path(str(dest) + ".restoring").exists()
 
 
+async def test_any_linux_file_name_round_trips(tmp_path: Path) -> None:
+    """Names are bytes on Linux: a backslash, a newline or a quote is a legal name and must
+    never make a workspace unrestorable."""
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    names = ["a\\b.txt", "line\nbreak", 'quote\'s "q"', "tab\tx", "sp ace", "ünï ✓"]
+    for name in names:
+        write(src / name, name)
+    await push(store, src, tmp_path)
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert tree(dest) == tree(src)
+
+
 async def test_no_change_push_uploads_nothing_and_lists_once(tmp_path: Path) -> None:
     store = FakeObjectStore()
     src = tmp_path / "src"
