@@ -60,6 +60,10 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
     size: int = 0
     target: str = ""
     chunks: tuple[str, ...] = ()
+    #: Set in stored manifests when ``path``/``target`` hold the hex of their bytes: Linux names
+    #: need not be UTF-8, and msgpack strings must be. In memory, paths are always the
+    #: ``surrogateescape`` strings ``os`` functions take.
+    raw: bool = False
 
 
 class Manifest(msgspec.Struct):
@@ -97,12 +101,52 @@ _manifest_decoder = msgspec.msgpack.Decoder(Manifest)
 _idx_decoder = msgspec.msgpack.Decoder(list[tuple[str, int, int, int, bool]])
 
 
+def _to_hex(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").hex()
+
+
+def _from_hex(text: str) -> str:
+    return bytes.fromhex(text).decode("utf-8", "surrogateescape")
+
+
+def utf8(name: str) -> bool:
+    """Whether ``name`` is valid UTF-8 (``os`` gives undecodable bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _portable(entry: Entry) -> Entry:
+    if utf8(entry.path) and utf8(entry.target):
+        return entry
+    return msgspec.structs.replace(
+        entry, path=_to_hex(entry.path), target=_to_hex(entry.target), raw=True
+    )
+
+
+def _native(entry: Entry) -> Entry:
+    if not entry.raw:
+        return entry
+    return msgspec.structs.replace(
+        entry, path=_from_hex(entry.path), target=_from_hex(entry.target), raw=False
+    )
+
+
 def encode(manifest: Manifest) -> bytes:
+    if not all(utf8(e.path) and utf8(e.target) for e in manifest.entries):
+        manifest = msgspec.structs.replace(
+            manifest, entries=[_portable(e) for e in manifest.entries]
+        )
     return zstandard.ZstdCompressor(level=3).compress(_encoder.encode(manifest))
 
 
 def decode(data: bytes) -> Manifest:
-    return _manifest_decoder.decode(zstandard.ZstdDecompressor().decompress(data))
+    manifest = _manifest_decoder.decode(zstandard.ZstdDecompressor().decompress(data))
+    if any(e.raw for e in manifest.entries):
+        manifest.entries = [_native(e) for e in manifest.entries]
+    return manifest
 
 
 def encode_idx(items: list[tuple[str, int, int, int, bool]]) -> bytes:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from agent.workspace.manifest import utf8
+
 log = logging.getLogger(__name__)
 
 RACY_NS = 2_000_000_000
@@ -145,9 +147,11 @@ class LocalIndex:
     ) -> None:
         """Replace the index atomically (write, fsync-less rename: losing it costs a re-read)."""
         os.makedirs(self.dir, exist_ok=True)
+        # The index is a cache: a name msgpack cannot hold (not UTF-8) is simply re-read.
+        storable = {p: row for p, row in files.items() if utf8(p)}
         for path, data in (
             (self.manifest_path, manifest_bytes),
-            (self.path, _encoder.encode(_IndexFile(snapshot, files))),
+            (self.path, _encoder.encode(_IndexFile(snapshot, storable))),
         ):
             tmp = f"{path}.tmp{os.getpid()}"
             with open(tmp, "wb") as out:

@@ -94,6 +94,26 @@ async def test_any_linux_file_name_round_trips(tmp_path: Path) -> None:
     assert tree(dest) == tree(src)
 
 
+async def test_names_that_are_not_utf8_round_trip(tmp_path: Path) -> None:
+    """Linux names are bytes: an archive from another system can leave Latin-1 names behind,
+    and one of them must not make every push fail."""
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    raw = os.fsencode(src)
+    with open(raw + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"latin-1 name")
+    os.symlink(b"caf\xe9.txt", raw + b"/link-\xff")
+    first = await push(store, src, tmp_path)
+    assert first.snapshot.files == 1
+    again = await push(store, src, tmp_path)
+    assert again.unchanged
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert sorted(os.listdir(os.fsencode(dest))) == [b"caf\xe9.txt", b"link-\xff"]
+    assert os.readlink(os.fsencode(dest) + b"/link-\xff") == b"caf\xe9.txt"
+
+
 async def test_no_change_push_uploads_nothing_and_lists_once(tmp_path: Path) -> None:
     store = FakeObjectStore()
     src = tmp_path / "src"
