@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from agent.objectstore import ObjectInfo, S3ObjectStore
+from agent.workspace.manifest import utf8
 from common import wire
 
 log = logging.getLogger(__name__)
@@ -438,14 +439,23 @@ def _inside_plain_dirs(root: str, rel: str) -> bool:
 
 
 def _scan(root: str) -> dict[str, _Entry]:
-    """Regular files under ``root`` (never following symlinks) → size and mtime."""
+    """Regular files under ``root`` (never following symlinks) → size and mtime.
+
+    A name that is not UTF-8 cannot be an S3 key: the push fails naming it (and the host copy
+    is kept) rather than skipping it, since the volume dir is removed after a push."""
     found: dict[str, _Entry] = {}
     for directory, _dirnames, filenames in os.walk(root, followlinks=False):
         for name in filenames:
             path = os.path.join(directory, name)
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode):
-                found[os.path.relpath(path, root)] = _Entry(st.st_size, st.st_mtime_ns, "")
+                rel = os.path.relpath(path, root)
+                if not utf8(rel):
+                    raise ValueError(
+                        f"file name {os.fsencode(rel)!r} is not UTF-8, so it cannot be an S3 "
+                        "object key; rename it and stop the notebook again"
+                    )
+                found[rel] = _Entry(st.st_size, st.st_mtime_ns, "")
         # os.walk lists symlinks to dirs among dirnames but does not descend them.
     return found
 

@@ -277,6 +277,19 @@ async def test_push_failure_names_the_volume_keeps_the_dir_and_loses_nothing(
     assert not Path(sync.notebook_dir(NB)).exists()
 
 
+async def test_a_name_that_cannot_be_a_key_fails_the_push_naming_it_and_keeps_the_file(
+    sync: VolumeSync, store: FakeObjectStore
+) -> None:
+    await sync.pull(NB, [assigned("rw")])
+    root = os.fsencode(sync.volume_dir(NB, 0))
+    with open(root + b"/r\xe9sultats.csv", "wb") as f:
+        f.write(b"1,2")
+    with pytest.raises(VolumeSyncError) as failure:
+        await sync.push(NB, [assigned("rw")])
+    assert "is not UTF-8" in str(failure.value) and "r\\xe9sultats.csv" in str(failure.value)
+    assert os.path.exists(root + b"/r\xe9sultats.csv")
+
+
 async def test_pull_failure_names_the_volume_and_leaves_no_partial_dir(
     sync: VolumeSync, store: FakeObjectStore
 ) -> None:
