@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from agent.runtime import (
 from agent.volumes import VolumeSync, VolumeSyncError
 from agent.workspace.engine import PushResult
 from agent.workspace.host import HostWorkspaces, MarkerMissing
+from agent.workspace.progress import ProgressCallback
 from common.config import AgentConfig
 from common.states import InvalidTransition, NotebookState, check
 from common.wire import Assignment, SnapshotReport, Transition
@@ -343,13 +345,14 @@ class Reconciler:
             return None
         source = assignment.restore_from
         try:
-            await self.workspaces.prepare(
-                notebook,
-                assignment.initialized,
-                progress=self._progress(record),
-                source_notebook=source.notebook if source else None,
-                snapshot=source.snapshot if source else None,
-            )
+            with self._syncing(record) as progress:
+                await self.workspaces.prepare(
+                    notebook,
+                    assignment.initialized,
+                    progress=progress,
+                    source_notebook=source.notebook if source else None,
+                    snapshot=source.snapshot if source else None,
+                )
         except MarkerMissing as exc:
             self._set_state(record, S.ERROR, str(exc))
             return None
@@ -357,8 +360,6 @@ class Reconciler:
             record.last_error = f"workspace restore failed: {exc}"
             log.warning("notebook=%s %s; retrying next tick", notebook, record.last_error)
             return None
-        finally:
-            self.outbox.set_progress(notebook, record.generation, None)
         mounts = await self._pull_volumes(record, assignment)
         if mounts is None:
             return None
@@ -416,7 +417,8 @@ class Reconciler:
         await self.workspaces.remove_scratch(notebook)
         volume_failure = await self._push_volumes(record)
         try:
-            result = await self.workspaces.push(notebook, progress=self._progress(record))
+            with self._syncing(record) as progress:
+                result = await self.workspaces.push(notebook, progress=progress)
         except Exception as exc:
             log.warning("notebook=%s workspace push failed, keeping host dir: %s", notebook, exc)
             failure = "; ".join(filter(None, [f"workspace push failed: {exc}", volume_failure]))
@@ -424,8 +426,6 @@ class Reconciler:
                 failure = f"{reason}; {failure}"
             self._set_state(record, S.FAILED, failure)
             return
-        finally:
-            self.outbox.set_progress(notebook, record.generation, None)
         self._report_snapshot(record, result)
         await self.workspaces.remove_workspace_dir(notebook)
         if volume_failure:
@@ -479,9 +479,8 @@ class Reconciler:
             return
         record.last_checkpoint = now
         try:
-            result = await self.workspaces.checkpoint(
-                record.notebook, progress=self._progress(record)
-            )
+            with self._syncing(record) as progress:
+                result = await self.workspaces.checkpoint(record.notebook, progress=progress)
         except Exception as exc:
             log.warning(
                 "notebook=%s checkpoint failed, next try in %.0fs: %s",
@@ -490,18 +489,22 @@ class Reconciler:
                 exc,
             )
             return
-        finally:
-            self.outbox.set_progress(record.notebook, record.generation, None)
         if result is not None and not result.unchanged:
             log.info("notebook=%s checkpoint %s", record.notebook, result.snapshot.id)
         self._report_snapshot(record, result)
 
     # ------------------------------------------------------------ data volumes
 
-    def _progress(self, record: NotebookRecord):
-        return lambda progress: self.outbox.set_progress(
-            record.notebook, record.generation, progress
-        )
+    @contextmanager
+    def _syncing(self, record: NotebookRecord) -> Iterator[ProgressCallback]:
+        """The progress callback for one sync of ``record``; its progress is cleared at the
+        scheduler when the sync ends, however it ends."""
+        try:
+            yield lambda progress: self.outbox.set_progress(
+                record.notebook, record.generation, progress
+            )
+        finally:
+            self.outbox.set_progress(record.notebook, record.generation, None)
 
     async def _pull_volumes(
         self, record: NotebookRecord, assignment: Assignment
@@ -511,12 +514,11 @@ class Reconciler:
         if not assignment.volumes:
             return []
         try:
-            await self.volumes.pull(record.notebook, assignment.volumes, self._progress(record))
+            with self._syncing(record) as progress:
+                await self.volumes.pull(record.notebook, assignment.volumes, progress)
         except VolumeSyncError as exc:
             await self._push_then(record, S.FAILED, str(exc))
             return None
-        finally:
-            self.outbox.set_progress(record.notebook, record.generation, None)
         # The editor's start timeout counts from when it can start, not from a long pull.
         record.first_seen = self.clock()
         return [tuple(m) for m in self.volumes.mounts(record.notebook, assignment.volumes)]
@@ -528,11 +530,10 @@ class Reconciler:
         if assignment is None or not assignment.volumes:
             return ""
         try:
-            await self.volumes.push(record.notebook, assignment.volumes, self._progress(record))
+            with self._syncing(record) as progress:
+                await self.volumes.push(record.notebook, assignment.volumes, progress)
         except VolumeSyncError as exc:
             return str(exc)
-        finally:
-            self.outbox.set_progress(record.notebook, record.generation, None)
         return ""
 
     async def _stop(self, record: NotebookRecord) -> None:
