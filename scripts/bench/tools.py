@@ -198,6 +198,11 @@ class Rclone(Tool):
 
 
 class Aws(Tool):
+    """``aws s3 sync`` merges the local walk with the bucket listing assuming S3's byte order.
+    SeaweedFS 4.48 lists in directory order (``numpy/…`` before ``numpy-2.4.6.dist-info/…``),
+    so on site-packages a push with ``--delete`` deletes and re-uploads the wrong keys and the
+    restore misses files: the benchmark reports that as a failed restore, as it should."""
+
     def __init__(self, cache: Path) -> None:
         super().__init__(
             "aws",
