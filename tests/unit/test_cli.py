@@ -1,12 +1,11 @@
 """The CLI against a stand-in scheduler on loopback: request shape, output, errors, exit codes."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from cli.main import main
+from tests.fakes.stand_in_scheduler import cli_against
 
 NOTEBOOK = {
     "id": "6f1c",
@@ -32,43 +31,11 @@ NOTEBOOK = {
 }
 
 
-class Recorder(BaseHTTPRequestHandler):
-    calls: list = []
-    replies: dict = {}
-
-    def _answer(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        Recorder.calls.append((self.command, self.path, self.headers.get("Authorization"), body))
-        status, payload = Recorder.replies.get(
-            (self.command, self.path.split("?")[0]),
-            (404, {"code": "not_found", "message": "notebook nope does not exist"}),
-        )
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _answer
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server(monkeypatch, tmp_path):
-    Recorder.calls, Recorder.replies = [], {}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("NBFLEET_URL", f"http://127.0.0.1:{httpd.server_port}")
-    monkeypatch.setenv("NBFLEET_TOKEN", "nbf_test")
-    monkeypatch.delenv("NBFLEET_CONFIG", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    yield Recorder
-    httpd.shutdown()
+    stand_in = cli_against(monkeypatch, tmp_path)
+    yield stand_in
+    stand_in.close()
 
 
 def test_run_sends_the_request_and_prints_json(server, capsys):
@@ -143,10 +110,9 @@ def test_unreachable_scheduler_is_explained(monkeypatch, capsys):
 
 def test_config_file(monkeypatch, tmp_path, server, capsys):
     monkeypatch.delenv("NBFLEET_TOKEN")
-    url = __import__("os").environ.pop("NBFLEET_URL")
-    monkeypatch.delenv("NBFLEET_URL", raising=False)
+    monkeypatch.delenv("NBFLEET_URL")
     cfg = tmp_path / "cli.toml"
-    cfg.write_text(f'url = "{url}"\ntoken = "nbf_file"\n')
+    cfg.write_text(f'url = "{server.url}"\ntoken = "nbf_file"\n')
     monkeypatch.setenv("NBFLEET_CONFIG", str(cfg))
     server.replies[("GET", "/v1/notebooks")] = (200, {"items": [NOTEBOOK]})
     assert main(["notebook", "list"]) == 0
@@ -156,7 +122,7 @@ def test_config_file(monkeypatch, tmp_path, server, capsys):
 
 @pytest.mark.parametrize("before", [True, False])
 def test_token_and_url_flags_work_before_or_after_the_subcommand(server, monkeypatch, before):
-    url = __import__("os").environ["NBFLEET_URL"]
+    url = server.url
     monkeypatch.setenv("NBFLEET_URL", "http://127.0.0.1:9")  # the flag must win
     server.replies[("GET", "/v1/admin/hosts")] = (200, {"items": []})
     flags = ["--token", "nba_flag", "--url", url]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from cli.main import main
 from cli.volumes import VolumeSyntaxError, format_volume, parse_volume
 from common import wire
+from tests.fakes.stand_in_scheduler import cli_against
 
 
 @pytest.mark.parametrize(
@@ -54,43 +53,13 @@ def test_parse_volume_names_the_bad_part(text: str, names: str) -> None:
     assert "container@alias[/prefix]:/mount/path[:ro|rw|rwd]" in message
 
 
-class Recorder(BaseHTTPRequestHandler):
-    calls: list = []
-    replies: dict = {}
-
-    def _answer(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        Recorder.calls.append((self.command, self.path, body))
-        status, payload = Recorder.replies.get(
-            (self.command, self.path), (404, {"code": "not_found", "message": "no such thing"})
-        )
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _answer
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server(monkeypatch, tmp_path):
-    Recorder.calls, Recorder.replies = [], {}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setenv("NBFLEET_URL", f"http://127.0.0.1:{httpd.server_port}")
-    monkeypatch.setenv("NBFLEET_TOKEN", "nbf_test")
-    monkeypatch.delenv("NBFLEET_CONFIG", raising=False)
+    stand_in = cli_against(monkeypatch, tmp_path)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    yield Recorder
-    httpd.shutdown()
+    yield stand_in
+    stand_in.close()
 
 
 STORE = {"alias": "lab-s3", "endpoint": "https://s3.lab:9000", "region": "eu", "created_at": 1.0}
@@ -101,7 +70,7 @@ def test_datastore_add_with_flags(server, capsys) -> None:
     argv = ["datastore", "add", "lab-s3", "--endpoint", "https://s3.lab:9000", "--region", "eu"]
     code = main([*argv, "--access-key", "AK", "--secret-key", "SK"])
     assert code == 0
-    method, path, body = server.calls[0]
+    method, path, _, body = server.calls[0]
     assert (method, path) == ("POST", "/v1/datastores")
     assert json.loads(body) == {
         "alias": "lab-s3",
@@ -119,7 +88,7 @@ def test_datastore_add_reads_keys_from_the_environment(server, monkeypatch) -> N
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENV-AK")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ENV-SK")
     assert main(["datastore", "add", "lab-s3", "--endpoint", "https://s3.lab:9000"]) == 0
-    sent = json.loads(server.calls[0][2])
+    sent = json.loads(server.calls[0][3])
     assert (sent["access_key"], sent["secret_key"], sent["region"]) == (
         "ENV-AK",
         "ENV-SK",
@@ -127,7 +96,7 @@ def test_datastore_add_reads_keys_from_the_environment(server, monkeypatch) -> N
     )
     # A flag wins over the environment.
     main(["datastore", "add", "x", "--endpoint", "https://e", "--access-key", "FLAG"])
-    assert json.loads(server.calls[1][2])["access_key"] == "FLAG"
+    assert json.loads(server.calls[1][3])["access_key"] == "FLAG"
 
 
 def test_datastore_add_without_keys_is_a_usage_error(server, capsys) -> None:
@@ -189,7 +158,7 @@ def test_notebook_run_sends_volumes(server) -> None:
         ]
     )
     assert code == 0
-    sent = json.loads(server.calls[0][2])
+    sent = json.loads(server.calls[0][3])
     assert sent["volumes"] == [
         {
             "container": "datasets",
