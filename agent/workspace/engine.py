@@ -213,33 +213,26 @@ async def push(
 
     await loop.run_in_executor(executor(), index.save, info.id, manifest_bytes, rows)
     reporter.emit(force=True)
-    return PushResult(
-        snapshot=info,
-        unchanged=False,
-        files=info.files,
-        logical_bytes=info.logical_bytes,
-        read_files=job.read_files,
-        read_bytes=job.read_bytes,
-        uploaded_objects=job.uploaded_objects,
-        uploaded_bytes=job.uploaded_bytes,
-        reused_objects=job.reused_objects,
-        skipped_special=skipped,
-        seconds=time.monotonic() - started,
-    )
+    return _result(info, job, skipped, started, unchanged=False)
 
 
 def _unchanged(parent: mf.Manifest, job: _Uploads, skipped: int, started: float) -> PushResult:
-    info = parent.info()
+    return _result(parent.info(), job, skipped, started, unchanged=True)
+
+
+def _result(
+    info: SnapshotInfo, job: _Uploads, skipped: int, started: float, *, unchanged: bool
+) -> PushResult:
     return PushResult(
         snapshot=info,
-        unchanged=True,
+        unchanged=unchanged,
         files=info.files,
         logical_bytes=info.logical_bytes,
         read_files=job.read_files,
         read_bytes=job.read_bytes,
         uploaded_objects=job.uploaded_objects,
         uploaded_bytes=job.uploaded_bytes,
-        reused_objects=0,
+        reused_objects=0 if unchanged else job.reused_objects,
         skipped_special=skipped,
         seconds=time.monotonic() - started,
     )
