@@ -27,6 +27,7 @@ Retention and garbage collection are separate steps (:mod:`agent.workspace.reten
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import time
@@ -35,6 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
+import zstandard
+
 from agent.objectstore import AlreadyExists, ObjectStore
 from agent.workspace import manifest as mf
 from agent.workspace.manifest import CHUNK_SIZE, CHUNKS, IDX_SUFFIX, PACKS, SNAPSHOTS, Blob
@@ -42,6 +46,14 @@ from agent.workspace.packer import build_pack, read_chunk
 from agent.workspace.progress import ProgressCallback, Reporter
 from agent.workspace.scan import LocalIndex, Scanned, index_row, scan
 from common.wire import SnapshotInfo
+
+log = logging.getLogger(__name__)
+
+
+class CorruptManifest(Exception):
+    """A manifest object that does not decode: on stores where a killed PUT can leave a
+    truncated object behind, it is not a snapshot, and the one before it is the newest."""
+
 
 #: Small files are packed in batches of about this many raw bytes (packs end up 1/3 to 1/1 of
 #: it after compression).
@@ -107,8 +119,27 @@ async def load_manifest(
     data = cached
     if data is None:
         data = await store.get_bytes(bucket, prefix + SNAPSHOTS + snapshot_id)
-    manifest = await asyncio.get_running_loop().run_in_executor(executor(), mf.decode, data)
+    try:
+        manifest = await asyncio.get_running_loop().run_in_executor(executor(), mf.decode, data)
+    except (zstandard.ZstdError, msgspec.DecodeError, ValueError) as exc:
+        raise CorruptManifest(f"manifest of snapshot {snapshot_id} does not decode: {exc}") from exc
     return manifest, data
+
+
+async def newest_readable(
+    store: ObjectStore, bucket: str, prefix: str, ids: list[str] | None = None
+) -> tuple[str | None, mf.Manifest | None, bytes]:
+    """The newest snapshot whose manifest decodes, skipping (and naming) any that do not."""
+    for snapshot_id in reversed(
+        ids if ids is not None else await snapshot_ids(store, bucket, prefix)
+    ):
+        try:
+            manifest, data = await load_manifest(store, bucket, prefix, snapshot_id)
+        except CorruptManifest as exc:
+            log.warning("prefix=%s %s; using the snapshot before it", prefix, exc)
+            continue
+        return snapshot_id, manifest, data
+    return None, None, b""
 
 
 async def run_all(jobs: Iterable[Awaitable[None]]) -> None:
@@ -161,9 +192,16 @@ async def push(
     parent: mf.Manifest | None = None
     parent_bytes = b""
     if parent_id is not None:
-        parent, parent_bytes = await load_manifest(
-            store, bucket, prefix, parent_id, index.cached_manifest(parent_id)
-        )
+        try:
+            parent, parent_bytes = await load_manifest(
+                store, bucket, prefix, parent_id, index.cached_manifest(parent_id)
+            )
+        except CorruptManifest as exc:
+            log.warning("prefix=%s %s; using the snapshot before it", prefix, exc)
+            ids = await snapshot_ids(store, bucket, prefix)
+            parent_id, parent, parent_bytes = await newest_readable(
+                store, bucket, prefix, [i for i in ids if i < parent_id]
+            )
     known: dict[str, Blob] = dict(parent.blobs) if parent is not None else {}
 
     chunks_of: dict[str, tuple[str, ...]] = {}
@@ -348,7 +386,11 @@ class _Uploads:
     async def discover(self, need_chunks: bool) -> None:
         """Find packs (via their ``.idx``) and chunks an interrupted push already stored."""
         base = self.prefix + PACKS
-        listed = {info.key[len(self.prefix) :] for info in await self.store.list(self.bucket, base)}
+        sizes = {
+            info.key[len(self.prefix) :]: info.size
+            for info in await self.store.list(self.bucket, base)
+        }
+        listed = set(sizes)
         referenced = {blob.key for blob in self.known.values()}
         orphan_idx = [
             key
@@ -363,7 +405,15 @@ class _Uploads:
             async with limit:
                 data = await self.store.get_bytes(self.bucket, self.prefix + key)
             pack = key[: -len(IDX_SUFFIX)]
-            for cid, offset, length, raw, zstd in mf.decode_idx(data):
+            try:
+                items = mf.decode_idx(data)
+            except (msgspec.DecodeError, ValueError) as exc:
+                log.warning("prefix=%s ignoring unreadable %s: %s", self.prefix, key, exc)
+                return
+            if any(offset + length > sizes[pack] for _, offset, length, _, _ in items):
+                log.warning("prefix=%s ignoring %s: it points past its pack", self.prefix, key)
+                return
+            for cid, offset, length, raw, zstd in items:
                 self.orphans.setdefault(cid, Blob(pack, offset, length, raw, zstd))
             self.reused_objects += 1
 
@@ -406,7 +456,10 @@ class _Uploads:
         path = os.path.join(self.directory, entry.path)
         count = -(-entry.size // CHUNK_SIZE)
         cids: list[str] = [""] * count
-        stored = _Either(self.known, self.listed_chunks)
+        # Only chunks a snapshot references are skipped unread: one an interrupted push left
+        # behind is compressed again, so it is reused only if it has exactly the stored size
+        # (a store may keep a truncated object from a killed PUT).
+        stored = self.known
 
         async def one(index: int) -> None:
             async with self.chunk_slots:
@@ -420,11 +473,13 @@ class _Uploads:
                 self.read_bytes += read.raw
                 cid = read.cid
                 if read.stored is None:
-                    listed = self.listed_chunks.get(cid)
-                    if cid not in self.known and listed is not None and cid not in self.added:
-                        self.added[cid] = Blob(CHUNKS + cid, 0, listed, read.raw, listed < read.raw)
-                        self.reused_objects += 1
-                elif cid not in self.added:
+                    pass  # a snapshot already references it
+                elif cid in self.added:
+                    pass  # another file of this push has the same chunk
+                elif self.listed_chunks.get(cid) == len(read.stored):
+                    self.added[cid] = Blob(CHUNKS + cid, 0, len(read.stored), read.raw, read.zstd)
+                    self.reused_objects += 1
+                else:
                     self.added[cid] = Blob(CHUNKS + cid, 0, len(read.stored), read.raw, read.zstd)
                     await self._put(CHUNKS + cid, read.stored)
             reporter.add(0, read.raw)

@@ -30,8 +30,8 @@ from agent.workspace import manifest as mf
 from agent.workspace.engine import (
     cpu_slots,
     executor,
-    latest_snapshot_id,
     load_manifest,
+    newest_readable,
     run_all,
 )
 from agent.workspace.manifest import Blob
@@ -81,13 +81,19 @@ async def restore(
     if os.path.lexists(directory):
         raise FileExistsError(f"restore target {directory} already exists")
     staging = directory + RESTORING_SUFFIX
-    snapshot_id = snapshot or await latest_snapshot_id(store, bucket, prefix)
+    manifest = None
+    if snapshot:
+        snapshot_id: str | None = snapshot
+    else:
+        # The newest snapshot that decodes: a manifest truncated by a killed PUT is skipped.
+        snapshot_id, manifest, manifest_bytes = await newest_readable(store, bucket, prefix)
     if snapshot_id is None:
         await loop.run_in_executor(executor(), _reset, staging)
         await loop.run_in_executor(executor(), os.rename, staging, directory)
         return RestoreResult(snapshot=None, seconds=time.monotonic() - started)
     try:
-        manifest, manifest_bytes = await load_manifest(store, bucket, prefix, snapshot_id)
+        if manifest is None:
+            manifest, manifest_bytes = await load_manifest(store, bucket, prefix, snapshot_id)
     except NotFound:
         raise SnapshotNotFound(
             f"snapshot {snapshot_id} does not exist in s3://{bucket}/{prefix}"

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from agent.objectstore import ObjectStore
 from agent.workspace import manifest as mf
-from agent.workspace.engine import load_manifest, run_all, snapshot_ids
+from agent.workspace.engine import CorruptManifest, load_manifest, run_all, snapshot_ids
 from common.wire import SnapshotInfo
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,19 @@ async def list_snapshots(store: ObjectStore, bucket: str, prefix: str) -> list[S
             infos.append(info)
 
     async def from_manifest(snapshot_id: str) -> None:
-        manifest, _ = await load_manifest(store, bucket, prefix, snapshot_id)
+        try:
+            manifest, _ = await load_manifest(store, bucket, prefix, snapshot_id)
+        except CorruptManifest as exc:
+            log.warning("prefix=%s not listing a snapshot: %s", prefix, exc)
+            return
         infos.append(manifest.info())
 
     await run_all(from_manifest(snapshot_id) for snapshot_id in missing)
     return sorted(infos, key=lambda info: info.id)
+
+
+class _Unsure(Exception):
+    """Garbage collection cannot tell what is referenced."""
 
 
 def select_kept(ids: list[str], keep_last: int, keep_daily: int, now: float) -> list[str]:
@@ -102,13 +110,21 @@ async def collect_garbage(
 
     async def read(snapshot_id: str) -> None:
         async with limit:
-            manifest, _ = await load_manifest(store, bucket, prefix, snapshot_id)
+            try:
+                manifest, _ = await load_manifest(store, bucket, prefix, snapshot_id)
+            except CorruptManifest as exc:
+                # What it references cannot be known: collect nothing this time.
+                raise _Unsure(str(exc)) from exc
         for blob in manifest.blobs.values():
             referenced.add(blob.key)
             if blob.key.startswith(mf.PACKS):
                 referenced.add(blob.key + mf.IDX_SUFFIX)
 
-    await run_all(read(snapshot_id) for snapshot_id in ids)
+    try:
+        await run_all(read(snapshot_id) for snapshot_id in ids)
+    except _Unsure as exc:
+        log.warning("prefix=%s garbage collection skipped: %s", prefix, exc)
+        return 0
     doomed: list[str] = []
     for base in (mf.PACKS, mf.CHUNKS):
         for obj in await store.list(bucket, prefix + base):

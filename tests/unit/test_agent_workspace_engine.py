@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from agent.objectstore import StoreError
 from agent.workspace import engine
 from agent.workspace import manifest as mf
 from agent.workspace.manifest import CHUNK_SIZE
+from agent.workspace.packer import content_id
 from agent.workspace.restore import restore
 from tests.fakes.objectstore import FakeObjectStore
 
@@ -263,3 +265,76 @@ async def test_progress_is_reported(tmp_path: Path) -> None:
     await push(store, src, tmp_path, progress=events.append)
     assert events and events[-1].phase == "push"
     assert events[-1].files_done == events[-1].files_total == 4  # empty.txt needs no read
+
+
+# ---------------------------------------------------- what a killed PUT can leave behind
+# Some S3 servers (SeaweedFS among them) keep a truncated object when the client dies mid-PUT.
+
+
+async def test_truncated_chunk_left_by_a_killed_push_is_uploaded_again(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(CHUNK_SIZE + 1000)  # incompressible: chunks are stored raw
+    write(src / "weights.bin", big)
+    cid = content_id(big[:CHUNK_SIZE])
+    store._store(B, P + mf.CHUNKS + cid, big[: CHUNK_SIZE // 3], {})  # the truncated PUT
+    await push(store, src, tmp_path)
+    assert len(store.objects[(B, P + mf.CHUNKS + cid)][0]) == CHUNK_SIZE
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert (dest / "weights.bin").read_bytes() == big
+
+
+async def test_complete_chunk_left_by_a_killed_push_is_reused(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(2 * CHUNK_SIZE)
+    write(src / "weights.bin", big)
+    first = big[:CHUNK_SIZE]  # the killed push got this chunk fully stored
+    store._store(B, P + mf.CHUNKS + content_id(first), first, {})
+    result = await push(store, src, tmp_path)
+    assert result.reused_objects == 1
+    assert CHUNK_SIZE <= result.uploaded_bytes < CHUNK_SIZE + 100_000  # the 2nd chunk, manifest
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert (dest / "weights.bin").read_bytes() == big
+
+
+async def test_unreadable_or_overlong_idx_is_ignored(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    make_tree(src)
+    store._store(B, P + mf.PACKS + "aa", b"x" * 10, {})
+    store._store(B, P + mf.PACKS + "aa" + mf.IDX_SUFFIX, b"\x93\xa1", {})  # truncated
+    store._store(B, P + mf.PACKS + "bb", b"x" * 10, {})
+    idx = mf.encode_idx([("0" * 64, 0, 500, 500, False)])  # points past the 10-byte pack
+    store._store(B, P + mf.PACKS + "bb" + mf.IDX_SUFFIX, idx, {})
+    await push(store, src, tmp_path)
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert tree(dest) == tree(src)
+
+
+async def test_truncated_newest_manifest_is_skipped_by_push_and_restore(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    make_tree(src)
+    first = await push(store, src, tmp_path)
+    good = store.objects[(B, P + mf.SNAPSHOTS + first.snapshot.id)][0]
+    # A killed push's manifest is newer than the last good one and older than the next push.
+    broken_id = mf.new_snapshot_id(first.snapshot.created_at + 0.002)
+    store._store(B, P + mf.SNAPSHOTS + broken_id, good[: len(good) // 2], {})
+    # restore falls back to the newest snapshot that decodes
+    dest = tmp_path / "dest"
+    restored = await restore(store, B, P, str(dest))
+    assert restored.snapshot.id == first.snapshot.id and tree(dest) == tree(src)
+    # and a push builds on it instead of failing forever
+    write(src / "new.txt", "after the crash")
+    await asyncio.sleep(0.01)
+    second = await push(store, src, tmp_path / "fresh-index")
+    assert not second.unchanged and second.snapshot.id > broken_id
+    dest2 = tmp_path / "dest2"
+    await restore(store, B, P, str(dest2))
+    assert (dest2 / "new.txt").read_text() == "after the crash"
