@@ -250,13 +250,7 @@ class NotebookService:
         now = self.clock()
         async with self.db.transaction() as tx:
             row = await _load(tx, project, notebook_id)
-            state = S(row["state"])
-            if state not in STARTABLE:
-                raise conflict(
-                    f"notebook {notebook_id} is {state}; only a STOPPED, FAILED or ERROR "
-                    "notebook can be started",
-                    state=state.value,
-                )
+            _require(row, STARTABLE, "only a STOPPED, FAILED or ERROR notebook can be started")
             resources = placement.Resources(row["gpu"], row["cpu"], row["memory_mb"])
             hosts = await placement.load_capacity(tx, now=now, fresh_within_s=self.fresh_within_s)
             chosen = placement.place(hosts, resources, last_host=row["last_host_id"])
@@ -278,13 +272,7 @@ class NotebookService:
         now = self.clock()
         async with self.db.transaction() as tx:
             row = await _load(tx, project, notebook_id)
-            state = S(row["state"])
-            if state not in STOPPABLE:
-                raise conflict(
-                    f"notebook {notebook_id} is {state}; only a STARTING or RUNNING notebook "
-                    "can be stopped",
-                    state=state.value,
-                )
+            _require(row, STOPPABLE, "only a STARTING or RUNNING notebook can be stopped")
             await change_state(
                 tx, row, S.STOPPING, "stop requested", now=now, board=self.board, desired="stopped"
             )
@@ -307,6 +295,13 @@ class NotebookService:
                 desired="deleted",
             )
             return await _view(tx, await _load(tx, project, notebook_id))
+
+
+def _require(row: Row, allowed: frozenset[NotebookState], requirement: str) -> None:
+    """409 naming the current state (also in ``detail.state``) unless it is ``allowed``."""
+    state = S(row["state"])
+    if state not in allowed:
+        raise conflict(f"notebook {row['id']} is {state}; {requirement}", state=state.value)
 
 
 # ---------------------------------------------------------------- row → wire
