@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -70,6 +70,28 @@ class Catalog(Struct, forbid_unknown_fields=True):
                 raise ConfigError(f"catalog.frameworks.{name}.user must not be root")
 
 
+class FlavorSpec(Struct, forbid_unknown_fields=True):
+    """A shape of notebook, per unit: one GPU of ``gpu_model`` (a GPU flavor) or one CPU (a CPU
+    flavor, ``gpu_model = ""``). A request for N units gets N times ``cpu``, ``memory_mb`` and
+    ``disk_gb``. Hosts name the flavor they offer in their agent config."""
+
+    gpu_model: str = ""
+    cpu: int = 4
+    memory_mb: int = 16384
+    disk_gb: int = 50
+    description: str = ""
+
+
+class QuotaDefaults(Struct, forbid_unknown_fields=True):
+    """Quotas a new project starts with; operators change them per project."""
+
+    gpus: int = 4
+    cpus: int = 48
+    notebooks: int = 10
+    gpus_per_notebook: int = 4
+    cpus_per_notebook: int = 12
+
+
 class SchedulerConfig(Struct, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8470"
     database: str = "/var/lib/nbfleet/scheduler/scheduler.db"
@@ -84,6 +106,21 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     cpus_per_gpu: int = 4
     memory_mb_per_cpu: int = 4096
     memory_mb_per_gpu: int = 16384
+    #: ``binpack`` (leave the fewest GPUs stranded, so whole hosts stay free for big requests)
+    #: or ``spread`` (the host with the most free).
+    placement: Literal["binpack", "spread"] = "binpack"
+    #: Heartbeats the whole fleet may send per second; the interval given to agents grows with
+    #: the fleet so this holds (never below ``heartbeat_interval_s``).
+    heartbeat_budget_per_s: float = 200.0
+    #: A notebook RUNNING this long is stopped (restarted with ``restart_on_timeout``).
+    max_runtime_s: float = 7 * 24 * 3600.0
+    #: Workspace storage: this many GB free per notebook for this many days from creation.
+    free_storage_gb: float = 10.0
+    free_storage_days: float = 30.0
+    #: How often the scheduler's background loop runs (queue, timeouts, lost hosts).
+    loop_interval_s: float = 1.0
+    quota: QuotaDefaults = msgspec.field(default_factory=QuotaDefaults)
+    flavors: dict[str, FlavorSpec] = {}
     catalog: Catalog = msgspec.field(default_factory=Catalog)
 
 
@@ -121,6 +158,9 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     volumes_dir: str = "/var/lib/nbfleet/volumes"
     reconcile_interval_s: float = 2.0
     usage_interval_s: float = 30.0
+    #: The catalog flavor this host offers, and labels shown to operators.
+    flavor: str = ""
+    labels: dict[str, str] = {}
 
 
 class ClientConfig(Struct, forbid_unknown_fields=True):

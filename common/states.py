@@ -18,6 +18,8 @@
                          ▼   (from any settled state)
                       DELETING ──► DELETED
 
+* ``QUEUED``: quota allows it but no host has room (or its project is at a limit); it waits
+  in the fair queue, holding nothing. Stop leaves the queue (→ STOPPED), delete removes it.
 * ``STARTING``: resources are allocated; workspace and volumes are being pulled and the
   container started. Counts against quota.
 * ``RUNNING``: the editor answers. Counts against quota and is billed per commenced minute.
@@ -40,6 +42,7 @@ import enum
 
 
 class NotebookState(enum.StrEnum):
+    QUEUED = "QUEUED"
     STARTING = "STARTING"
     RUNNING = "RUNNING"
     STOPPING = "STOPPING"
@@ -54,12 +57,13 @@ S = NotebookState
 
 #: Every allowed change of state. A transition not listed here is refused.
 TRANSITIONS: dict[NotebookState, frozenset[NotebookState]] = {
+    S.QUEUED: frozenset({S.STARTING, S.STOPPED, S.DELETING, S.DELETED}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.FAILED, S.ERROR, S.DELETING}),
     S.RUNNING: frozenset({S.STOPPING, S.FAILED, S.ERROR, S.DELETING}),
     S.STOPPING: frozenset({S.STOPPED, S.FAILED, S.ERROR, S.DELETING}),
-    S.STOPPED: frozenset({S.STARTING, S.DELETING}),
-    S.FAILED: frozenset({S.STARTING, S.DELETING}),
-    S.ERROR: frozenset({S.STARTING, S.DELETING}),
+    S.STOPPED: frozenset({S.QUEUED, S.STARTING, S.DELETING}),
+    S.FAILED: frozenset({S.QUEUED, S.STARTING, S.DELETING}),
+    S.ERROR: frozenset({S.QUEUED, S.STARTING, S.DELETING}),
     S.DELETING: frozenset({S.DELETED, S.ERROR}),
     S.DELETED: frozenset(),
 }
@@ -70,8 +74,8 @@ ACTIVE = frozenset({S.STARTING, S.RUNNING})
 ON_HOST = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.DELETING})
 #: States from which a user may start the notebook again.
 STARTABLE = frozenset({S.STOPPED, S.FAILED, S.ERROR})
-#: States from which a user may stop the notebook.
-STOPPABLE = frozenset({S.STARTING, S.RUNNING})
+#: States from which a user may stop the notebook (a QUEUED one just leaves the queue).
+STOPPABLE = frozenset({S.QUEUED, S.STARTING, S.RUNNING})
 #: Settled states: nothing is in flight, nothing is billed.
 SETTLED = frozenset({S.STOPPED, S.FAILED, S.ERROR, S.DELETED})
 

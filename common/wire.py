@@ -105,6 +105,11 @@ class NotebookCreate(Struct, forbid_unknown_fields=True):
     labels: dict[LabelKey, LabelValue] = {}
     envvars: dict[EnvName, EnvValue] = {}
     volumes: list[Volume] = []
+    #: A catalog flavor (``h100-1-gpu``, ``ai1-1-cpu``): picks the GPU model and scales CPU,
+    #: memory and disk with the number of GPUs (or CPU units) requested.
+    flavor: CatalogKey | None = None
+    #: After the runtime limit (or a lost host), start again under the same id and workspace.
+    restart_on_timeout: bool = False
 
 
 class NotebookFork(Struct, forbid_unknown_fields=True):
@@ -129,6 +134,18 @@ class StateChange(Struct):
     reason: str
     at: float
     generation: int
+
+
+class QueueInfo(Struct):
+    """Why and where a QUEUED notebook waits."""
+
+    #: 1 is the next to be placed, counting every project's queued notebooks in fair order.
+    position: int
+    #: What it waits for, for people: ``"2 × H100"``, ``"4 CPUs"``.
+    waiting_for: str
+    queued_at: float
+    #: What holds it: ``capacity`` (no host has room) or ``quota`` (its project is at a limit).
+    blocked_by: Literal["capacity", "quota"] = "capacity"
 
 
 class Notebook(Struct):
@@ -162,6 +179,11 @@ class Notebook(Struct):
     progress: Progress | None = None
     #: ``(notebook, snapshot)`` this notebook was forked from.
     forked_from: RestoreSource | None = None
+    flavor: str | None = None
+    restart_on_timeout: bool = False
+    disk_gb: int = 0
+    #: Set while QUEUED.
+    queue: QueueInfo | None = None
 
 
 class NotebookList(Struct):
@@ -226,9 +248,64 @@ class ProjectCreate(Struct, forbid_unknown_fields=True):
     name: Name
 
 
+class Quota(Struct):
+    """A project's limits. Only STARTING and RUNNING notebooks count against the first three."""
+
+    gpus: int
+    cpus: int
+    notebooks: int
+    gpus_per_notebook: int
+    cpus_per_notebook: int
+
+
+class QuotaUpdate(Struct, forbid_unknown_fields=True):
+    """``PATCH /v1/admin/projects/{p}/quota``: the limits to change; omitted ones stay."""
+
+    gpus: Annotated[int, Meta(ge=0, le=100_000)] | None = None
+    cpus: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
+    notebooks: Annotated[int, Meta(ge=0, le=100_000)] | None = None
+    gpus_per_notebook: Annotated[int, Meta(ge=0, le=16)] | None = None
+    cpus_per_notebook: Annotated[int, Meta(ge=0, le=256)] | None = None
+
+
+class QuotaUse(Struct):
+    gpus: int
+    cpus: int
+    notebooks: int
+
+
 class Project(Struct):
     name: str
     created_at: float
+    quota: Quota | None = None
+    used: QuotaUse | None = None
+    queued: int = 0
+
+
+class UsageRow(Struct):
+    """Usage of one group over the asked period.
+
+    ``minutes`` are commenced minutes of RUNNING; ``gpu_minutes`` is per GPU model
+    (minutes × GPUs); ``cpu_minutes`` counts CPU notebooks only (minutes × CPUs), since a GPU
+    notebook's CPUs come with its GPUs. Storage is GB-hours of workspace snapshots; the
+    billable part leaves out the free tier (first 10 GB for 30 days from creation).
+    """
+
+    group: str
+    notebooks: int
+    minutes: int
+    gpu_minutes: dict[str, int]
+    cpu_minutes: int
+    storage_gb_hours: float
+    billable_storage_gb_hours: float
+
+
+class UsageReport(Struct):
+    start: float
+    end: float
+    group_by: str
+    items: list[UsageRow]
+    total: UsageRow
 
 
 class ProjectList(Struct):
@@ -239,6 +316,8 @@ class TokenCreate(Struct, forbid_unknown_fields=True):
     project: Name
     role: Role = "operator"
     description: Annotated[str, Meta(max_length=200)] = ""
+    #: The token reaches only notebooks carrying every one of these labels.
+    label_selector: dict[LabelKey, LabelValue] = {}
 
 
 class TokenCreated(Struct):
@@ -247,6 +326,7 @@ class TokenCreated(Struct):
     role: Role
     #: Shown once; the scheduler keeps only its digest.
     token: str
+    label_selector: dict[str, str] = {}
 
 
 class HostGpu(Struct):
@@ -259,9 +339,17 @@ class HostGpu(Struct):
     notebook: str | None = None
 
 
+class HostGpuModel(Struct):
+    model: str
+    total: int
+    free: int
+
+
 class Host(Struct):
     id: str
-    state: str
+    #: ``ready``; ``cordoned`` (no new placements); ``draining`` (cordoned, notebooks still
+    #: leaving); ``lost`` (missed its heartbeat TTL).
+    state: Literal["ready", "cordoned", "draining", "lost"]
     cpus: int
     cpus_free: int
     memory_mb: int
@@ -271,6 +359,12 @@ class Host(Struct):
     registered_at: float
     #: Why the host reports no GPUs, when it reports none (e.g. "NVML: driver not loaded").
     gpu_note: str = ""
+    flavor: str = ""
+    labels: dict[str, str] = {}
+    #: GPUs per model, total and free (free counts only on a ready host).
+    gpu_models: list[HostGpuModel] = []
+    #: Notebooks holding resources or work on the host (STARTING to DELETING).
+    notebooks: int = 0
 
 
 class HostList(Struct):
@@ -303,6 +397,9 @@ class AgentRegister(Struct, forbid_unknown_fields=True):
     nvidia_runtime: bool = False
     #: Why the inventory has no GPUs, when it has none (e.g. "NVML: driver not loaded").
     gpu_note: str = ""
+    #: The catalog flavor this host offers (operator's choice in the agent config).
+    flavor: Annotated[str, Meta(max_length=64)] = ""
+    labels: dict[LabelKey, LabelValue] = {}
 
 
 class RegisterReply(Struct):

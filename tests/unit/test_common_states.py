@@ -68,7 +68,11 @@ def test_quota_counts_only_starting_and_running():
 
 def test_user_actions_match_the_table():
     for state in STARTABLE:
-        assert S.STARTING in TRANSITIONS[state]
-    for state in STOPPABLE:
+        # A start places the notebook or, with no room, queues it.
+        assert {S.STARTING, S.QUEUED} <= TRANSITIONS[state]
+    for state in STOPPABLE - {S.QUEUED}:
         assert S.STOPPING in TRANSITIONS[state]
+    # A queued notebook holds nothing: stopping it just takes it out of the queue.
+    assert S.STOPPED in TRANSITIONS[S.QUEUED]
     assert not (SETTLED & ACTIVE)
+    assert S.QUEUED not in ACTIVE
