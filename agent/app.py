@@ -7,7 +7,9 @@ scheduler client, clock, editor probe); :func:`build_agent` supplies the real on
 * heartbeat: registers, then heartbeats at the scheduler's interval; ``known=false`` → register;
 * assignments: long-polls ``/v1/agents/assignments`` and runs a reconcile tick on every answer;
 * reconcile: a tick every ``reconcile_interval_s`` (exits, editor readiness, timeouts);
-* report: flushes the outbox; usage: queues billed minutes every ``usage_interval_s``.
+* report: flushes the outbox; usage: queues billed minutes every ``usage_interval_s``;
+* spool: writes what the outbox holds to ``state_dir/outbox.json`` when it changed, so reports
+  and minutes survive an agent restart during a scheduler outage (read back at construction).
 
 HTTP: ``GET /health`` (open) and ``GET /v1/notebooks/{id}/logs?tail=N`` (signed by the scheduler
 with this host's secret). Stopping the agent never stops notebooks: they are adopted at the next
@@ -31,6 +33,7 @@ from agent.objectstore import ObjectStore, S3ObjectStore
 from agent.reconcile import Probe, Reconciler, http_probe
 from agent.report import Outbox
 from agent.runtime import ContainerRuntime, DockerRuntime, NoSuchContainer, host_memory_mb
+from agent.spool import Spool
 from agent.workspace.host import HostWorkspaces
 from common import wire
 from common.auth import Verifier
@@ -40,6 +43,9 @@ from common.errors import ApiError
 log = logging.getLogger(__name__)
 
 LONG_POLL_S = 25.0
+#: How soon a change to the outbox is on disk; a check of a counter when nothing changed.
+SPOOL_INTERVAL_S = 0.25
+OUTBOX_SPOOL = "outbox.json"
 MAX_LOG_TAIL = 10000
 
 
@@ -114,7 +120,7 @@ class Agent:
         self.store = store
         self.client = client
         self.clock = clock
-        self.outbox = Outbox(client)
+        self.outbox = Outbox(client, Spool(os.path.join(config.state_dir, OUTBOX_SPOOL)))
         self.workspaces = HostWorkspaces(
             store,
             config.workspace_bucket,
@@ -140,6 +146,7 @@ class Agent:
             Loop("reconcile", self.reconciler.tick, lambda: config.reconcile_interval_s),
             Loop("report", self.outbox.tick, lambda: 0.5),
             Loop("usage", self.usage_tick, lambda: config.usage_interval_s),
+            Loop("spool", self.outbox.save, lambda: SPOOL_INTERVAL_S),
         ]
 
     # ------------------------------------------------------------ lifecycle
@@ -165,7 +172,16 @@ class Agent:
         try:
             await self.outbox.tick()
         except Exception as exc:
-            log.warning("host=%s unsent reports dropped at shutdown: %s", self.host_id, exc)
+            log.warning(
+                "host=%s reports not sent at shutdown stay in the spool for the next start: %s",
+                self.host_id,
+                exc,
+            )
+        try:
+            await self.outbox.save()
+        except OSError as exc:
+            log.error("host=%s unsent reports could not be spooled, lost: %s", self.host_id, exc)
+        self.outbox.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -194,6 +210,8 @@ class Agent:
             version=version(),
             nvidia_runtime=self.config.nvidia_runtime,
             gpu_note=snapshot.note,
+            flavor=self.config.flavor,
+            labels=dict(self.config.labels),
         )
 
     async def register(self) -> None:

@@ -15,12 +15,17 @@ notebook never delays another. A step looks at the container and does the next t
 
 Nothing is destroyed before the first assignments arrive: after an agent restart the existing
 containers are adopted (a running notebook is found RUNNING again, never restarted). A managed
-container no assignment mentions (the scheduler gave up on it) is stopped and its workspace
-pushed.
+container no assignment mentions (the scheduler gave up on it, e.g. it declared this host lost
+and moved the notebook to ERROR or elsewhere) is stopped, its workspace pushed, and only then
+removed with its host dir; while the push fails the stopped container and the host dir stay, and
+the push is retried with backoff (across agent restarts too, since the container is the
+reminder). Nothing is reported for it: the scheduler has settled that notebook.
 
 Every state change goes through :meth:`Reconciler._set_state`: the ones this agent causes are
 validated with :func:`common.states.check` and queued in the outbox; the scheduler's own
-(STOPPING and DELETING set by a user) are adopted from assignments without a report.
+(STOPPING and DELETING set by a user) are adopted from assignments without a report. A run this
+agent ends (leaving RUNNING) also queues its final billed minutes; when the scheduler ends it,
+the scheduler closes the run itself.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from pathlib import Path
 
 import aiohttp
 
+from agent.client import Backoff
 from agent.kept_logs import KeptLogs
-from agent.report import Outbox
+from agent.report import Outbox, billed_minutes
 from agent.runtime import (
     ContainerExists,
     ContainerInfo,
@@ -50,12 +56,16 @@ from agent.workspace.host import HostWorkspaces, MarkerMissing
 from agent.workspace.progress import ProgressCallback
 from common.config import AgentConfig
 from common.states import InvalidTransition, NotebookState, check
-from common.wire import Assignment, SnapshotReport, Transition
+from common.wire import Assignment, SnapshotReport, Transition, UsageItem
 
 log = logging.getLogger(__name__)
 
 S = NotebookState
 Probe = Callable[[str], Awaitable[bool]]
+
+#: Retries of an orphan's failed push: jittered, from seconds up to five minutes apart.
+ORPHAN_RETRY_BASE_S = 5.0
+ORPHAN_RETRY_CAP_S = 300.0
 
 
 async def http_probe(url: str) -> bool:
@@ -114,6 +124,8 @@ class Reconciler:
         self._synced = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Orphans whose push failed: their backoff and when to try again.
+        self._orphan_retry: dict[str, tuple[Backoff, float]] = {}
 
     # ------------------------------------------------------------ inputs and outputs
 
@@ -163,6 +175,9 @@ class Reconciler:
         for notebook in self.containers:
             if notebook not in self.assignments:
                 self._launch(notebook, self._retire_orphan, notebook)
+        for notebook in list(self._orphan_retry):
+            if notebook not in self.containers or notebook in self.assignments:
+                del self._orphan_retry[notebook]
 
     async def idle(self) -> None:
         """Wait until every step started so far has finished (tests, shutdown)."""
@@ -226,6 +241,16 @@ class Reconciler:
         log.info(
             "notebook=%s generation=%d %s: %s", record.notebook, record.generation, state, reason
         )
+        if record.state == S.RUNNING and record.running_since is not None:
+            # The run ends here: its minutes up to now, queued (and spooled) with the report.
+            self.outbox.add_usage(
+                UsageItem(
+                    notebook=record.notebook,
+                    generation=record.generation,
+                    billed_minutes=billed_minutes(record.running_since, now),
+                    at=now,
+                )
+            )
         record.state = state
         if state == S.RUNNING:
             record.running_since = now
@@ -559,18 +584,52 @@ class Reconciler:
         self._set_state(record, S.DELETED, "deleted")
 
     async def _retire_orphan(self, notebook: str) -> None:
-        """A managed container no assignment wants: stop it and save its workspace."""
+        """A managed container no assignment wants: stop it, push its workspace, then remove
+        the container and the host dir. A failed push keeps both (the stopped container is
+        what brings us back here) and is retried after a jittered backoff."""
         if notebook in self.assignments:
             return
-        log.warning("notebook=%s container is not assigned to this host; stopping it", notebook)
+        now = self.clock()
+        retry = self._orphan_retry.get(notebook)
+        if retry is not None and now < retry[1]:
+            return
+        info = self.containers.get(notebook)
+        if retry is None:
+            log.warning(
+                "notebook=%s container is not assigned to this host; stopping it, saving its "
+                "workspace, then removing it",
+                notebook,
+            )
         await self.runtime.stop(notebook)
-        await self.runtime.remove(notebook)
         await self.workspaces.remove_scratch(notebook)
         try:
-            await self.workspaces.push(notebook)
+            result = await self.workspaces.push(notebook)
         except Exception as exc:
+            backoff = (
+                retry[0] if retry is not None else Backoff(ORPHAN_RETRY_BASE_S, ORPHAN_RETRY_CAP_S)
+            )
+            delay = backoff.next_delay()
+            self._orphan_retry[notebook] = (backoff, now + delay)
             log.warning(
-                "notebook=%s orphan workspace push failed, keeping host dir: %s", notebook, exc
+                "notebook=%s orphan workspace push failed, keeping the stopped container and "
+                "the host dir; next try in %.0fs: %s",
+                notebook,
+                delay,
+                exc,
             )
             return
+        self._orphan_retry.pop(notebook, None)
+        if result is not None and info is not None and info.generation >= 1:
+            # Recorded only if the scheduler still counts this host as the notebook's last.
+            self.outbox.add_snapshot(
+                SnapshotReport(
+                    notebook=notebook,
+                    generation=info.generation,
+                    snapshot=result.snapshot,
+                    retained=list(result.kept),
+                )
+            )
+        await self.kept_logs.keep(self.runtime, notebook)
+        await self.runtime.remove(notebook)
         await self.workspaces.remove_workspace_dir(notebook)
+        log.info("notebook=%s orphan container removed, workspace saved", notebook)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from agent.app import build_agent
+from agent.app import Agent, build_agent
 from agent.client import Backoff, SchedulerClient, SchedulerUnavailable
 from common.auth import sign
 from common.config import AgentConfig
 from common.states import NotebookState as S
 from common.wire import Assignment, UsageBatch
-from tests.fakes.inventory import FakeInventory
+from tests.fakes.inventory import FakeClock, FakeInventory
 from tests.fakes.objectstore import FakeObjectStore
 from tests.fakes.runtime import FakeRuntime
 from tests.fakes.scheduler import FakeScheduler
@@ -32,14 +33,10 @@ async def eventually(what: str, check: Callable[[], bool], timeout_s: float = 10
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def setup(tmp_path: Path):
-    scheduler = FakeScheduler({"h1": SECRET}, heartbeat_interval_s=0.1)
-    server = TestServer(scheduler.app(), host="127.0.0.1")
-    await server.start_server()
-    config = AgentConfig(
+def agent_config(tmp_path: Path, scheduler_url: str) -> AgentConfig:
+    return AgentConfig(
         host_id="h1",
-        scheduler_url=str(server.make_url("")).rstrip("/"),
+        scheduler_url=scheduler_url,
         listen="127.0.0.1:0",
         workspaces_dir=str(tmp_path / "ws"),
         scratch_dir=str(tmp_path / "scratch"),
@@ -49,9 +46,13 @@ async def setup(tmp_path: Path):
         usage_interval_s=0.05,
         retention_last=3,
         retention_daily=2,
+        flavor="h100-1-gpu",
+        labels={"rack": "r7", "zone": "eu-1"},
     )
-    runtime = FakeRuntime()
-    agent = build_agent(
+
+
+def agent_for(config: AgentConfig, runtime: FakeRuntime, clock=time.time) -> Agent:
+    return build_agent(
         config,
         host_id="h1",
         secret=SECRET,
@@ -59,7 +60,27 @@ async def setup(tmp_path: Path):
         inventory=FakeInventory(["NVIDIA H100 80GB HBM3"]),
         store=FakeObjectStore(),
         probe=runtime.probe,
+        clock=clock,
     )
+
+
+async def fake_scheduler(heartbeat_interval_s: float = 0.1) -> tuple[FakeScheduler, TestServer]:
+    scheduler = FakeScheduler({"h1": SECRET}, heartbeat_interval_s=heartbeat_interval_s)
+    server = TestServer(scheduler.app(), host="127.0.0.1")
+    # Closed under a live agent in some tests: do not wait out its long-poll.
+    await server.start_server(shutdown_timeout=0.5)
+    return scheduler, server
+
+
+def url_of(server: TestServer) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def setup(tmp_path: Path):
+    scheduler, server = await fake_scheduler()
+    runtime = FakeRuntime()
+    agent = agent_for(agent_config(tmp_path, url_of(server)), runtime)
     await agent.start()
     yield scheduler, agent, runtime
     await agent.stop()
@@ -94,6 +115,7 @@ async def test_registers_runs_assignment_and_reports(setup) -> None:
     host, reg = scheduler.registrations[0]
     assert host == "h1" and [g.uuid for g in reg.gpus] == ["GPU-fake-0"]
     assert reg.agent_url == agent.agent_url
+    assert reg.flavor == "h100-1-gpu" and reg.labels == {"rack": "r7", "zone": "eu-1"}
     scheduler.assignments = [assignment()]
     scheduler.bump()
     await eventually(
@@ -119,6 +141,75 @@ async def test_registers_again_when_forgotten(setup) -> None:
     await eventually("registration", lambda: scheduler.registrations)
     scheduler.forget("h1")
     await eventually("second registration", lambda: len(scheduler.registrations) >= 2)
+
+
+async def test_heartbeat_interval_is_the_one_the_scheduler_gives(tmp_path: Path) -> None:
+    scheduler, server = await fake_scheduler(heartbeat_interval_s=7.5)
+    agent = agent_for(agent_config(tmp_path, url_of(server)), FakeRuntime())
+    heartbeat = next(loop for loop in agent.loops if loop.name == "heartbeat")
+    try:
+        await agent.heartbeat_tick()  # registers
+        assert agent.registered.is_set() and heartbeat.interval() == 7.5
+        # The fleet grew: the scheduler asks for fewer heartbeats.
+        scheduler.heartbeat_interval_s = 40.0
+        await agent.heartbeat_tick()
+        assert len(scheduler.heartbeats) == 1 and heartbeat.interval() == 40.0
+        # Forgotten: the reply's interval still applies, and the agent registers again.
+        scheduler.forget("h1")
+        scheduler.heartbeat_interval_s = 12.0
+        await agent.heartbeat_tick()
+        assert len(scheduler.registrations) == 2 and heartbeat.interval() == 12.0
+    finally:
+        await agent.client.close()
+        agent.outbox.close()
+        await server.close()
+
+
+async def test_reports_made_while_the_scheduler_is_down_are_sent_after_an_agent_restart(
+    tmp_path: Path,
+) -> None:
+    scheduler, server = await fake_scheduler()
+    runtime = FakeRuntime()
+    clock = FakeClock()
+    agent = agent_for(agent_config(tmp_path, url_of(server)), runtime, clock)
+    await agent.start()
+    try:
+        scheduler.assignments = [assignment()]
+        scheduler.bump()
+        await eventually(
+            "RUNNING report", lambda: any(t.state == S.RUNNING for t in scheduler.transitions)
+        )
+        await eventually("usage report", lambda: scheduler.usage)
+        await server.close()  # the scheduler goes away
+        clock.advance(150)  # 3 commenced minutes, none of them acknowledged beyond the first
+        runtime.exit("nb1", 3)
+        spool = tmp_path / "state" / "outbox.json"
+        # On disk while the agent runs, as a kill -9 would find it (not only at a clean stop).
+        await eventually(
+            "FAILED in the spool",
+            lambda: spool.exists() and b'"FAILED"' in spool.read_bytes(),
+        )
+    finally:
+        await agent.stop()
+
+    # A new scheduler process (new port, same database in real life) and a new agent process.
+    assert max(u.billed_minutes for u in scheduler.usage) <= 1
+    scheduler, server = await fake_scheduler()
+    restarted = agent_for(agent_config(tmp_path, url_of(server)), runtime, clock)
+    await restarted.start()
+    try:
+        await eventually(
+            "FAILED delivered", lambda: any(t.state == S.FAILED for t in scheduler.transitions)
+        )
+        failed = next(t for t in scheduler.transitions if t.state == S.FAILED)
+        assert (failed.notebook, failed.reason) == ("nb1", "container exited with code 3")
+        await eventually("final usage delivered", lambda: scheduler.usage)
+        assert [(u.notebook, u.generation, u.billed_minutes) for u in scheduler.usage] == [
+            ("nb1", 1, 3)
+        ]
+    finally:
+        await restarted.stop()
+        await server.close()
 
 
 async def test_logs_endpoint_needs_the_schedulers_signature(setup) -> None:

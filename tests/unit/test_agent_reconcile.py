@@ -367,7 +367,57 @@ async def test_orphan_container_is_stopped_and_its_workspace_saved(rig: Rig) -> 
     rig.assign()
     await rig.tick()
     assert rig.runtime.containers == {}
+    assert rig.runtime.calls == [("stop", "gone"), ("remove", "gone")]
     assert await saved_files(rig.store, "gone") == ["f.txt"]
+    assert not rig.workspace("gone").exists()
+    assert rig.reported() == []
+    # The snapshot is reported (the scheduler keeps it if this host was the notebook's last).
+    assert [(r.notebook, r.generation) for r in rig.sink.snapshots] == [("gone", 4)]
+
+
+async def test_host_back_after_lost_retires_what_the_scheduler_moved_away(rig: Rig) -> None:
+    rig.assign(assignment("nb1"), assignment("nb2", gpus=["GPU-2"]))
+    await rig.tick()
+    (rig.workspace("nb1") / "results.csv").write_text("1,2\n")
+    # Partitioned: the scheduler declared the host lost and moved nb1 to ERROR; when the agent
+    # reconnects, nb1 is no longer in its assignments.
+    rig.assign(assignment("nb2", gpus=["GPU-2"], state=S.RUNNING))
+    await rig.tick()
+    assert "nb1" not in rig.runtime.containers and "nb2" in rig.runtime.containers
+    calls = [call for call in rig.runtime.calls if call[1] == "nb1"]
+    assert calls == [("create", "nb1"), ("stop", "nb1"), ("remove", "nb1")]
+    assert await saved_files(rig.store, "nb1") == [MARKER, "results.csv"]
+    assert not rig.workspace("nb1").exists()
+    assert not (rig.root / "scratch" / "nb1").exists()
+    # Nothing reported for nb1 beyond its RUNNING, and no usage for it any more.
+    assert rig.reported("nb1") == [("RUNNING", "editor answers")]
+    assert [nb for nb, _, _ in rig.reconciler.running()] == ["nb2"]
+
+
+async def test_orphan_push_failure_keeps_the_stopped_container_and_host_dir(rig: Rig) -> None:
+    rig.runtime.add_existing(
+        ContainerInfo(notebook="gone", generation=2, status="running", host_port=41004)
+    )
+    os.makedirs(rig.workspace("gone"))
+    (rig.workspace("gone") / "unsaved.txt").write_text("precious")
+    await rig.reconciler.adopt()
+    rig.store.down_for(1000)
+    rig.assign()
+    await rig.tick()
+    # Stopped, not removed: the container is the reminder that a push is owed.
+    assert rig.runtime.containers["gone"].status == "exited"
+    assert ("remove", "gone") not in rig.runtime.calls
+    assert (rig.workspace("gone") / "unsaved.txt").read_text() == "precious"
+    # Retried with backoff, not on every tick.
+    attempts = sum(rig.store.calls.values())
+    await rig.tick(3)
+    assert sum(rig.store.calls.values()) == attempts
+    rig.store.down_for(0)
+    rig.clock.advance(301)
+    await rig.tick()
+    assert "gone" not in rig.runtime.containers
+    assert await saved_files(rig.store, "gone") == ["unsaved.txt"]
+    assert not rig.workspace("gone").exists()
     assert rig.reported() == []
 
 
@@ -383,6 +433,35 @@ async def test_usage_is_cumulative_commenced_minutes(rig: Rig) -> None:
     assert [(u.notebook, u.generation, u.billed_minutes) for u in rig.sink.usage_items] == [
         ("nb1", 1, 3)
     ]
+
+
+async def test_a_run_the_agent_ends_queues_its_final_minutes(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.clock.advance(61)
+    rig.outbox.record_usage(rig.reconciler.running(), rig.clock.now)
+    await rig.outbox.tick()
+    rig.clock.advance(100)  # 161 s of RUNNING: 3 commenced minutes
+    rig.runtime.exit("nb1", 3)
+    await rig.tick()
+    assert rig.reported()[-1] == ("FAILED", "container exited with code 3")
+    assert [(u.notebook, u.billed_minutes) for u in rig.sink.usage_items] == [
+        ("nb1", 2),
+        ("nb1", 3),
+    ]
+
+
+async def test_a_run_the_scheduler_stops_is_closed_by_the_scheduler(rig: Rig) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    rig.clock.advance(30)
+    rig.outbox.record_usage(rig.reconciler.running(), rig.clock.now)
+    await rig.outbox.tick()
+    rig.clock.advance(100)  # the agent learns of the stop later than it happened
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    assert rig.reported()[-1] == ("STOPPED", "stopped")
+    assert [u.billed_minutes for u in rig.sink.usage_items] == [1]
 
 
 async def test_outbox_keeps_order_while_scheduler_is_down(rig: Rig) -> None:
