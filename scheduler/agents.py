@@ -17,7 +17,9 @@ from common.states import ON_HOST, InvalidTransition, NotebookState
 from scheduler.board import AssignmentBoard
 from scheduler.datastores import resolve_volumes
 from scheduler.db import Database, Row, Tx
-from scheduler.lifecycle import add_usage, change_state
+from scheduler.hosts import HostService
+from scheduler.lifecycle import RELEASING, add_usage, change_state
+from scheduler.placement import refresh_hosts
 from scheduler.snapshots import restore_source
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,16 @@ class AgentService:
         config: SchedulerConfig,
         board: AssignmentBoard,
         clock: Callable[[], float],
+        hosts: HostService,
+        on_capacity_freed: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
         self.config = config
         self.board = board
         self.clock = clock
+        self.host_service = hosts
+        #: Called after a report freed resources or a host (re)joined: the queue may move.
+        self.on_capacity_freed = on_capacity_freed
 
     # ------------------------------------------------------------ inventory
 
@@ -61,13 +68,14 @@ class AgentService:
         async with self.db.transaction() as tx:
             await tx.run(
                 "INSERT INTO hosts (id, agent_url, cpus, memory_mb, nvidia_runtime, state, "
-                "last_heartbeat, registered_at, gpu_note, agent_version) "
-                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?) "
+                "last_heartbeat, registered_at, gpu_note, agent_version, flavor, labels) "
+                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET agent_url = excluded.agent_url, "
                 "cpus = excluded.cpus, memory_mb = excluded.memory_mb, "
                 "nvidia_runtime = excluded.nvidia_runtime, state = 'ready', "
                 "last_heartbeat = excluded.last_heartbeat, gpu_note = excluded.gpu_note, "
-                "agent_version = excluded.agent_version",
+                "agent_version = excluded.agent_version, flavor = excluded.flavor, "
+                "labels = excluded.labels",
                 (
                     host_id,
                     request.agent_url,
@@ -78,6 +86,8 @@ class AgentService:
                     now,
                     request.gpu_note,
                     request.version,
+                    request.flavor,
+                    json.dumps(request.labels),
                 ),
             )
             for gpu in request.gpus:
@@ -108,6 +118,9 @@ class AgentService:
             await tx.run(
                 f"UPDATE gpus SET present = 0 WHERE host_id = ? AND {gone}", (host_id, *reported)
             )
+            await refresh_hosts(tx, {host_id})
+        self.host_service.registered(host_id)
+        self.on_capacity_freed()
         log.info(
             "host=%s registered: %d CPUs, %d GPUs, agent %s at %s",
             host_id,
@@ -116,61 +129,10 @@ class AgentService:
             request.version,
             request.agent_url,
         )
-        return wire.RegisterReply(
-            host=host_id, heartbeat_interval_s=self.config.heartbeat_interval_s
-        )
+        return wire.RegisterReply(host=host_id, heartbeat_interval_s=self.host_service.interval_s)
 
     async def heartbeat(self, host_id: str, request: wire.Heartbeat) -> wire.HeartbeatReply:
-        now = self.clock()
-        async with self.db.transaction() as tx:
-            known = await tx.run("UPDATE hosts SET last_heartbeat = ? WHERE id = ?", (now, host_id))
-            for gpu in request.gpus if known else []:
-                await tx.run(
-                    "UPDATE gpus SET memory_used_mb = ?, utilization_pct = ? "
-                    "WHERE uuid = ? AND host_id = ?",
-                    (gpu.memory_used_mb, gpu.utilization_pct, gpu.uuid, host_id),
-                )
-        if not known:
-            log.info("host=%s heartbeat from an unknown host; asking it to register", host_id)
-        return wire.HeartbeatReply(
-            known=bool(known), heartbeat_interval_s=self.config.heartbeat_interval_s
-        )
-
-    async def hosts(self) -> list[wire.Host]:
-        async with self.db.read() as tx:
-            rows = await tx.all(
-                "SELECT h.*, h.cpus - COALESCE((SELECT SUM(n.cpu) FROM notebooks n "
-                "WHERE n.host_id = h.id AND n.gpu = 0), 0) AS cpus_free FROM hosts h ORDER BY id"
-            )
-            gpus = await tx.all("SELECT * FROM gpus WHERE present = 1 ORDER BY host_id, idx")
-        by_host: dict[str, list[wire.HostGpu]] = {}
-        for g in gpus:
-            by_host.setdefault(g["host_id"], []).append(
-                wire.HostGpu(
-                    uuid=g["uuid"],
-                    model=g["model"],
-                    index=g["idx"],
-                    memory_total_mb=g["memory_total_mb"],
-                    memory_used_mb=g["memory_used_mb"],
-                    utilization_pct=g["utilization_pct"],
-                    notebook=g["notebook_id"],
-                )
-            )
-        return [
-            wire.Host(
-                id=r["id"],
-                state=r["state"],
-                cpus=r["cpus"],
-                cpus_free=r["cpus_free"],
-                memory_mb=r["memory_mb"],
-                gpus=by_host.get(r["id"], []),
-                last_heartbeat=r["last_heartbeat"],
-                agent_url=r["agent_url"],
-                registered_at=r["registered_at"],
-                gpu_note=r["gpu_note"],
-            )
-            for r in rows
-        ]
+        return await self.host_service.heartbeat(host_id, request)
 
     # ------------------------------------------------------------ assignments
 
@@ -201,6 +163,8 @@ class AgentService:
         async with self.db.transaction() as tx:
             for item in items:
                 results.append(await self._apply_one(tx, host_id, item, now))
+        if any(r.outcome == "applied" and r.state in RELEASING for r in results):
+            self.on_capacity_freed()
         for result in results:
             if result.outcome in ("stale", "refused"):
                 log.info(

@@ -24,7 +24,9 @@ from scheduler.api.context import CONTEXT, Context
 from scheduler.api.middleware import MAX_BODY_BYTES, errors
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database
+from scheduler.hosts import HostService
 from scheduler.loops.base import Loop
+from scheduler.loops.maintenance import Maintenance
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.secrets import AgentSecrets, ensure_admin_token
@@ -45,14 +47,21 @@ def create_app(
     board = AssignmentBoard()
     agent_secrets = AgentSecrets(config.agent_secrets_dir)
     progress = ProgressBoard()
+    hosts = HostService(db, config, board, clock)
+    notebooks = NotebookService(db, config, board, clock, progress)
+    notebooks.ttl_s = lambda: hosts.ttl_s
+    notebooks.flush_heartbeats = hosts.flush
+    maintenance = Maintenance(db, config, board, clock, hosts, notebooks)
     context = Context(
         config=config,
         clock=clock,
         db=db,
         board=board,
-        notebooks=NotebookService(db, config, board, clock, progress),
-        agents=AgentService(db, config, board, clock),
-        projects=ProjectService(db, clock),
+        notebooks=notebooks,
+        agents=AgentService(db, config, board, clock, hosts, on_capacity_freed=maintenance.wake),
+        hosts=hosts,
+        maintenance=maintenance,
+        projects=ProjectService(db, clock, config.quota),
         agent_secrets=agent_secrets,
         verifier=Verifier(agent_secrets, clock=clock),
         agent_client=agent_client or AgentClient(agent_secrets, clock=clock),
@@ -60,8 +69,8 @@ def create_app(
     )
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors])
     app[CONTEXT] = context
-    # Host-lost detection and other periodic work register here (see scheduler/loops/).
-    app[LOOPS] = []
+    # Heartbeat writes, lost hosts, the runtime limit, restarts and the queue.
+    app[LOOPS] = [maintenance]
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_release_long_polls)
@@ -72,6 +81,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     context = app[CONTEXT]
     context.admin_digest = token_digest(ensure_admin_token(context.config.admin_token_file))
     await context.db.open()
+    await context.hosts.load()
     await context.agent_client.start()
     for loop in app[LOOPS]:
         loop.start()
@@ -81,6 +91,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         for loop in app[LOOPS]:
             await loop.stop()
+        await context.hosts.flush()
         await context.agent_client.close()
         await context.db.close()
 

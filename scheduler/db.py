@@ -48,6 +48,10 @@ class Tx:
         async with self._conn.execute(sql, tuple(params)) as cursor:
             return cursor.rowcount
 
+    async def run_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        """Execute one write for each parameter tuple of ``rows``."""
+        await self._conn.executemany(sql, [tuple(r) for r in rows])
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` after a successful commit (e.g. wake long-polls); never on rollback."""
         self._after_commit.append(callback)

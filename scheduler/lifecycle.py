@@ -8,12 +8,16 @@ transaction and:
   nothing and returns ``False``; a forbidden one raises ``InvalidTransition``);
 * stamps ``state_at`` and ``state_reason``, appends ``state_history``, bumps ``version`` with a
   ``WHERE id = ? AND version = ?`` guard;
-* on RUNNING: sets ``running_since``, ``initialized`` and the editor ``url``;
+* on QUEUED: stamps ``queued_at``;
+* on RUNNING: sets ``running_since``, ``initialized`` and the editor ``url``, and opens the
+  run's row in the usage ledger (what it is billed as: GPU model and count, CPUs, flavor);
 * when leaving RUNNING: closes the run's usage at
-  ``max(reported, ceil((left_at - running_since) / 60))`` and clears ``running_since``;
+  ``max(reported, ceil((left_at - running_since) / 60))`` and clears ``running_since``
+  (``billed_until`` moves ``left_at`` back, e.g. to a lost host's last heartbeat);
 * entering STOPPED, FAILED, ERROR or DELETED: frees the GPUs and the host (``host_id = NULL``,
   ``last_host_id`` remembered);
-* bumps the assignment version of the host(s) involved and wakes their long-polls on commit.
+* bumps the assignment version of the host(s) involved, recomputes their capacity counters and
+  wakes their long-polls on commit.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import math
 
 from common.errors import conflict
 from common.states import NotebookState, check
+from scheduler import billing
 from scheduler.board import AssignmentBoard
 from scheduler.db import Row, Tx
-from scheduler.placement import release
+from scheduler.placement import refresh_hosts, release
 
 S = NotebookState
 
@@ -32,7 +37,7 @@ S = NotebookState
 RELEASING = frozenset({S.STOPPED, S.FAILED, S.ERROR, S.DELETED})
 
 #: Columns a caller may change together with the state.
-_EXTRA_COLUMNS = frozenset({"desired", "generation", "host_id"})
+_EXTRA_COLUMNS = frozenset({"desired", "generation", "host_id", "restart_pending"})
 
 
 async def change_state(
@@ -44,6 +49,7 @@ async def change_state(
     now: float,
     board: AssignmentBoard,
     url: str | None = None,
+    billed_until: float | None = None,
     **changes: object,
 ) -> bool:
     """Move ``notebook`` (a row read in this transaction) to ``target``.
@@ -64,12 +70,16 @@ async def change_state(
         "state_at": now,
         **changes,
     }
+    if target == S.QUEUED:
+        columns["queued_at"] = now
     if target == S.RUNNING:
         columns["running_since"] = now
         columns["initialized"] = 1
         columns["url"] = url
+        await billing.open_run(tx, notebook, started_at=now)
     if current == S.RUNNING:
-        await close_run(tx, notebook, left_at=now)
+        left_at = now if billed_until is None else max(notebook["running_since"], billed_until)
+        await close_run(tx, notebook, left_at=left_at)
         columns["running_since"] = None
     host_before = notebook["host_id"] or notebook["last_host_id"]
     host_after = changes.get("host_id", notebook["host_id"])
@@ -126,6 +136,7 @@ async def add_usage(tx: Tx, notebook_id: str, generation: int, billed_minutes: i
 
 
 async def bump_assignments(tx: Tx, board: AssignmentBoard, host_ids: set[str | None]) -> None:
+    await refresh_hosts(tx, host_ids)
     for host_id in sorted(h for h in host_ids if h):
         await tx.run(
             "UPDATE hosts SET assignments_version = assignments_version + 1 WHERE id = ?",

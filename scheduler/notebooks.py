@@ -11,17 +11,25 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from common import wire
 from common.config import SchedulerConfig
-from common.errors import conflict, invalid, not_found
+from common.errors import ApiError, conflict, invalid, not_found
 from common.states import STARTABLE, STOPPABLE, NotebookState
-from scheduler import placement
+from scheduler import placement, quota
 from scheduler.board import AssignmentBoard
 from scheduler.datastores import check_volumes, save_volumes, stored_volumes
 from scheduler.db import Database, Row, Tx
-from scheduler.lifecycle import bump_assignments, change_state, record_history
+from scheduler.lifecycle import change_state, record_history
+from scheduler.queue import (
+    Dispatcher,
+    kind_of,
+    queue_info,
+    queue_infos,
+    resources_of,
+    waiting_kinds,
+)
 from scheduler.snapshots import ProgressBoard, latest_snapshot, retained_snapshot
 
 S = NotebookState
@@ -75,20 +83,82 @@ class NotebookService:
         self.board = board
         self.clock = clock
         self.progress = progress or ProgressBoard()
+        #: Set by the app: the heartbeat TTL, which grows with the fleet.
+        self.ttl_s: Callable[[], float] = lambda: (
+            config.heartbeat_interval_s * config.heartbeat_misses
+        )
+        #: Set by the app: writes heartbeats held in memory, so placement sees them.
+        self.flush_heartbeats: Callable[[Tx], Awaitable[int]] | None = None
+        self.dispatcher = Dispatcher(config, board, lambda: self.ttl_s())
 
     def _with_progress(self, nb: wire.Notebook) -> wire.Notebook:
         nb.progress = self.progress.get(nb.id, nb.generation, nb.state)
         return nb
 
-    @property
-    def fresh_within_s(self) -> float:
-        return self.config.heartbeat_interval_s * self.config.heartbeat_misses
+    async def _place_or_queue(
+        self, tx: Tx, row: Row, *, now: float, reason_suffix: str = "", **changes: object
+    ) -> None:
+        """Move ``row`` (just created as QUEUED, or settled) to STARTING on a host with room,
+        or to QUEUED when there is none or notebooks of its kind already wait."""
+        res = resources_of(row)
+        chosen = None
+        if self.flush_heartbeats is not None:
+            await self.flush_heartbeats(tx)
+        if kind_of(res) not in await waiting_kinds(tx, besides=row["id"]):
+            chosen = await placement.find_host(
+                tx,
+                res,
+                now=now,
+                fresh_within_s=self.ttl_s(),
+                last_host=row["last_host_id"],
+                strategy=self.config.placement,
+            )
+        if chosen is not None:
+            await placement.reserve(tx, chosen, row["id"])
+            await change_state(
+                tx,
+                row,
+                S.STARTING,
+                f"placed on {chosen.host}{reason_suffix}",
+                now=now,
+                board=self.board,
+                host_id=chosen.host,
+                **changes,
+            )
+        elif S(row["state"]) != S.QUEUED:
+            await change_state(
+                tx,
+                row,
+                S.QUEUED,
+                f"waiting for {res.describe()}{reason_suffix}",
+                now=now,
+                board=self.board,
+                **changes,
+            )
+
+    async def _admit(self, tx: Tx, project: str, res: placement.Resources) -> None:
+        """403 over quota; 503 when no host could ever hold the request."""
+        await quota.check(tx, project, res, self.config.quota)
+        why = await placement.never_fits(tx, res)
+        if why is not None:
+            raise ApiError(
+                "no_capacity",
+                f"{why}; a notebook of {res.describe()} could never be placed",
+                requested=res.gpu or res.cpu,
+                unit="GPU" if res.gpu else "CPU",
+            )
 
     # ------------------------------------------------------------ queries
 
     async def list(
-        self, project: str, *, states: set[NotebookState], labels: dict[str, str]
+        self,
+        project: str,
+        *,
+        states: set[NotebookState],
+        labels: dict[str, str],
+        selector: dict[str, str] | None = None,
     ) -> list[wire.Notebook]:
+        labels = {**labels, **(selector or {})}
         async with self.db.read() as tx:
             rows = await tx.all(
                 "SELECT * FROM notebooks WHERE project = ? ORDER BY created_at, rowid", (project,)
@@ -99,23 +169,34 @@ class NotebookService:
                 if (S(row["state"]) in states if states else row["state"] != S.DELETED)
                 and all(json.loads(row["labels"]).get(k) == v for k, v in labels.items())
             ]
-            return [self._with_progress(await _view(tx, row)) for row in wanted]
+            views = [await _view(tx, row) for row in wanted]
+            if any(v.state == S.QUEUED for v in views):
+                infos = await queue_infos(tx)
+                for view in views:
+                    view.queue = infos.get(view.id) if view.state == S.QUEUED else None
+            return [self._with_progress(view) for view in views]
 
-    async def get(self, project: str, notebook_id: str) -> wire.Notebook:
+    async def get(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> wire.Notebook:
         async with self.db.read() as tx:
-            row = await _load(tx, project, notebook_id)
-            return self._with_progress(await _view(tx, row, with_history=True))
+            row = await _load(tx, project, notebook_id, selector)
+            return self._with_progress(await self._view(tx, row, with_history=True))
 
-    async def history(self, project: str, notebook_id: str) -> list[wire.StateChange]:
+    async def history(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> list[wire.StateChange]:
         async with self.db.read() as tx:
-            await _load(tx, project, notebook_id)
+            await _load(tx, project, notebook_id, selector)
             return await _history(tx, notebook_id)
 
-    async def log_source(self, project: str, notebook_id: str) -> tuple[str, str]:
+    async def log_source(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> tuple[str, str]:
         """``(host_id, agent_url)`` of the host that runs the notebook or, once it is stopped,
         of the host it last ran on (whose agent keeps its last output)."""
         async with self.db.read() as tx:
-            row = await _load(tx, project, notebook_id)
+            row = await _load(tx, project, notebook_id, selector)
             host_id = row["host_id"] or row["last_host_id"]
             if host_id is None:
                 raise conflict(
@@ -135,6 +216,7 @@ class NotebookService:
         request: wire.NotebookCreate,
         *,
         fork: wire.RestoreSource | None = None,
+        selector: dict[str, str] | None = None,
     ) -> wire.Notebook:
         """Place and store a new notebook. With ``fork``, its workspace starts from that
         snapshot of another notebook (checked by the caller, in :meth:`fork`)."""
@@ -159,24 +241,36 @@ class NotebookService:
                 f"{request.editor!r} (it offers: {', '.join(framework.editors)}) - at `$.editor`",
                 field="$.editor",
             )
-        resources = placement.resources_for(request.gpu, request.cpu, self.config)
+        resources = placement.resources_for(request.gpu, request.cpu, self.config, request.flavor)
+        labels = dict(request.labels)
+        for key, value in (selector or {}).items():
+            if labels.setdefault(key, value) != value:
+                raise ApiError(
+                    "forbidden",
+                    f"this token reaches only notebooks labelled {key}={value}; "
+                    f"the request sets {key}={labels[key]}",
+                    label=key,
+                )
         name = request.name or default_name(request.framework, request.editor)
         notebook_id = str(uuid.uuid4())
         now = self.clock()
+        suffix = (
+            f"; workspace from backup {fork.snapshot} of {fork.notebook}"
+            if fork is not None
+            else ""
+        )
         async with self.db.transaction() as tx:
             await check_volumes(tx, project, request.volumes)
-            hosts = await placement.load_capacity(tx, now=now, fresh_within_s=self.fresh_within_s)
-            chosen = placement.place(hosts, resources)
-            reason = f"placed on {chosen.host}"
-            if fork is not None:
-                reason += f"; workspace from backup {fork.snapshot} of {fork.notebook}"
+            await self._admit(tx, project, resources)
+            reason = f"waiting for {resources.describe()}{suffix}"
             await tx.run(
                 "INSERT INTO notebooks (id, project, name, framework, editor, image, command, "
                 "editor_port, url_path, user, gpu, cpu, memory_mb, labels, envvars, state, "
                 "state_reason, state_at, desired, host_id, last_host_id, generation, "
-                "initialized, access_token, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, "
-                "1, 0, ?, ?)",
+                "initialized, access_token, created_at, flavor, gpu_model, disk_gb, "
+                "restart_on_timeout, queued_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, "
+                "NULL, 1, 0, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     notebook_id,
                     project,
@@ -191,14 +285,17 @@ class NotebookService:
                     resources.gpu,
                     resources.cpu,
                     resources.memory_mb,
-                    json.dumps(request.labels),
+                    json.dumps(labels),
                     json.dumps(request.envvars),
-                    S.STARTING.value,
+                    S.QUEUED.value,
                     reason,
                     now,
-                    chosen.host,
-                    chosen.host,
                     secrets.token_hex(24),
+                    now,
+                    resources.flavor,
+                    resources.gpu_model,
+                    resources.disk_gb,
+                    int(request.restart_on_timeout),
                     now,
                 ),
             )
@@ -211,26 +308,47 @@ class NotebookService:
                     (fork.notebook, fork.snapshot, notebook_id),
                 )
             await save_volumes(tx, notebook_id, request.volumes)
-            await placement.reserve(tx, chosen, notebook_id)
-            await record_history(tx, notebook_id, S.STARTING, reason, at=now, generation=1)
-            await bump_assignments(tx, self.board, {chosen.host})
+            # Inserted as QUEUED; placed at once when there is room, so its history starts
+            # with STARTING, or with QUEUED when it has to wait.
+            await self._place_or_queue(
+                tx, await _load(tx, project, notebook_id), now=now, reason_suffix=suffix
+            )
             row = await _load(tx, project, notebook_id)
-            return await _view(tx, row)
+            if row["state"] == S.QUEUED:
+                await record_history(
+                    tx, notebook_id, S.QUEUED, row["state_reason"], at=now, generation=1
+                )
+            return await self._view(tx, row)
 
     async def fork(
-        self, project: str, notebook_id: str, request: wire.NotebookFork
+        self,
+        project: str,
+        notebook_id: str,
+        request: wire.NotebookFork,
+        selector: dict[str, str] | None = None,
     ) -> wire.Notebook:
         """A new notebook like ``notebook_id`` (framework, editor, resources, labels, env,
         volumes) whose workspace starts from one of its retained snapshots."""
         async with self.db.read() as tx:
-            source = await _load(tx, project, notebook_id)
+            source = await _load(tx, project, notebook_id, selector)
             await retained_snapshot(tx, notebook_id, request.backup)
         overrides = request.gpu is not None or request.cpu is not None
+        flavor = source["flavor"]
+        if flavor is not None and not overrides:
+            spec = self.config.flavors.get(flavor)
+            unit_cpu = spec.cpu if spec is not None else 1
+            gpu, cpu = (source["gpu"], None) if source["gpu"] else (None, source["cpu"] // unit_cpu)
+        elif overrides:
+            gpu, cpu = request.gpu, request.cpu
+        else:
+            gpu, cpu = source["gpu"], source["cpu"]
         create = wire.NotebookCreate(
             framework=source["framework"],
             editor=source["editor"],
-            gpu=request.gpu if overrides else source["gpu"],
-            cpu=request.cpu if overrides else source["cpu"],
+            gpu=gpu,
+            cpu=cpu,
+            flavor=flavor,
+            restart_on_timeout=bool(source["restart_on_timeout"]),
             name=request.name,
             labels=json.loads(source["labels"]) if request.labels is None else request.labels,
             envvars=json.loads(source["envvars"]),
@@ -238,50 +356,89 @@ class NotebookService:
             volumes=stored_volumes(source),
         )
         return await self.create(
-            project, create, fork=wire.RestoreSource(notebook=notebook_id, snapshot=request.backup)
+            project,
+            create,
+            fork=wire.RestoreSource(notebook=notebook_id, snapshot=request.backup),
+            selector=selector,
         )
 
-    async def backups_of(self, project: str, notebook_id: str) -> None:
+    async def backups_of(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> None:
         """Raise 404 unless the notebook exists in ``project`` (backups are scoped like it)."""
         async with self.db.read() as tx:
-            await _load(tx, project, notebook_id)
+            await _load(tx, project, notebook_id, selector)
 
-    async def start(self, project: str, notebook_id: str) -> wire.Notebook:
+    async def start(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> wire.Notebook:
         now = self.clock()
         async with self.db.transaction() as tx:
-            row = await _load(tx, project, notebook_id)
+            row = await _load(tx, project, notebook_id, selector)
             _require(row, STARTABLE, "only a STOPPED, FAILED or ERROR notebook can be started")
-            resources = placement.Resources(row["gpu"], row["cpu"], row["memory_mb"])
-            hosts = await placement.load_capacity(tx, now=now, fresh_within_s=self.fresh_within_s)
-            chosen = placement.place(hosts, resources, last_host=row["last_host_id"])
-            await placement.reserve(tx, chosen, notebook_id)
-            await change_state(
+            await self._admit(tx, project, resources_of(row))
+            await self._place_or_queue(
                 tx,
                 row,
-                S.STARTING,
-                f"placed on {chosen.host}",
                 now=now,
-                board=self.board,
                 desired="running",
                 generation=row["generation"] + 1,
-                host_id=chosen.host,
+                restart_pending=0,
             )
-            return await _view(tx, await _load(tx, project, notebook_id))
+            return await self._view(tx, await _load(tx, project, notebook_id))
 
-    async def stop(self, project: str, notebook_id: str) -> wire.Notebook:
+    async def restart(self, tx: Tx, row: Row, *, now: float, why: str) -> None:
+        """Start again a notebook the scheduler stopped (runtime limit, drain, lost host): no
+        quota refusal, it waits in the queue like any other until quota and room allow."""
+        await change_state(
+            tx,
+            row,
+            S.QUEUED,
+            f"restarting ({why}); waiting for {resources_of(row).describe()}",
+            now=now,
+            board=self.board,
+            desired="running",
+            generation=row["generation"] + 1,
+            restart_pending=0,
+        )
+
+    async def stop(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> wire.Notebook:
         now = self.clock()
         async with self.db.transaction() as tx:
-            row = await _load(tx, project, notebook_id)
-            _require(row, STOPPABLE, "only a STARTING or RUNNING notebook can be stopped")
-            await change_state(
-                tx, row, S.STOPPING, "stop requested", now=now, board=self.board, desired="stopped"
-            )
-            return await _view(tx, await _load(tx, project, notebook_id))
+            row = await _load(tx, project, notebook_id, selector)
+            _require(row, STOPPABLE, "only a QUEUED, STARTING or RUNNING notebook can be stopped")
+            if S(row["state"]) == S.QUEUED:
+                await change_state(
+                    tx,
+                    row,
+                    S.STOPPED,
+                    "stopped while queued",
+                    now=now,
+                    board=self.board,
+                    desired="stopped",
+                    restart_pending=0,
+                )
+            else:
+                await change_state(
+                    tx,
+                    row,
+                    S.STOPPING,
+                    "stop requested",
+                    now=now,
+                    board=self.board,
+                    desired="stopped",
+                    restart_pending=0,
+                )
+            return await self._view(tx, await _load(tx, project, notebook_id))
 
-    async def delete(self, project: str, notebook_id: str) -> wire.Notebook:
+    async def delete(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> wire.Notebook:
         now = self.clock()
         async with self.db.transaction() as tx:
-            row = await _load(tx, project, notebook_id)
+            row = await _load(tx, project, notebook_id, selector)
             state = S(row["state"])
             if state in (S.DELETING, S.DELETED):
                 raise conflict(f"notebook {notebook_id} is already {state}", state=state.value)
@@ -293,8 +450,25 @@ class NotebookService:
                 now=now,
                 board=self.board,
                 desired="deleted",
+                restart_pending=0,
             )
-            return await _view(tx, await _load(tx, project, notebook_id))
+            if row["host_id"] is None and row["last_host_id"] is None:
+                # Never ran on a host: nothing is stored anywhere, so nothing to wait for.
+                await change_state(
+                    tx,
+                    await _load(tx, project, notebook_id),
+                    S.DELETED,
+                    "deleted (it never ran, so no host held anything)",
+                    now=now,
+                    board=self.board,
+                )
+            return await self._view(tx, await _load(tx, project, notebook_id))
+
+    async def _view(self, tx: Tx, row: Row, *, with_history: bool = False) -> wire.Notebook:
+        view = await _view(tx, row, with_history=with_history)
+        if view.state == S.QUEUED:
+            view.queue = await queue_info(tx, row)
+        return view
 
 
 def _require(row: Row, allowed: frozenset[NotebookState], requirement: str) -> None:
@@ -307,12 +481,25 @@ def _require(row: Row, allowed: frozenset[NotebookState], requirement: str) -> N
 # ---------------------------------------------------------------- row → wire
 
 
-async def _load(tx: Tx, project: str, notebook_id: str) -> Row:
+async def _load(
+    tx: Tx, project: str, notebook_id: str, selector: dict[str, str] | None = None
+) -> Row:
     row = await tx.one(
         "SELECT * FROM notebooks WHERE id = ? AND project = ?", (notebook_id, project)
     )
     if row is None:
         raise not_found("notebook", notebook_id)
+    if selector:
+        labels = json.loads(row["labels"])
+        missing = {k: v for k, v in selector.items() if labels.get(k) != v}
+        if missing:
+            wanted = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
+            raise ApiError(
+                "forbidden",
+                f"this token reaches only notebooks labelled {wanted}; notebook {notebook_id} "
+                "is not",
+                selector=selector,
+            )
     return row
 
 
@@ -368,4 +555,7 @@ async def _view(tx: Tx, row: Row, *, with_history: bool = False) -> wire.Noteboo
             if row["fork_notebook"]
             else None
         ),
+        flavor=row["flavor"],
+        restart_on_timeout=bool(row["restart_on_timeout"]),
+        disk_gb=row["disk_gb"],
     )

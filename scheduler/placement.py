@@ -1,18 +1,23 @@
 """Where a notebook runs: which host, which GPUs.
 
 The decision is pure (:func:`choose_host`, :func:`pick_gpus`, :func:`resources_for`) so unit
-tests cover it without a database; :func:`load_capacity` and :func:`reserve` are the database
-halves and run inside the caller's write transaction, so the choice and the reservation see the
-same data and are committed together with the notebook row.
+tests cover it without a database; :func:`find_host`, :func:`reserve` and :func:`release` are
+the database halves and run inside the caller's write transaction, so the choice and the
+reservation see the same data and are committed together with the notebook row.
 
 Rules (docs/design.md, Placement):
 
-* only hosts that are ``ready`` and heard from within ``heartbeat_interval_s * heartbeat_misses``;
+* only hosts that are ``ready``, not cordoned, heard from within the heartbeat TTL, and of the
+  requested flavor when one is asked for;
 * ``gpu = N > 0``: hosts with at least N unreserved GPUs; the notebook's last host first if it
-  fits, else best fit (fewest free GPUs left over), ties by host id; the N lowest-index free GPUs
-  are reserved;
-* ``gpu = 0``: hosts whose CPUs minus the CPUs of the CPU notebooks holding resources there are
-  at least ``cpu``, same preference order.
+  fits, else, with ``placement = "binpack"`` (the default), the host left with the fewest free
+  GPUs, so whole hosts stay free for big requests; with ``"spread"``, the host with the most.
+  Ties go to the lowest host id. The N lowest-index free GPUs are reserved;
+* ``gpu = 0``: the same over CPUs: a host's CPUs minus those of the CPU notebooks on it.
+
+Free GPUs and used CPUs are kept per host in ``hosts.gpus_free`` / ``hosts.cpus_used``, which
+:func:`refresh_hosts` recomputes from ``gpus`` and ``notebooks`` for every host a transaction
+touches; the database half therefore reads one row per candidate host, not one per GPU.
 """
 
 from __future__ import annotations
@@ -44,6 +49,18 @@ class Resources:
     gpu: int
     cpu: int
     memory_mb: int
+    disk_gb: int = 0
+    #: The flavor asked for (hosts must offer it) and the GPU model it stands for.
+    flavor: str | None = None
+    gpu_model: str = ""
+
+    def describe(self) -> str:
+        """What the notebook waits for, for people: ``2 × H100``, ``1 GPU``, ``4 CPUs``."""
+        if self.gpu > 0:
+            if self.gpu_model:
+                return f"{self.gpu} × {self.gpu_model}"
+            return f"{self.gpu} GPU{'s' if self.gpu != 1 else ''}"
+        return f"{self.cpu} CPU{'s' if self.cpu != 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -52,9 +69,14 @@ class Placement:
     gpus: tuple[str, ...]
 
 
-def resources_for(gpu: int | None, cpu: int | None, config: SchedulerConfig) -> Resources:
+def resources_for(
+    gpu: int | None, cpu: int | None, config: SchedulerConfig, flavor: str | None = None
+) -> Resources:
     """Apply the request defaults: nothing asked → 1 GPU; ``gpu=0`` alone → 1 CPU; a GPU
-    notebook's CPUs default to ``cpus_per_gpu`` per GPU (a limit, not a reservation)."""
+    notebook's CPUs default to ``cpus_per_gpu`` per GPU (a limit, not a reservation). With a
+    flavor, CPU, memory and disk are the flavor's per-unit shape times the units asked for."""
+    if flavor is not None:
+        return _flavored(gpu, cpu, config, flavor)
     if gpu is None and cpu is None:
         gpu = 1
     elif gpu is None:
@@ -75,12 +97,62 @@ def resources_for(gpu: int | None, cpu: int | None, config: SchedulerConfig) -> 
     return Resources(gpu=0, cpu=cpu, memory_mb=config.memory_mb_per_cpu * cpu)
 
 
+def _flavored(gpu: int | None, cpu: int | None, config: SchedulerConfig, flavor: str) -> Resources:
+    spec = config.flavors.get(flavor)
+    if spec is None:
+        known = ", ".join(sorted(config.flavors)) or "none are configured"
+        raise invalid(
+            f"invalid request: unknown flavor {flavor!r} (known: {known}) - at `$.flavor`",
+            field="$.flavor",
+        )
+    if spec.gpu_model:
+        if cpu is not None:
+            raise invalid(
+                f"invalid request: flavor {flavor} sets the CPUs ({spec.cpu} per GPU); "
+                "ask for GPUs only - at `$.cpu`",
+                field="$.cpu",
+            )
+        units = 1 if gpu is None else gpu
+        if units < 1:
+            raise invalid(
+                f"invalid request: flavor {flavor} is a GPU flavor; ask for at least 1 GPU "
+                "- at `$.gpu`",
+                field="$.gpu",
+            )
+        gpus = units
+    else:
+        if gpu:
+            raise invalid(
+                f"invalid request: flavor {flavor} is a CPU flavor; it has no GPUs - at `$.gpu`",
+                field="$.gpu",
+            )
+        units = 1 if cpu is None else cpu
+        if units < 1:
+            raise invalid(
+                f"invalid request: flavor {flavor} needs at least 1 CPU unit - at `$.cpu`",
+                field="$.cpu",
+            )
+        gpus = 0
+    return Resources(
+        gpu=gpus,
+        cpu=spec.cpu * units,
+        memory_mb=spec.memory_mb * units,
+        disk_gb=spec.disk_gb * units,
+        flavor=flavor,
+        gpu_model=spec.gpu_model,
+    )
+
+
 def _free_amount(host: HostCapacity, gpu: int) -> int:
     return len(host.free_gpus) if gpu > 0 else host.cpus_free
 
 
 def choose_host(
-    hosts: list[HostCapacity], resources: Resources, *, last_host: str | None = None
+    hosts: list[HostCapacity],
+    resources: Resources,
+    *,
+    last_host: str | None = None,
+    strategy: str = "binpack",
 ) -> HostCapacity:
     """The host to use, or ``ApiError('no_capacity')`` naming the largest free amount seen."""
     wanted = resources.gpu if resources.gpu > 0 else resources.cpu
@@ -95,6 +167,8 @@ def choose_host(
     for host in fitting:
         if host.id == last_host:
             return host
+    if strategy == "spread":
+        return min(fitting, key=lambda h: (-_free_amount(h, resources.gpu), h.id))
     return min(fitting, key=lambda h: (_free_amount(h, resources.gpu) - wanted, h.id))
 
 
@@ -105,37 +179,110 @@ def pick_gpus(host: HostCapacity, count: int) -> tuple[str, ...]:
 
 
 def place(
-    hosts: list[HostCapacity], resources: Resources, *, last_host: str | None = None
+    hosts: list[HostCapacity],
+    resources: Resources,
+    *,
+    last_host: str | None = None,
+    strategy: str = "binpack",
 ) -> Placement:
-    host = choose_host(hosts, resources, last_host=last_host)
+    host = choose_host(hosts, resources, last_host=last_host, strategy=strategy)
     return Placement(host=host.id, gpus=pick_gpus(host, resources.gpu))
 
 
 # ---------------------------------------------------------------- database halves
 
 
-async def load_capacity(tx: Tx, *, now: float, fresh_within_s: float) -> list[HostCapacity]:
-    """Eligible hosts (ready, heard from recently) and what they have free."""
-    hosts = await tx.all(
-        "SELECT h.id, h.cpus - COALESCE(("
-        "  SELECT SUM(n.cpu) FROM notebooks n WHERE n.host_id = h.id AND n.gpu = 0"
-        "), 0) AS cpus_free "
-        "FROM hosts h WHERE h.state = 'ready' AND h.last_heartbeat >= ? ORDER BY h.id",
-        (now - fresh_within_s,),
+def _eligible(resources: Resources, *, now: float, fresh_within_s: float) -> tuple[str, list]:
+    where = "state = 'ready' AND cordoned = 0 AND last_heartbeat >= ?"
+    params: list[object] = [now - fresh_within_s]
+    if resources.flavor is not None:
+        where += " AND flavor = ?"
+        params.append(resources.flavor)
+    return where, params
+
+
+async def find_host(
+    tx: Tx,
+    resources: Resources,
+    *,
+    now: float,
+    fresh_within_s: float,
+    last_host: str | None = None,
+    strategy: str = "binpack",
+) -> Placement | None:
+    """Where ``resources`` fit right now, by the rules above, or ``None``."""
+    where, params = _eligible(resources, now=now, fresh_within_s=fresh_within_s)
+    free = "gpus_free" if resources.gpu > 0 else "cpus - cpus_used"
+    wanted = resources.gpu if resources.gpu > 0 else resources.cpu
+    order = f"{free} DESC, id" if strategy == "spread" else f"{free} ASC, id"
+    candidates = []
+    if last_host is not None:
+        candidates = await tx.all(
+            f"SELECT id, {free} AS free FROM hosts WHERE id = ? AND {where} AND {free} >= ?",
+            (last_host, *params, wanted),
+        )
+    if not candidates:
+        candidates = await tx.all(
+            f"SELECT id, {free} AS free FROM hosts WHERE {where} AND {free} >= ? "
+            f"ORDER BY {order} LIMIT 1",
+            (*params, wanted),
+        )
+    if not candidates:
+        return None
+    host_id = candidates[0]["id"]
+    gpus = ()
+    if resources.gpu > 0:
+        rows = await tx.all(
+            "SELECT uuid, idx FROM gpus WHERE host_id = ? AND notebook_id IS NULL AND present = 1 "
+            "ORDER BY idx LIMIT ?",
+            (host_id, resources.gpu),
+        )
+        gpus = tuple(r["uuid"] for r in rows)
+        if len(gpus) < resources.gpu:  # counters out of date: refuse this host, never overbook
+            await refresh_hosts(tx, {host_id})
+            return None
+    return Placement(host=host_id, gpus=gpus)
+
+
+async def never_fits(tx: Tx, resources: Resources) -> str | None:
+    """Why no registered host could ever hold ``resources`` (even empty), or ``None``.
+
+    Such a request is refused at once rather than queued forever. Lost and cordoned hosts
+    count: they may come back."""
+    where, params = "1", []
+    if resources.flavor is not None:
+        where, params = "flavor = ?", [resources.flavor]
+    total = "gpus_total" if resources.gpu > 0 else "cpus"
+    row = await tx.one(
+        f"SELECT COUNT(*) AS n, MAX({total}) AS most FROM hosts WHERE {where}", params
     )
-    if not hosts:
-        return []
-    free: dict[str, list[FreeGpu]] = {row["id"]: [] for row in hosts}
-    for row in await tx.all(
-        "SELECT uuid, host_id, idx FROM gpus WHERE notebook_id IS NULL AND present = 1 "
-        "ORDER BY host_id, idx"
-    ):
-        if row["host_id"] in free:
-            free[row["host_id"]].append(FreeGpu(uuid=row["uuid"], index=row["idx"]))
-    return [
-        HostCapacity(id=row["id"], cpus_free=row["cpus_free"], free_gpus=tuple(free[row["id"]]))
-        for row in hosts
-    ]
+    wanted = resources.gpu if resources.gpu > 0 else resources.cpu
+    offer = f" of flavor {resources.flavor}" if resources.flavor else ""
+    if row is None or not row["n"]:
+        return f"no host{offer} is registered"
+    most = row["most"] or 0
+    if most < wanted:
+        unit = "GPUs" if resources.gpu > 0 else "CPUs"
+        return f"no host{offer} has {wanted} {unit} (the largest has {most})"
+    return None
+
+
+async def refresh_hosts(tx: Tx, host_ids: set[str | None]) -> None:
+    """Recompute the capacity counters of ``host_ids`` from the rows they summarize."""
+    ids = sorted(h for h in host_ids if h)
+    if not ids:
+        return
+    marks = ", ".join("?" for _ in ids)
+    await tx.run(
+        "UPDATE hosts SET "
+        "gpus_total = (SELECT COUNT(*) FROM gpus g WHERE g.host_id = hosts.id AND g.present = 1), "
+        "gpus_free = (SELECT COUNT(*) FROM gpus g WHERE g.host_id = hosts.id "
+        "  AND g.notebook_id IS NULL AND g.present = 1), "
+        "cpus_used = COALESCE((SELECT SUM(n.cpu) FROM notebooks n "
+        "  WHERE n.host_id = hosts.id AND n.gpu = 0), 0) "
+        f"WHERE id IN ({marks})",
+        ids,
+    )
 
 
 async def reserve(tx: Tx, placement: Placement, notebook_id: str) -> None:

@@ -1,16 +1,23 @@
-"""Projects and their bearer tokens (stored as sha256 digests only)."""
+"""Projects, their quotas, and their bearer tokens (stored as sha256 digests only).
+
+A token may carry a label selector: it then reaches only the project's notebooks that carry
+every one of those labels (others answer 403), and notebooks it creates get those labels.
+"""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common import wire
 from common.auth import new_token, token_digest
+from common.config import QuotaDefaults
 from common.errors import conflict, not_found
-from scheduler.db import Database
+from scheduler import quota
+from scheduler.db import Database, Row, Tx
 
 PROJECT_TOKEN_PREFIX = "nbf_"
 ADMIN_TOKEN_PREFIX = "nba_"
@@ -22,6 +29,8 @@ class Principal:
 
     project: str
     role: str
+    #: Labels a notebook must carry for this token to reach it (empty: every notebook).
+    selector: dict[str, str] = field(default_factory=dict)
 
     @property
     def may_operate(self) -> bool:
@@ -29,9 +38,42 @@ class Principal:
 
 
 class ProjectService:
-    def __init__(self, db: Database, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float],
+        quota_defaults: QuotaDefaults | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.quota_defaults = quota_defaults or QuotaDefaults()
+
+    async def _view(self, tx: Tx, row: Row) -> wire.Project:
+        queued = await tx.one(
+            "SELECT COUNT(*) AS n FROM notebooks WHERE project = ? AND state = 'QUEUED'",
+            (row["name"],),
+        )
+        return wire.Project(
+            name=row["name"],
+            created_at=row["created_at"],
+            quota=await quota.limits(tx, row["name"], self.quota_defaults),
+            used=await quota.use(tx, row["name"]),
+            queued=queued["n"] if queued else 0,
+        )
+
+    async def get_project(self, name: str) -> wire.Project:
+        async with self.db.read() as tx:
+            row = await tx.one("SELECT name, created_at FROM projects WHERE name = ?", (name,))
+            if row is None:
+                raise not_found("project", name)
+            return await self._view(tx, row)
+
+    async def set_quota(self, name: str, change: wire.QuotaUpdate) -> wire.Project:
+        async with self.db.transaction() as tx:
+            if await tx.one("SELECT 1 FROM projects WHERE name = ?", (name,)) is None:
+                raise not_found("project", name)
+            await quota.update(tx, name, change)
+        return await self.get_project(name)
 
     async def create_project(self, request: wire.ProjectCreate) -> wire.Project:
         now = self.clock()
@@ -42,12 +84,12 @@ class ProjectService:
                 )
         except sqlite3.IntegrityError:
             raise conflict(f"project {request.name} already exists", project=request.name)
-        return wire.Project(name=request.name, created_at=now)
+        return await self.get_project(request.name)
 
     async def list_projects(self) -> list[wire.Project]:
         async with self.db.read() as tx:
             rows = await tx.all("SELECT name, created_at FROM projects ORDER BY name")
-        return [wire.Project(name=r["name"], created_at=r["created_at"]) for r in rows]
+            return [await self._view(tx, r) for r in rows]
 
     async def create_token(self, request: wire.TokenCreate) -> wire.TokenCreated:
         token = new_token(PROJECT_TOKEN_PREFIX)
@@ -56,8 +98,8 @@ class ProjectService:
             if await tx.one("SELECT 1 FROM projects WHERE name = ?", (request.project,)) is None:
                 raise not_found("project", request.project)
             await tx.run(
-                "INSERT INTO tokens (id, project, role, digest, description, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tokens (id, project, role, digest, description, created_at, "
+                "label_selector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     token_id,
                     request.project,
@@ -65,15 +107,25 @@ class ProjectService:
                     token_digest(token),
                     request.description,
                     self.clock(),
+                    json.dumps(request.label_selector),
                 ),
             )
         return wire.TokenCreated(
-            id=token_id, project=request.project, role=request.role, token=token
+            id=token_id,
+            project=request.project,
+            role=request.role,
+            token=token,
+            label_selector=dict(request.label_selector),
         )
 
     async def principal(self, token: str) -> Principal | None:
         async with self.db.read() as tx:
             row = await tx.one(
-                "SELECT project, role FROM tokens WHERE digest = ?", (token_digest(token),)
+                "SELECT project, role, label_selector FROM tokens WHERE digest = ?",
+                (token_digest(token),),
             )
-        return None if row is None else Principal(project=row["project"], role=row["role"])
+        if row is None:
+            return None
+        return Principal(
+            project=row["project"], role=row["role"], selector=json.loads(row["label_selector"])
+        )

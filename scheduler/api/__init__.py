@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, agents, datastores, user
+from scheduler.api import admin, agents, datastores, usage, user
 
 
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/health", user.health)
     r.add_get("/v1/catalog", user.catalog)
+    r.add_get("/v1/quota", user.own_quota)
+    r.add_get("/v1/projects/{project}/usage", usage.project_usage)
     r.add_post("/v1/notebooks", user.create_notebook)
     r.add_get("/v1/notebooks", user.list_notebooks)
     r.add_get("/v1/notebooks/{id}", user.get_notebook)
@@ -28,7 +30,13 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/admin/projects", admin.create_project)
     r.add_get("/v1/admin/projects", admin.list_projects)
     r.add_post("/v1/admin/tokens", admin.create_token)
+    r.add_get("/v1/admin/projects/{name}", admin.get_project)
+    r.add_patch("/v1/admin/projects/{name}/quota", admin.set_quota)
     r.add_get("/v1/admin/hosts", admin.list_hosts)
+    r.add_post("/v1/admin/hosts/{id}/cordon", admin.cordon_host)
+    r.add_post("/v1/admin/hosts/{id}/drain", admin.drain_host)
+    r.add_post("/v1/admin/hosts/{id}/uncordon", admin.uncordon_host)
+    r.add_get("/v1/admin/usage", admin.usage)
 
     r.add_post("/v1/agents/register", agents.register)
     r.add_post("/v1/agents/heartbeat", agents.heartbeat)

@@ -14,6 +14,8 @@ from scheduler.agent_client import AgentClient
 from scheduler.agents import AgentService
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database
+from scheduler.hosts import HostService
+from scheduler.loops.maintenance import Maintenance
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.secrets import AgentSecrets
@@ -33,6 +35,8 @@ class Context:
     verifier: Verifier
     agent_client: AgentClient
     snapshots: SnapshotService
+    hosts: HostService
+    maintenance: Maintenance
     #: sha256 of the admin token, set at start-up from ``admin_token_file``.
     admin_digest: str = field(default="")
 

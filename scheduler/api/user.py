@@ -20,7 +20,9 @@ async def health(request: web.Request) -> web.Response:
 async def create_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
     body = wire.decode(await request.read(), wire.NotebookCreate)
-    notebook = await ctx(request).notebooks.create(principal.project, body)
+    notebook = await ctx(request).notebooks.create(
+        principal.project, body, selector=principal.selector
+    )
     return json_reply(notebook, 201)
 
 
@@ -38,37 +40,49 @@ async def list_notebooks(request: web.Request) -> web.Response:
                 field="label",
             )
         labels[key] = value
-    items = await ctx(request).notebooks.list(principal.project, states=states, labels=labels)
+    items = await ctx(request).notebooks.list(
+        principal.project, states=states, labels=labels, selector=principal.selector
+    )
     return json_reply(wire.NotebookList(items=items))
 
 
 async def get_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request)
-    notebook = await ctx(request).notebooks.get(principal.project, request.match_info["id"])
+    notebook = await ctx(request).notebooks.get(
+        principal.project, request.match_info["id"], principal.selector
+    )
     return json_reply(notebook)
 
 
 async def notebook_history(request: web.Request) -> web.Response:
     principal = await project_principal(request)
-    history = await ctx(request).notebooks.history(principal.project, request.match_info["id"])
+    history = await ctx(request).notebooks.history(
+        principal.project, request.match_info["id"], principal.selector
+    )
     return json_reply(history)
 
 
 async def start_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
-    notebook = await ctx(request).notebooks.start(principal.project, request.match_info["id"])
+    notebook = await ctx(request).notebooks.start(
+        principal.project, request.match_info["id"], principal.selector
+    )
     return json_reply(notebook, 202)
 
 
 async def stop_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
-    notebook = await ctx(request).notebooks.stop(principal.project, request.match_info["id"])
+    notebook = await ctx(request).notebooks.stop(
+        principal.project, request.match_info["id"], principal.selector
+    )
     return json_reply(notebook, 202)
 
 
 async def delete_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
-    notebook = await ctx(request).notebooks.delete(principal.project, request.match_info["id"])
+    notebook = await ctx(request).notebooks.delete(
+        principal.project, request.match_info["id"], principal.selector
+    )
     return json_reply(notebook, 202)
 
 
@@ -77,7 +91,9 @@ async def notebook_logs(request: web.Request) -> web.Response:
     tail = int_param(request, "tail", default=None, low=0, high=100_000)
     notebook_id = request.match_info["id"]
     context = ctx(request)
-    host_id, agent_url = await context.notebooks.log_source(principal.project, notebook_id)
+    host_id, agent_url = await context.notebooks.log_source(
+        principal.project, notebook_id, principal.selector
+    )
     text = await context.agent_client.logs(host_id, agent_url, notebook_id, tail)
     return web.Response(text=text, content_type="text/plain")
 
@@ -104,12 +120,20 @@ async def catalog(request: web.Request) -> web.Response:
 async def notebook_backups(request: web.Request) -> web.Response:
     principal = await project_principal(request)
     notebook_id = request.match_info["id"]
-    await ctx(request).notebooks.backups_of(principal.project, notebook_id)
+    await ctx(request).notebooks.backups_of(principal.project, notebook_id, principal.selector)
     return json_reply(await ctx(request).snapshots.backups(notebook_id))
 
 
 async def fork_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
     body = wire.decode(await request.read(), wire.NotebookFork)
-    notebook = await ctx(request).notebooks.fork(principal.project, request.match_info["id"], body)
+    notebook = await ctx(request).notebooks.fork(
+        principal.project, request.match_info["id"], body, principal.selector
+    )
     return json_reply(notebook, 201)
+
+
+async def own_quota(request: web.Request) -> web.Response:
+    """The caller's project with its quota, current use and queued count."""
+    principal = await project_principal(request)
+    return json_reply(await ctx(request).projects.get_project(principal.project))

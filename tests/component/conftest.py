@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from common.auth import sign
 from common.config import SchedulerConfig
-from scheduler.app import create_app
+from scheduler.api.context import CONTEXT
+from scheduler.app import LOOPS, create_app
 from scheduler.secrets import ensure_admin_token, ensure_agent_secret
 
 START = 1_700_000_000.0
@@ -72,6 +73,8 @@ def make_config(tmp_path: Path, **overrides: Any) -> SchedulerConfig:
         "agent_secrets_dir": str(tmp_path / "agents"),
         "heartbeat_interval_s": 10.0,
         "heartbeat_misses": 3,
+        # Generous quotas: the quota tests set their own.
+        "quota": {"gpus": 64, "cpus": 256, "notebooks": 64, "cpus_per_notebook": 128},
         "catalog": CATALOG,
         **overrides,
     }
@@ -89,9 +92,10 @@ class Harness:
     _agents: dict[str, Agent] = field(default_factory=dict)
 
     async def start(self) -> None:
-        self.client = TestClient(
-            TestServer(create_app(self.config, clock=self.clock, **self.app_kwargs))
-        )
+        app = create_app(self.config, clock=self.clock, **self.app_kwargs)
+        # No background loops: tests drive them with tick(), on the fake clock.
+        app[LOOPS] = []
+        self.client = TestClient(TestServer(app))
         await self.client.start_server()
         self.admin_token = ensure_admin_token(self.config.admin_token_file)
 
@@ -109,6 +113,11 @@ class Harness:
     def app(self) -> Any:
         assert self.client is not None
         return self.client.server.app
+
+    async def tick(self) -> None:
+        """One pass of the scheduler's maintenance loop (heartbeats, lost hosts, runtime
+        limit, restarts, queue) at the fake clock's time."""
+        await self.app[CONTEXT].maintenance.tick()
 
     async def call(
         self,

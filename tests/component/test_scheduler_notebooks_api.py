@@ -232,31 +232,39 @@ async def test_stop_of_stopped_and_start_of_running_are_409(
     assert harness.snapshot() == before
 
 
-async def test_no_capacity_is_503_and_stores_nothing(
+async def test_a_request_no_host_could_ever_hold_is_503_and_stores_nothing(
     harness: Harness, project: Tokens, host: Agent
 ) -> None:
     before = harness.snapshot()
     reply = await project.run(expect=503, gpu=3)
     assert reply.code == "no_capacity"
-    assert reply.json["message"] == "no host has 3 free GPUs (most free on one host: 2)"
+    assert reply.json["message"] == (
+        "no host has 3 GPUs (the largest has 2); a notebook of 3 GPUs could never be placed"
+    )
     assert harness.snapshot() == before
 
     reply = await project.run(expect=503, gpu=0, cpu=64)
-    assert "64 free CPUs" in reply.json["message"]
+    assert "no host has 64 CPUs (the largest has 32)" in reply.json["message"]
     assert harness.snapshot() == before
 
 
-async def test_start_without_capacity_is_503_and_keeps_stopped(
+async def test_start_without_room_queues_and_places_when_room_frees(
     harness: Harness, project: Tokens, host: Agent
 ) -> None:
     nb = (await project.run(gpu=2)).json
     await project.action(nb["id"], "stop")
     await host.report(nb["id"], "STOPPED")
-    await project.run(gpu=2)  # takes both GPUs
-    before = harness.snapshot()
+    other = (await project.run(gpu=2)).json  # takes both GPUs
     reply = await project.action(nb["id"], "start")
-    assert reply.status == 503 and reply.code == "no_capacity"
-    assert harness.snapshot() == before
+    assert reply.status == 202
+    assert reply.json["state"] == "QUEUED" and reply.json["generation"] == 2
+    assert reply.json["queue"]["waiting_for"] == "2 GPUs"
+    await harness.tick()
+    assert (await project.get(nb["id"]))["state"] == "QUEUED"  # still no room
+    await host.report(other["id"], "FAILED")
+    await harness.tick()
+    placed = await project.get(nb["id"])
+    assert (placed["state"], placed["host"], placed["generation"]) == ("STARTING", "h1", 2)
 
 
 async def test_catalog(harness: Harness, project: Tokens) -> None:

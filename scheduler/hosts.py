@@ -1,0 +1,282 @@
+"""Hosts as operators see them: liveness, cordon and drain, the listing.
+
+**Heartbeats** are held in memory as they arrive (:meth:`HostService.heartbeat` does no
+database write) and written in one transaction per loop tick (:meth:`flush`), so a large fleet
+costs one write per second, not one per heartbeat. The interval given to agents grows with the
+fleet so the fleet stays within ``heartbeat_budget_per_s``; the TTL is ``heartbeat_misses``
+intervals.
+
+**Lost hosts** (:meth:`mark_lost`): a host silent for longer than the TTL is marked ``lost``; its
+notebooks go to ERROR with reason "host lost" (billed up to its last heartbeat) and its GPUs
+stop being offered (placement takes ready hosts only). A notebook with ``restart_on_timeout``
+is flagged to be started again elsewhere from its last workspace snapshot. A lost host that
+heartbeats again is told to register, and registering makes it ready.
+
+**Cordon** stops new placements on a host; **drain** also stops what runs there (notebooks with
+``restart_on_timeout`` are started again on another host once stopped); **uncordon** undoes
+both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from common import wire
+from common.config import SchedulerConfig
+from common.errors import not_found
+from common.states import ON_HOST, NotebookState
+from scheduler.board import AssignmentBoard
+from scheduler.db import Database, Tx
+from scheduler.lifecycle import change_state
+
+log = logging.getLogger(__name__)
+
+S = NotebookState
+_ON_HOST = tuple(sorted(ON_HOST))
+_ON_HOST_MARKS = ", ".join("?" for _ in _ON_HOST)
+
+
+class HostService:
+    def __init__(
+        self,
+        db: Database,
+        config: SchedulerConfig,
+        board: AssignmentBoard,
+        clock: Callable[[], float],
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.board = board
+        self.clock = clock
+        #: host → (time, GPU metrics) of its latest heartbeat not yet written.
+        self._pending: dict[str, tuple[float, list[wire.GpuInfo]]] = {}
+        #: Hosts known and not lost; a heartbeat from anything else is told to register.
+        self._alive: set[str] = set()
+        self._loaded = False
+
+    # ------------------------------------------------------------ liveness
+
+    async def load(self) -> None:
+        async with self.db.read() as tx:
+            rows = await tx.all("SELECT id FROM hosts WHERE state != 'lost'")
+        self._alive = {r["id"] for r in rows}
+        self._loaded = True
+
+    @property
+    def interval_s(self) -> float:
+        """The heartbeat interval for the current fleet size."""
+        budget = max(self.config.heartbeat_budget_per_s, 1e-6)
+        return max(self.config.heartbeat_interval_s, len(self._alive) / budget)
+
+    @property
+    def ttl_s(self) -> float:
+        return self.interval_s * self.config.heartbeat_misses
+
+    def registered(self, host_id: str) -> None:
+        self._alive.add(host_id)
+        self._pending.pop(host_id, None)
+
+    async def heartbeat(self, host_id: str, request: wire.Heartbeat) -> wire.HeartbeatReply:
+        if not self._loaded:
+            await self.load()
+        known = host_id in self._alive
+        if known:
+            self._pending[host_id] = (self.clock(), request.gpus)
+        else:
+            log.info(
+                "host=%s heartbeat from an unknown or lost host; asking it to register", host_id
+            )
+        return wire.HeartbeatReply(known=known, heartbeat_interval_s=self.interval_s)
+
+    async def flush(self, tx: Tx | None = None) -> int:
+        """Write the heartbeats received since the last flush; returns how many."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        if tx is None:
+            async with self.db.transaction() as tx:
+                await self._write(tx, pending)
+        else:
+            await self._write(tx, pending)
+        return len(pending)
+
+    async def _write(self, tx: Tx, pending: dict[str, tuple[float, list[wire.GpuInfo]]]) -> None:
+        await tx.run_many(
+            "UPDATE hosts SET last_heartbeat = MAX(last_heartbeat, ?) WHERE id = ? "
+            "AND state != 'lost'",
+            ((at, host) for host, (at, _) in pending.items()),
+        )
+        await tx.run_many(
+            "UPDATE gpus SET memory_used_mb = ?, utilization_pct = ? "
+            "WHERE uuid = ? AND host_id = ?",
+            (
+                (g.memory_used_mb, g.utilization_pct, g.uuid, host)
+                for host, (_, gpus) in pending.items()
+                for g in gpus
+            ),
+        )
+
+    async def mark_lost(self, tx: Tx, *, now: float) -> list[str]:
+        """Declare hosts silent for longer than the TTL lost; returns their ids."""
+        ttl = self.ttl_s
+        rows = await tx.all(
+            "SELECT id, last_heartbeat FROM hosts WHERE state != 'lost' AND last_heartbeat < ?",
+            (now - ttl,),
+        )
+        for host in rows:
+            host_id, last = host["id"], host["last_heartbeat"]
+            self._alive.discard(host_id)
+            self._pending.pop(host_id, None)
+            await tx.run("UPDATE hosts SET state = 'lost' WHERE id = ?", (host_id,))
+            notebooks = await tx.all(
+                f"SELECT * FROM notebooks WHERE COALESCE(host_id, last_host_id) = ? "
+                f"AND state IN ({_ON_HOST_MARKS})",
+                (host_id, *_ON_HOST),
+            )
+            silent = now - last
+            log.warning(
+                "host=%s lost: no heartbeat for %.0fs (TTL %.0fs); %d notebooks to ERROR",
+                host_id,
+                silent,
+                ttl,
+                len(notebooks),
+            )
+            for row in notebooks:
+                again = bool(row["restart_on_timeout"]) and row["state"] in (
+                    S.STARTING,
+                    S.RUNNING,
+                )
+                await change_state(
+                    tx,
+                    row,
+                    S.ERROR,
+                    f"host lost: {host_id} sent no heartbeat for {silent:.0f}s"
+                    + ("; restarting on another host from its last snapshot" if again else ""),
+                    now=now,
+                    board=self.board,
+                    billed_until=last,
+                    restart_pending=int(again),
+                )
+        return [r["id"] for r in rows]
+
+    # ------------------------------------------------------------ operators
+
+    async def cordon(self, host_id: str) -> wire.Host:
+        async with self.db.transaction() as tx:
+            await self._require(tx, host_id)
+            await tx.run("UPDATE hosts SET cordoned = 1 WHERE id = ?", (host_id,))
+        log.info("host=%s cordoned: no new placements", host_id)
+        return await self.get(host_id)
+
+    async def uncordon(self, host_id: str) -> wire.Host:
+        async with self.db.transaction() as tx:
+            await self._require(tx, host_id)
+            await tx.run("UPDATE hosts SET cordoned = 0, draining = 0 WHERE id = ?", (host_id,))
+        log.info("host=%s uncordoned", host_id)
+        return await self.get(host_id)
+
+    async def drain(self, host_id: str) -> wire.Host:
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            await self._require(tx, host_id)
+            await tx.run("UPDATE hosts SET cordoned = 1, draining = 1 WHERE id = ?", (host_id,))
+            rows = await tx.all(
+                "SELECT * FROM notebooks WHERE host_id = ? AND state IN (?, ?)",
+                (host_id, S.STARTING.value, S.RUNNING.value),
+            )
+            for row in rows:
+                again = bool(row["restart_on_timeout"])
+                await change_state(
+                    tx,
+                    row,
+                    S.STOPPING,
+                    f"host {host_id} is being drained"
+                    + ("; it will start again on another host" if again else ""),
+                    now=now,
+                    board=self.board,
+                    desired="stopped",
+                    restart_pending=int(again),
+                )
+        log.info("host=%s draining: %d notebooks stopping", host_id, len(rows))
+        return await self.get(host_id)
+
+    async def _require(self, tx: Tx, host_id: str) -> None:
+        if await tx.one("SELECT 1 FROM hosts WHERE id = ?", (host_id,)) is None:
+            raise not_found("host", host_id)
+
+    async def get(self, host_id: str) -> wire.Host:
+        for host in await self.list(host_id):
+            return host
+        raise not_found("host", host_id)
+
+    async def list(self, only: str | None = None) -> list[wire.Host]:
+        await self.flush()
+        where, params = ("WHERE h.id = ?", (only,)) if only else ("", ())
+        async with self.db.read() as tx:
+            rows = await tx.all(
+                "SELECT h.*, (SELECT COUNT(*) FROM notebooks n WHERE "
+                f"COALESCE(n.host_id, n.last_host_id) = h.id AND n.state IN ({_ON_HOST_MARKS})"
+                f") AS notebooks FROM hosts h {where} ORDER BY id",
+                (*_ON_HOST, *params),
+            )
+            gpus = await tx.all(
+                "SELECT * FROM gpus WHERE present = 1 "
+                + ("AND host_id = ? " if only else "")
+                + "ORDER BY host_id, idx",
+                params,
+            )
+        by_host: dict[str, list[wire.HostGpu]] = {}
+        for g in gpus:
+            by_host.setdefault(g["host_id"], []).append(
+                wire.HostGpu(
+                    uuid=g["uuid"],
+                    model=g["model"],
+                    index=g["idx"],
+                    memory_total_mb=g["memory_total_mb"],
+                    memory_used_mb=g["memory_used_mb"],
+                    utilization_pct=g["utilization_pct"],
+                    notebook=g["notebook_id"],
+                )
+            )
+        hosts = []
+        for r in rows:
+            state = _state(r["state"], bool(r["cordoned"]), bool(r["draining"]), r["notebooks"])
+            models: dict[str, list[int]] = {}
+            for g in by_host.get(r["id"], []):
+                counts = models.setdefault(g.model, [0, 0])
+                counts[0] += 1
+                counts[1] += g.notebook is None and state == "ready"
+            hosts.append(
+                wire.Host(
+                    id=r["id"],
+                    state=state,
+                    cpus=r["cpus"],
+                    cpus_free=r["cpus"] - r["cpus_used"],
+                    memory_mb=r["memory_mb"],
+                    gpus=by_host.get(r["id"], []),
+                    last_heartbeat=r["last_heartbeat"],
+                    agent_url=r["agent_url"],
+                    registered_at=r["registered_at"],
+                    gpu_note=r["gpu_note"],
+                    flavor=r["flavor"],
+                    labels=json.loads(r["labels"]),
+                    gpu_models=[
+                        wire.HostGpuModel(model=m, total=t, free=f)
+                        for m, (t, f) in sorted(models.items())
+                    ],
+                    notebooks=r["notebooks"],
+                )
+            )
+        return hosts
+
+
+def _state(stored: str, cordoned: bool, draining: bool, notebooks: int) -> str:
+    if stored == "lost":
+        return "lost"
+    if draining and notebooks:
+        return "draining"
+    if cordoned:
+        return "cordoned"
+    return "ready"

@@ -1,0 +1,110 @@
+"""Project quotas: limits, current use, and the check made in the same transaction as the
+reservation (so fifty concurrent runs against a quota of 4 GPUs never put 5 in use).
+
+Only STARTING and RUNNING notebooks count (:data:`common.states.ACTIVE`). A GPU notebook's CPUs
+come with its GPUs (the flavor's shape), so the CPU limits count CPU notebooks (``gpu = 0``)
+only, as usage does. A project's limits are the scheduler config's ``[quota]`` defaults unless
+an operator set its own (``quotas`` table, one nullable column per limit).
+"""
+
+from __future__ import annotations
+
+from common import wire
+from common.config import QuotaDefaults
+from common.errors import ApiError
+from common.states import ACTIVE
+from scheduler.db import Tx
+from scheduler.placement import Resources
+
+LIMITS = ("gpus", "cpus", "notebooks", "gpus_per_notebook", "cpus_per_notebook")
+
+_ACTIVE_MARKS = ", ".join("?" for _ in ACTIVE)
+_ACTIVE = tuple(sorted(ACTIVE))
+
+
+async def limits(tx: Tx, project: str, defaults: QuotaDefaults) -> wire.Quota:
+    row = await tx.one("SELECT * FROM quotas WHERE project = ?", (project,))
+    values = {
+        name: (row[name] if row is not None and row[name] is not None else getattr(defaults, name))
+        for name in LIMITS
+    }
+    return wire.Quota(**values)
+
+
+async def use(tx: Tx, project: str) -> wire.QuotaUse:
+    row = await tx.one(
+        "SELECT COALESCE(SUM(gpu), 0) AS gpus, "
+        "COALESCE(SUM(CASE WHEN gpu = 0 THEN cpu ELSE 0 END), 0) AS cpus, "
+        "COUNT(*) AS notebooks "
+        f"FROM notebooks WHERE project = ? AND state IN ({_ACTIVE_MARKS})",
+        (project, *_ACTIVE),
+    )
+    assert row is not None
+    return wire.QuotaUse(gpus=row["gpus"], cpus=row["cpus"], notebooks=row["notebooks"])
+
+
+def per_notebook_violation(project: str, quota: wire.Quota, res: Resources) -> ApiError | None:
+    """A request no amount of waiting makes acceptable."""
+    if res.gpu > quota.gpus_per_notebook:
+        return _forbidden(
+            f"project {project}: a notebook may have at most {quota.gpus_per_notebook} GPUs "
+            f"(asked for {res.gpu})",
+            limit="gpus_per_notebook",
+            requested=res.gpu,
+            quota=quota.gpus_per_notebook,
+        )
+    if res.gpu == 0 and res.cpu > quota.cpus_per_notebook:
+        return _forbidden(
+            f"project {project}: a notebook may have at most {quota.cpus_per_notebook} CPUs "
+            f"(asked for {res.cpu})",
+            limit="cpus_per_notebook",
+            requested=res.cpu,
+            quota=quota.cpus_per_notebook,
+        )
+    return None
+
+
+def project_violation(
+    project: str, quota: wire.Quota, used: wire.QuotaUse, res: Resources
+) -> ApiError | None:
+    """The first project limit that admitting ``res`` now would exceed, or ``None``."""
+    cpus = res.cpu if res.gpu == 0 else 0
+    checks = (
+        ("gpus", "GPUs in use", used.gpus, res.gpu, quota.gpus),
+        ("cpus", "CPUs in use (CPU notebooks)", used.cpus, cpus, quota.cpus),
+        ("notebooks", "notebooks running", used.notebooks, 1, quota.notebooks),
+    )
+    for limit, what, current, requested, allowed in checks:
+        if requested and current + requested > allowed:
+            return _forbidden(
+                f"project {project}: {what} {current} + {requested} requested would exceed "
+                f"the quota of {allowed} (an operator can change it with "
+                f"`nbfleet admin project quota {project}`)",
+                limit=limit,
+                used=current,
+                requested=requested,
+                quota=allowed,
+            )
+    return None
+
+
+async def check(tx: Tx, project: str, res: Resources, defaults: QuotaDefaults) -> None:
+    """Raise 403 naming the limit, the use and the quota if ``res`` may not start now."""
+    quota = await limits(tx, project, defaults)
+    refusal = per_notebook_violation(project, quota, res) or project_violation(
+        project, quota, await use(tx, project), res
+    )
+    if refusal is not None:
+        raise refusal
+
+
+async def update(tx: Tx, project: str, change: wire.QuotaUpdate) -> None:
+    values = {name: getattr(change, name) for name in LIMITS if getattr(change, name) is not None}
+    await tx.run("INSERT OR IGNORE INTO quotas (project) VALUES (?)", (project,))
+    if values:
+        sets = ", ".join(f"{name} = ?" for name in values)
+        await tx.run(f"UPDATE quotas SET {sets} WHERE project = ?", (*values.values(), project))
+
+
+def _forbidden(message: str, **detail: object) -> ApiError:
+    return ApiError("forbidden", message, **detail)
