@@ -12,28 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cli import output, volumes
+from cli import admin, output, usage, volumes
+from cli.args import BadArguments, add_output, label_pairs, pairs
 from cli.client import Client, client_config
 from common import wire
 from common.config import ConfigError
 from common.errors import ApiError
 from common.states import SETTLED, NotebookState
-
-
-def _pairs(kind: str):
-    """argparse type for ``k=v`` options, naming the option in its error."""
-
-    def parse(text: str) -> tuple[str, str]:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"{kind} must look like KEY=VALUE, got {text!r}")
-        return key, value
-
-    return parse
-
-
-def _add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -82,18 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cpu", type=int, help="number of CPUs (a CPU notebook when --gpu is not given)"
     )
+    run.add_argument(
+        "--flavor", help="catalog flavor (GPU model; CPU, memory and disk per GPU or CPU)"
+    )
     run.add_argument("--name")
-    run.add_argument("--label", action="append", type=_pairs("--label"), default=[])
-    run.add_argument("--envvar", action="append", type=_pairs("--envvar"), default=[])
+    run.add_argument(
+        "--restart-on-timeout",
+        action="store_true",
+        help="after the runtime limit or a lost host, start again (same id and workspace)",
+    )
+    run.add_argument("--label", action="append", type=label_pairs("--label"), default=[])
+    run.add_argument("--envvar", action="append", type=pairs("--envvar"), default=[])
     volumes.add_volume_option(run)
     run.add_argument("--wait", action="store_true", help="wait until the notebook is RUNNING")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
-    _add_output(run)
+    add_output(run)
 
     ls = nbs.add_parser("list", help="list notebooks")
     ls.add_argument("--state", action="append", default=[], type=str.upper)
     ls.add_argument("--label", action="append", default=[], help="k=v selector, repeatable")
-    _add_output(ls)
+    add_output(ls)
 
     for action, text in [
         ("get", "show a notebook, its URL and state history"),
@@ -103,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = nbs.add_parser(action, help=text)
         p.add_argument("id")
-        _add_output(p)
+        add_output(p)
 
     backup = nbs.add_parser("backup", help="a notebook's workspace snapshots")
     backups = backup.add_subparsers(dest="backup_action", required=True)
     bl = backups.add_parser("list", help="snapshots, newest first (time, size, files)")
     bl.add_argument("id")
-    _add_output(bl)
+    add_output(bl)
 
     fork = nbs.add_parser("fork", help="a new notebook whose workspace starts from a backup")
     fork.add_argument("id", help="the notebook to fork")
@@ -117,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--name")
     fork.add_argument("--gpu", type=int, help="default: the source's resources")
     fork.add_argument("--cpu", type=int)
-    fork.add_argument("--label", action="append", type=_pairs("--label"), default=None)
-    _add_output(fork)
+    fork.add_argument("--label", action="append", type=label_pairs("--label"), default=None)
+    add_output(fork)
 
     logs = nbs.add_parser("logs", help="print a notebook's container output")
     logs.add_argument("id")
@@ -128,28 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("id")
     wait.add_argument("--state", default="RUNNING", type=str.upper)
     wait.add_argument("--timeout", type=float, default=600.0)
-    _add_output(wait)
+    add_output(wait)
 
-    volumes.add_datastore_parser(top, _add_output)
+    volumes.add_datastore_parser(top, add_output)
+
+    add_output(top.add_parser("quota", help="your project's quota and what it uses"))
+    use = top.add_parser("usage", help="your project's usage over a period")
+    usage.add_usage_options(
+        use, usage.USER_GROUPS, "notebook", project_help="default: the token's project"
+    )
 
     cat = top.add_parser("catalog", help="list frameworks and editors")
-    _add_output(cat)
+    add_output(cat)
 
-    admin = top.add_parser("admin", help="operator commands (admin token)")
-    adm = admin.add_subparsers(dest="area", required=True)
-    project = adm.add_parser("project").add_subparsers(dest="action", required=True)
-    pc = project.add_parser("create")
-    pc.add_argument("name")
-    _add_output(pc)
-    _add_output(project.add_parser("list"))
-    token = adm.add_parser("token").add_subparsers(dest="action", required=True)
-    tc = token.add_parser("create")
-    tc.add_argument("--project", required=True)
-    tc.add_argument("--role", choices=["read", "operator"], default="operator")
-    tc.add_argument("--description", default="")
-    _add_output(tc)
-    host = adm.add_parser("host").add_subparsers(dest="action", required=True)
-    _add_output(host.add_parser("list"))
+    admin.add_admin_parser(top)
     return parser
 
 
@@ -175,6 +160,8 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
             labels=dict(args.label),
             envvars=dict(args.envvar),
             volumes=list(args.volume),
+            flavor=args.flavor,
+            restart_on_timeout=args.restart_on_timeout,
         )
         nb = client.call("POST", "/v1/notebooks", wire.Notebook, body=body)
         if args.wait:
@@ -231,12 +218,14 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
 
 
 def _wait(client: Client, ident: str, target: NotebookState, timeout_s: float, fmt: str) -> int:
-    """Poll until ``target``; stop early when the notebook settles somewhere else."""
+    """Poll until ``target``; stop early when the notebook settles somewhere else. QUEUED is
+    not settled: a queued notebook is still on its way, so the wait goes on, showing its
+    position as it moves up."""
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
         nb = client.call("GET", f"/v1/notebooks/{ident}", wire.Notebook)
-        line = f"{nb.state}: {nb.state_reason}"
+        line = output.queue_text(nb)
         if nb.progress is not None:
             line += f" ({output.progress(nb.progress)})"
         if fmt == "table" and line != last:
@@ -250,7 +239,7 @@ def _wait(client: Client, ident: str, target: NotebookState, timeout_s: float, f
             sys.stderr.write(f"notebook {ident} is {nb.state}, not {target}: {nb.state_reason}\n")
             return 3
         if time.monotonic() > deadline:
-            sys.stderr.write(f"gave up after {timeout_s:.0f}s: notebook {ident} is {nb.state}\n")
+            sys.stderr.write(f"gave up after {timeout_s:.0f}s: notebook {ident} is {line}\n")
             return 3
         time.sleep(0.5)
 
@@ -267,56 +256,10 @@ def cmd_catalog(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_admin(client: Client, args: argparse.Namespace) -> int:
-    fmt = args.output
-    if args.area == "project" and args.action == "create":
-        project = client.call(
-            "POST", "/v1/admin/projects", wire.Project, body=wire.ProjectCreate(name=args.name)
-        )
-        output.print_json(project) if fmt == "json" else print(f"project {project.name} created")
-        return 0
-    if args.area == "project" and args.action == "list":
-        items = client.call("GET", "/v1/admin/projects", wire.ProjectList).items
-        if fmt == "json":
-            output.print_json(items)
-        else:
-            output.table(
-                ["PROJECT", "CREATED"], [[p.name, output.when(p.created_at)] for p in items]
-            )
-        return 0
-    if args.area == "token":
-        body = wire.TokenCreate(project=args.project, role=args.role, description=args.description)
-        created = client.call("POST", "/v1/admin/tokens", wire.TokenCreated, body=body)
-        if fmt == "json":
-            output.print_json(created)
-        else:
-            print(f"token for project {created.project} ({created.role}); shown once, keep it:")
-            print(created.token)
-        return 0
-    if args.area == "host":
-        items = client.call("GET", "/v1/admin/hosts", wire.HostList).items
-        if fmt == "json":
-            output.print_json(items)
-            return 0
-        rows = []
-        for h in items:
-            models = ", ".join(sorted({g.model for g in h.gpus}))
-            if not models:
-                models = f"- ({h.gpu_note})" if h.gpu_note else "-"
-            free = sum(1 for g in h.gpus if g.notebook is None)
-            rows.append(
-                [
-                    h.id,
-                    h.state,
-                    f"{free}/{len(h.gpus)}",
-                    models,
-                    f"{h.cpus_free}/{h.cpus}",
-                    output.ago(h.last_heartbeat),
-                ]
-            )
-        output.table(["HOST", "STATE", "GPUS FREE", "MODELS", "CPUS FREE", "HEARTBEAT"], rows)
-        return 0
-    raise AssertionError(args.area)
+def cmd_quota(client: Client, args: argparse.Namespace) -> int:
+    project = client.call("GET", "/v1/quota", wire.Project)
+    output.print_json(project) if args.output == "json" else output.quota_detail(project)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,8 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return volumes.cmd_datastore(client, args)
         if args.group == "catalog":
             return cmd_catalog(client, args)
-        return cmd_admin(client, args)
-    except ConfigError as exc:
+        if args.group == "quota":
+            return cmd_quota(client, args)
+        if args.group == "usage":
+            return usage.cmd_usage(client, args)
+        return admin.cmd_admin(client, args)
+    except (ConfigError, BadArguments) as exc:
         sys.stderr.write(f"nbfleet: {exc}\n")
         return 2
     except ApiError as exc:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, TextIO
 
 import msgspec
 
 from common import wire
+from common.states import NotebookState
 
 
 def print_json(obj: Any, out: TextIO | None = None) -> None:
@@ -17,12 +18,23 @@ def print_json(obj: Any, out: TextIO | None = None) -> None:
     out.write(msgspec.json.format(wire.encode(obj), indent=2).decode() + "\n")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    out: TextIO | None = None,
+    *,
+    numeric: Collection[int] = (),
+) -> None:
+    """Aligned columns; those whose index is in ``numeric`` are right-aligned."""
     out = out or sys.stdout
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        line = "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        out.write(line.rstrip() + "\n")
 
 
 def when(ts: float | None) -> str:
@@ -32,7 +44,8 @@ def when(ts: float | None) -> str:
 
 
 def ago(ts: float, now: float | None = None) -> str:
-    seconds = int((time.time() if now is None else now) - ts)
+    # A clock a little ahead of ours is "0s ago", not "-2s ago".
+    seconds = max(0, int((time.time() if now is None else now) - ts))
     if seconds < 60:
         return f"{seconds}s ago"
     if seconds < 3600:
@@ -48,12 +61,30 @@ def resources(nb: wire.Notebook) -> str:
     return f"{nb.cpu} CPU"
 
 
+def queue_text(nb: wire.Notebook) -> str:
+    """``QUEUED: waiting for 2 × H100, position 3`` (and what blocks it, if its quota)."""
+    q = nb.queue
+    if q is None:
+        return f"{nb.state}: {nb.state_reason}"
+    text = f"{nb.state}: waiting for {q.waiting_for}, position {q.position}"
+    if q.blocked_by == "quota":
+        text += ", blocked by project quota"
+    return text
+
+
+def list_state(nb: wire.Notebook) -> str:
+    """The STATE cell: a queued notebook also shows its place in the queue."""
+    if nb.state == NotebookState.QUEUED and nb.queue is not None:
+        return f"{nb.state} #{nb.queue.position}"
+    return str(nb.state)
+
+
 def notebook_rows(items: Sequence[wire.Notebook]) -> list[list[Any]]:
     return [
         [
             nb.id,
             nb.name,
-            nb.state,
+            list_state(nb),
             f"{nb.framework}/{nb.editor}",
             resources(nb),
             nb.host or "-",
@@ -119,14 +150,23 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     labels = ", ".join(f"{k}={v}" for k, v in sorted(nb.labels.items())) or "-"
     gpus = ", ".join(f"{g.uuid} ({g.model})" for g in nb.gpus) or "-"
+    if nb.queue is not None:
+        state = f"{queue_text(nb)} (queued since {when(nb.queue.queued_at)})"
+    else:
+        state = f"{nb.state} since {when(nb.state_at)} ({nb.state_reason})"
+    resources = f"{nb.gpu} GPU, {nb.cpu} CPU, {nb.memory_mb} MiB"
+    if nb.disk_gb:
+        resources += f", {nb.disk_gb} GB disk"
     fields = [
         ("ID", nb.id),
         ("Name", nb.name),
         ("Project", nb.project),
-        ("State", f"{nb.state} since {when(nb.state_at)} ({nb.state_reason})"),
+        ("State", state),
         ("Framework", f"{nb.framework} ({nb.image})"),
         ("Editor", nb.editor),
-        ("Resources", f"{nb.gpu} GPU, {nb.cpu} CPU, {nb.memory_mb} MiB"),
+        ("Flavor", nb.flavor or "-"),
+        ("Resources", resources),
+        ("Restart on timeout", "yes" if nb.restart_on_timeout else "no"),
         ("Host", nb.host or "-"),
         ("GPUs", gpus),
         ("URL", nb.url or "-"),
@@ -169,3 +209,93 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
             [[when(h.at), h.state, h.generation, h.reason] for h in nb.history],
             out,
         )
+
+
+# ---------------------------------------------------------------- quotas and hosts
+
+
+def used_of(used: int | None, limit: int | None) -> str:
+    """``2/4``; ``-`` stands for a side the scheduler did not report."""
+    return f"{'-' if used is None else used}/{'-' if limit is None else limit}"
+
+
+def quota_detail(project: wire.Project, out: TextIO | None = None) -> None:
+    """A project's limits next to what its STARTING and RUNNING notebooks use."""
+    out = out or sys.stdout
+    out.write(f"Project: {project.name}\n")
+    if project.quota is None:
+        out.write("Quota:   not reported by the scheduler\n")
+        return
+    q, u = project.quota, project.used
+
+    def use(what: str) -> Any:
+        return "-" if u is None else getattr(u, what)
+
+    table(
+        ["RESOURCE", "USED", "QUOTA"],
+        [
+            ["GPUs", use("gpus"), q.gpus],
+            ["CPUs", use("cpus"), q.cpus],
+            ["Notebooks", use("notebooks"), q.notebooks],
+            ["GPUs per notebook", "", q.gpus_per_notebook],
+            ["CPUs per notebook", "", q.cpus_per_notebook],
+        ],
+        out,
+        numeric={1, 2},
+    )
+    out.write(f"Queued notebooks: {project.queued}\n")
+
+
+PROJECT_HEADERS = ["PROJECT", "GPUS", "CPUS", "NOTEBOOKS", "QUEUED", "CREATED"]
+
+
+def project_rows(items: Sequence[wire.Project]) -> list[list[Any]]:
+    rows = []
+    for p in items:
+        rows.append(
+            [
+                p.name,
+                *(
+                    used_of(
+                        None if p.used is None else getattr(p.used, what),
+                        None if p.quota is None else getattr(p.quota, what),
+                    )
+                    for what in ("gpus", "cpus", "notebooks")
+                ),
+                p.queued,
+                when(p.created_at),
+            ]
+        )
+    return rows
+
+
+def host_gpus(h: wire.Host) -> str:
+    """Free/total per model, ``H100 6/8, L4 2/2``; the reason when the host reports none."""
+    models = [(m.model, m.free, m.total) for m in h.gpu_models]
+    if not models and h.gpus:
+        # A scheduler that predates gpu_models: count from the GPU list.
+        for model in sorted({g.model for g in h.gpus}):
+            of_model = [g for g in h.gpus if g.model == model]
+            free = sum(1 for g in of_model if g.notebook is None)
+            models.append((model, free, len(of_model)))
+    if not models:
+        return f"- ({h.gpu_note})" if h.gpu_note else "-"
+    return ", ".join(f"{model} {free}/{total}" for model, free, total in models)
+
+
+HOST_HEADERS = ["HOST", "STATE", "FLAVOR", "GPUS FREE", "CPUS FREE", "NOTEBOOKS", "HEARTBEAT"]
+
+
+def host_rows(items: Sequence[wire.Host], now: float | None = None) -> list[list[Any]]:
+    return [
+        [
+            h.id,
+            h.state,
+            h.flavor or "-",
+            host_gpus(h),
+            f"{h.cpus_free}/{h.cpus}",
+            h.notebooks,
+            ago(h.last_heartbeat, now),
+        ]
+        for h in items
+    ]
