@@ -28,6 +28,7 @@ from scheduler.queue import (
     queue_info,
     queue_infos,
     resources_of,
+    served,
     waiting_kinds,
 )
 from scheduler.snapshots import ProgressBoard, latest_snapshot, retained_snapshot
@@ -125,6 +126,7 @@ class NotebookService:
                 host_id=chosen.host,
                 **changes,
             )
+            await served(tx, row["project"], now)
         elif S(row["state"]) != S.QUEUED:
             await change_state(
                 tx,

@@ -1,9 +1,10 @@
 """The queue: notebooks that quota allows but no host has room for, placed as room appears.
 
-Order (:func:`fair_order`): projects take turns. Each project's QUEUED notebooks are numbered
-1, 2, 3... by the time they were queued; the queue is ordered by that number, then by time. A
-project that queued 100 notebooks and one that queued 1 a minute later alternate, so one
-project's burst cannot starve another. ``position`` 1 is the next to be placed.
+Order (:func:`fair_order`): projects take turns. The project served least recently (its last
+placement is the oldest, or it never had one) goes first, then the next, round after round;
+within a project, first queued, first placed. A project that queued 100 notebooks cannot
+starve one that queued a single notebook later: that one is next as soon as room appears.
+``position`` 1 is the next to be placed.
 
 Placement (:func:`dispatch`, one transaction) walks the queue in that order:
 
@@ -50,20 +51,41 @@ def kind_of(res: placement.Resources) -> Kind:
     return (res.gpu > 0, res.flavor)
 
 
-def fair_order(rows: Iterable[Row]) -> list[Row]:
-    """``rows`` (QUEUED notebooks) in placement order: each project's turn, then queue time."""
-    ordered = sorted(rows, key=lambda r: (r["queued_at"], r["created_at"], r["id"]))
-    turn: dict[str, int] = {}
-    keyed = []
-    for row in ordered:
-        turn[row["project"]] = turn.get(row["project"], 0) + 1
-        keyed.append((turn[row["project"]], row["queued_at"], row["created_at"], row["id"], row))
-    keyed.sort(key=lambda k: k[:4])
-    return [k[-1] for k in keyed]
+def fair_order(rows: Iterable[Row], last_placed: dict[str, float | None]) -> list[Row]:
+    """``rows`` (QUEUED notebooks) in placement order; ``last_placed`` is when each project
+    last had a notebook placed (``None``: never)."""
+    by_project: dict[str, list[Row]] = {}
+    for row in sorted(rows, key=lambda r: (r["queued_at"], r["created_at"], r["id"])):
+        by_project.setdefault(row["project"], []).append(row)
+    projects = sorted(
+        by_project,
+        key=lambda p: (
+            last_placed.get(p) is not None,
+            last_placed.get(p) or 0.0,
+            by_project[p][0]["queued_at"],
+            p,
+        ),
+    )
+    order: list[Row] = []
+    for turn in range(max((len(v) for v in by_project.values()), default=0)):
+        order.extend(by_project[p][turn] for p in projects if turn < len(by_project[p]))
+    return order
 
 
 async def queued(tx: Tx) -> list[Row]:
-    return fair_order(await tx.all("SELECT * FROM notebooks WHERE state = 'QUEUED'"))
+    rows = await tx.all("SELECT * FROM notebooks WHERE state = 'QUEUED'")
+    if not rows:
+        return []
+    served = await tx.all(
+        "SELECT name, last_placed_at FROM projects WHERE name IN "
+        "(SELECT DISTINCT project FROM notebooks WHERE state = 'QUEUED')"
+    )
+    return fair_order(rows, {r["name"]: r["last_placed_at"] for r in served})
+
+
+async def served(tx: Tx, project: str, now: float) -> None:
+    """Record that ``project`` just had a notebook placed (its turn is used)."""
+    await tx.run("UPDATE projects SET last_placed_at = ? WHERE name = ?", (now, project))
 
 
 async def waiting_kinds(tx: Tx, *, besides: str) -> set[Kind]:
@@ -168,6 +190,7 @@ class Dispatcher:
                 board=self.board,
                 host_id=chosen.host,
             )
+            await served(tx, project, now)
             u = used[project]
             used[project] = wire.QuotaUse(
                 gpus=u.gpus + res.gpu,

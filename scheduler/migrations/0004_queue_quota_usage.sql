@@ -10,6 +10,9 @@ CREATE TABLE quotas (
     cpus_per_notebook   INTEGER
 );
 
+-- When the project last had a notebook placed: the queue serves the least recently served first.
+ALTER TABLE projects ADD COLUMN last_placed_at REAL;
+
 ALTER TABLE notebooks ADD COLUMN flavor TEXT;
 -- The GPU model a flavor asks for ('' = any).
 ALTER TABLE notebooks ADD COLUMN gpu_model TEXT NOT NULL DEFAULT '';
