@@ -1,0 +1,542 @@
+"""scripts/bench-scheduler: a simulated fleet against one real scheduler on this machine.
+
+    scripts/bench-scheduler [--hosts 1000] [--notebooks 5000] [--clients 200] [--duration 10]
+                            [--workers N] [--long-poll] [--phases LIST] [--profile FILE]
+                            [--keep] [--json]
+
+Starts this checkout's scheduler (``python -m scheduler.main run``) on 127.0.0.1 with a
+temporary directory for its config, database and agent secrets (stderr in ``scheduler.log``
+there), creates ``--hosts`` agent secrets with :func:`scheduler.secrets.ensure_agent_secret`,
+registers that many simulated hosts (``--gpus-per-host`` fake H100s each) with signed
+``POST /v1/agents/register``, then measures, one phase after the other:
+
+  placements   ``--notebooks`` one-GPU notebooks submitted at once (``--submit-concurrency``
+               requests in flight): notebooks placed per second, from the first submit to the
+               last placement. A notebook answered QUEUED is polled until it is STARTING.
+  heartbeats   every host sends signed heartbeats back to back on its own connection for
+               ``--duration`` seconds: 200 replies per second.
+  get          ``--clients`` closed-loop clients GET random placed notebooks for ``--duration``:
+               p50 and p99 latency in ms.
+  post         the same clients POST CPU notebooks (``gpu=0, cpu=1``; hosts have
+               ``--host-cpus`` CPUs each) for ``--duration``: p50 and p99 in ms.
+
+Between and during the phases (except the heartbeat phase) the parent keeps the fleet alive as
+agents do: one heartbeat per host per interval the scheduler asked for, and with
+``--long-poll`` an assignments long-poll held open per host. The timed traffic comes from
+``--workers`` load-generator processes, each with its own event loop and a raw keep-alive
+HTTP/1.1 client (bench/scheduler_http.py); the load generator shares the machine's CPUs
+with the scheduler, and the output says how many processes it used and the CPU seconds each
+side spent per phase.
+
+Project quotas are raised for the bench (config defaults, then ``PATCH
+/v1/admin/projects/{name}/quota``); a scheduler that answers that with 404/405 and enforces a
+smaller quota gets the notebooks spread over enough projects instead.
+
+Prints a table of the six figures with their goals (500 placements/s, 5,000 heartbeats/s) and
+figure / goal; ``--json`` prints one JSON object instead (``placements_per_s``,
+``heartbeats_per_s``, ``get_p50_ms``, ``get_p99_ms``, ``post_p50_ms``, ``post_p99_ms`` and the
+run's context). ``--profile FILE`` runs the scheduler under cProfile and prints its top
+functions on stderr. Exits 1 when a notebook was not placed or a phase got errors, 2 when the
+scheduler died (with the tail of its log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import scheduler_load as load
+from bench import scheduler_report as report
+from bench.scheduler_http import Api, Connection, HttpError
+from bench.scheduler_profile import PySpy, machine_busy_seconds, print_cprofile, summarize_collapsed
+from bench.scheduler_server import (
+    EDITOR,
+    FRAMEWORK,
+    QUOTA,
+    SchedulerDied,
+    SchedulerProcess,
+    free_port,
+    write_config,
+)
+from scheduler.secrets import ensure_admin_token, ensure_agent_secret
+
+log = logging.getLogger("bench-scheduler")
+
+REPO = Path(__file__).resolve().parents[2]
+PHASES = ("placements", "heartbeats", "get", "post")
+HOST_MEMORY_MB = 2_000_000
+#: A scheduler without quotas (or one that never says) is treated as unlimited.
+UNLIMITED = 10**9
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench-scheduler",
+        description="simulated fleet of signed agents and users against one local scheduler",
+    )
+    parser.add_argument("--hosts", type=int, default=1000, help="simulated agents (1000)")
+    parser.add_argument("--gpus-per-host", type=int, default=8, help="fake GPUs per host (8)")
+    parser.add_argument("--host-cpus", type=int, default=128, help="CPUs per host (128)")
+    parser.add_argument(
+        "--notebooks", type=int, default=5000, help="1-GPU notebooks submitted at once (5000)"
+    )
+    parser.add_argument(
+        "--submit-concurrency", type=int, default=200, help="submissions in flight (200)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=200, help="concurrent clients for GET/POST latency (200)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of heartbeats, GETs, POSTs (10)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="load-generator processes for timed phases (2)"
+    )
+    parser.add_argument(
+        "--long-poll", action="store_true", help="hosts also hold assignment long-polls open"
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (get needs placements)",
+    )
+    parser.add_argument(
+        "--placed-within",
+        type=float,
+        default=120.0,
+        help="seconds QUEUED notebooks get to be placed after the last submit (120)",
+    )
+    parser.add_argument("--profile", type=Path, help="run the scheduler under cProfile into FILE")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="sample the scheduler with py-spy during each phase into DIR/<phase>.txt",
+    )
+    parser.add_argument("--scheduler-log-level", default="INFO", help="scheduler --log-level")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    """Round-robin slices (every slice gets a share of every project and host)."""
+    return [items[i::parts] for i in range(parts) if items[i::parts]]
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.port = free_port()
+        config = write_config(workdir, self.port)
+        self.server = SchedulerProcess(
+            REPO,
+            config,
+            self.port,
+            workdir / "scheduler.log",
+            log_level=args.scheduler_log_level,
+            profile_to=args.profile,
+        )
+        self.api = Api(Connection("127.0.0.1", self.port))
+        self.admin = ""
+        self.figures: dict[str, Any] = {
+            "hosts": args.hosts,
+            "gpus_per_host": args.gpus_per_host,
+            "notebooks": args.notebooks,
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "load_processes": args.workers,
+            "long_poll": args.long_poll,
+            "cpus": os.cpu_count(),
+            "commit": _commit(),
+            "statuses": {},
+            "scheduler_cpu_s": {},
+            "loadgen_cpu_s": {},
+            "other_cpu_s": {},
+            "problems": [],
+        }
+        self.hosts: list[load.SimHost] = []
+        self.tokens: list[str] = []
+        self.placed: list[tuple[str, str]] = []
+        self.py_spy = PySpy(args.py_spy) if args.py_spy is not None else None
+
+    # ------------------------------------------------------------ helpers
+
+    def problem(self, message: str) -> None:
+        log.warning("%s", message)
+        self.figures["problems"].append(message)
+
+    async def admin_call(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
+        return await self.api.call(method, path, payload, token=self.admin)
+
+    async def jobs(self, pool: ProcessPoolExecutor, phase: str, kind: str, specs: list[dict]):
+        """Run one job per spec in the pool, check the scheduler, and note the CPU seconds the
+        scheduler, the load generator and everything else on the machine used meanwhile."""
+        scheduler_before = self.server.cpu_seconds()
+        machine_before = machine_busy_seconds()
+        parent_before = time.process_time()
+        if self.py_spy is not None:
+            self.py_spy.start(self.server.pid, phase)
+        futures = [asyncio.wrap_future(pool.submit(load.run_job, kind, spec)) for spec in specs]
+        try:
+            results = await asyncio.gather(*futures)
+        except HttpError:
+            self.server.check_alive()
+            raise
+        finally:
+            if self.py_spy is not None:
+                self.py_spy.stop()
+        self.server.check_alive()
+        scheduler_cpu = self.server.cpu_seconds() - scheduler_before
+        loadgen_cpu = sum(r["loadgen_cpu_s"] for r in results)
+        loadgen_cpu += time.process_time() - parent_before
+        others = machine_busy_seconds() - machine_before - scheduler_cpu - loadgen_cpu
+        self.figures["scheduler_cpu_s"][phase] = round(scheduler_cpu, 2)
+        self.figures["loadgen_cpu_s"][phase] = round(loadgen_cpu, 2)
+        self.figures["other_cpu_s"][phase] = round(max(0.0, others), 2)
+        statuses = report.merge_statuses(r["statuses"] for r in results)
+        self.figures["statuses"][phase] = statuses
+        return results
+
+    def start_at(self) -> float:
+        # Time for every load process to open its connections before the clock starts.
+        return time.time() + 1.0 + self.args.clients / 500
+
+    # ------------------------------------------------------------ setup
+
+    async def setup(self, pool: ProcessPoolExecutor) -> None:
+        self.admin = ensure_admin_token(self.workdir / "admin.token")
+        secrets_dir = self.workdir / "agents"
+        self.hosts = [
+            load.SimHost(id=host_id, secret=ensure_agent_secret(secrets_dir, host_id).encode())
+            for host_id in (f"bench-host-{i:05d}" for i in range(self.args.hosts))
+        ]
+        self.server.start()
+        await self.server.wait_healthy()
+        await self._projects()
+        results = await self.jobs(
+            pool,
+            "register",
+            "register",
+            [
+                {
+                    "port": self.port,
+                    "hosts": part,
+                    "gpus": self.args.gpus_per_host,
+                    "cpus": self.args.host_cpus,
+                    "memory_mb": HOST_MEMORY_MB,
+                    "concurrency": 50,
+                }
+                for part in _split(self.hosts, self.args.workers)
+            ],
+        )
+        registered = self.figures["statuses"]["register"].get("200", 0)
+        if registered != len(self.hosts):
+            raise SystemExit(
+                f"bench-scheduler: only {registered} of {len(self.hosts)} hosts registered: "
+                f"{self.figures['statuses']['register']}\n{self.server.log_tail()}"
+            )
+        elapsed = max(r["finished"] for r in results) - min(r["started"] for r in results)
+        self.figures["registrations_per_s"] = registered / elapsed if elapsed > 0 else 0.0
+        self.figures["heartbeat_interval_s"] = max(r["heartbeat_interval_s"] for r in results)
+
+    async def _projects(self) -> None:
+        """One project with its quota raised, or enough projects to hold every notebook when
+        this scheduler cannot raise one."""
+        status, body = await self.admin_call("POST", "/v1/admin/projects", {"name": "bench-0"})
+        if status != 201:
+            raise SystemExit(f"bench-scheduler: cannot create a project: HTTP {status} {body}")
+        status, body = await self.admin_call("PATCH", "/v1/admin/projects/bench-0/quota", QUOTA)
+        room = UNLIMITED
+        if status in (404, 405):
+            room = await self._project_room("bench-0")
+            self.figures["quota"] = f"PATCH answered {status}; per-project room {room}"
+        elif status >= 300:
+            raise SystemExit(f"bench-scheduler: raising the quota failed: HTTP {status} {body}")
+        else:
+            self.figures["quota"] = "raised with PATCH"
+        count = max(1, math.ceil(self.args.notebooks / room))
+        for n in range(1, count):
+            project = {"name": f"bench-{n}"}
+            status, body = await self.admin_call("POST", "/v1/admin/projects", project)
+            if status != 201:
+                raise SystemExit(f"bench-scheduler: cannot create a project: HTTP {status} {body}")
+        for n in range(count):
+            status, body = await self.admin_call(
+                "POST", "/v1/admin/tokens", {"project": f"bench-{n}", "role": "operator"}
+            )
+            if status != 201:
+                raise SystemExit(f"bench-scheduler: cannot create a token: HTTP {status} {body}")
+            self.tokens.append(body["token"])
+        self.figures["projects"] = count
+
+    async def _project_room(self, name: str) -> int:
+        """How many 1-GPU notebooks one project may hold, as the scheduler reports it."""
+        status, body = await self.admin_call("GET", "/v1/admin/projects")
+        if status != 200:
+            return UNLIMITED
+        for project in body.get("items", []):
+            quota = project.get("quota") if project.get("name") == name else None
+            if quota:
+                return max(1, min(quota.get("gpus", UNLIMITED), quota.get("notebooks", UNLIMITED)))
+        return UNLIMITED
+
+    # ------------------------------------------------------------ phases
+
+    async def placements(self, pool: ProcessPoolExecutor) -> None:
+        body = json.dumps({"framework": FRAMEWORK, "editor": EDITOR, "gpu": 1}).encode()
+        requests = [(self.tokens[i % len(self.tokens)], body) for i in range(self.args.notebooks)]
+        parts = _split(requests, self.args.workers)
+        concurrency = _shares(self.args.submit_concurrency, len(parts))
+        start_at = self.start_at()
+        results = await self.jobs(
+            pool,
+            "placements",
+            "submit",
+            [
+                {
+                    "port": self.port,
+                    "requests": part,
+                    "concurrency": share,
+                    "start_at": start_at,
+                    "placed_within_s": self.args.placed_within,
+                }
+                for part, share in zip(parts, concurrency, strict=True)
+            ],
+        )
+        placed_at = [t for r in results for t in r["placed_at"]]
+        self.placed = [tuple(p) for r in results for p in r["placed"]]
+        started = min(r["started"] for r in results)
+        rate, elapsed = report.placement_rate(placed_at, started)
+        self.figures.update(
+            placements_per_s=rate,
+            placement_s=elapsed,
+            notebooks_placed=len(placed_at),
+            submit_s=max(r["submitted"] for r in results) - started,
+            states_at_submit=report.merge_statuses(r["states_at_submit"] for r in results),
+        )
+        if len(placed_at) != self.args.notebooks:
+            queued = sum(r["still_queued"] for r in results)
+            errors = [e for r in results for e in r["errors"]][:3]
+            self.problem(
+                f"{len(placed_at)} of {self.args.notebooks} notebooks placed "
+                f"({queued} still QUEUED after {self.args.placed_within:.0f}s); {errors}"
+            )
+
+    async def heartbeats(self, pool: ProcessPoolExecutor, fleet: load.IdleFleet) -> None:
+        fleet.pause()
+        try:
+            start_at = self.start_at()
+            await self.jobs(
+                pool,
+                "heartbeats",
+                "heartbeat",
+                [
+                    {
+                        "port": self.port,
+                        "hosts": part,
+                        "gpus": self.args.gpus_per_host,
+                        "start_at": start_at,
+                        "duration_s": self.args.duration,
+                    }
+                    for part in _split(self.hosts, self.args.workers)
+                ],
+            )
+        finally:
+            fleet.resume()
+        ok = self.figures["statuses"]["heartbeats"].get("200", 0)
+        self.figures["heartbeats_per_s"] = ok / self.args.duration
+        self._check_errors("heartbeats")
+
+    async def latency(self, pool: ProcessPoolExecutor, kind: str) -> None:
+        if kind == "get":
+            if not self.placed:
+                raise SystemExit("bench-scheduler: the get phase needs placed notebooks")
+            targets: list[Any] = list(self.placed)
+            key = "targets"
+        else:
+            body = json.dumps({"framework": FRAMEWORK, "editor": EDITOR, "gpu": 0, "cpu": 1})
+            targets = [(token, body.encode()) for token in self.tokens]
+            key = "requests"
+        start_at = self.start_at()
+        workers = min(self.args.workers, self.args.clients)
+        results = await self.jobs(
+            pool,
+            kind,
+            kind,
+            [
+                {
+                    "port": self.port,
+                    "clients": share,
+                    key: targets,
+                    "start_at": start_at,
+                    "duration_s": self.args.duration,
+                }
+                for share in _shares(self.args.clients, workers)
+            ],
+        )
+        latencies = [ms for r in results for ms in r["latencies_ms"]]
+        self.figures[f"{kind}_p50_ms"] = report.percentile(latencies, 50)
+        self.figures[f"{kind}_p99_ms"] = report.percentile(latencies, 99)
+        self.figures[f"{kind}_requests"] = len(latencies)
+        self.figures[f"{kind}_per_s"] = len(latencies) / self.args.duration
+        self._check_errors(kind, [e for r in results for e in r["errors"]])
+
+    def _check_errors(self, phase: str, samples: list[str] | None = None) -> None:
+        statuses = self.figures["statuses"][phase]
+        odd = {s: n for s, n in statuses.items() if not s.startswith("2")}
+        if odd:
+            self.problem(f"{phase}: non-2xx replies {odd}; e.g. {(samples or [])[:2]}")
+
+    async def verify(self) -> None:
+        """Count, through the user API, the placed 1-GPU notebooks and the distinct GPUs they
+        hold: every notebook the placement phase saw placed must have a GPU of its own."""
+        holders = 0
+        gpus: set[str] = set()
+        for token in self.tokens:
+            status, body = await self.api.call("GET", "/v1/notebooks?state=STARTING", token=token)
+            if status != 200:
+                self.problem(f"GET /v1/notebooks?state=STARTING answered {status}: {body}")
+                return
+            for notebook in body["items"]:
+                if notebook["gpu"] == 1 and notebook.get("host"):
+                    holders += 1
+                    gpus.update(g["uuid"] for g in notebook.get("gpus", []))
+        self.figures["gpus_reserved"] = len(gpus)
+        placed = self.figures.get("notebooks_placed", 0)
+        if "placements" in self.phases and not (holders == len(gpus) == placed):
+            self.problem(
+                f"{placed} notebooks seen placed, but {holders} 1-GPU notebooks are STARTING "
+                f"on a host holding {len(gpus)} distinct GPUs"
+            )
+
+    # ------------------------------------------------------------ run
+
+    @property
+    def phases(self) -> list[str]:
+        return [p for p in self.args.phases.split(",") if p]
+
+    async def run(self) -> dict[str, Any]:
+        unknown = set(self.phases) - set(PHASES)
+        if unknown:
+            raise SystemExit(f"bench-scheduler: unknown phase(s) {sorted(unknown)}")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.args.workers, mp_context=context) as pool:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(
+                *(loop.run_in_executor(pool, load.warm_up, 0.5) for _ in range(self.args.workers))
+            )
+            await self.setup(pool)
+            fleet = load.IdleFleet(
+                self.port,
+                self.hosts,
+                self.args.gpus_per_host,
+                self.figures["heartbeat_interval_s"],
+                long_poll=self.args.long_poll,
+            )
+            fleet.start()
+            try:
+                if "placements" in self.phases:
+                    await self.placements(pool)
+                if "heartbeats" in self.phases:
+                    await self.heartbeats(pool, fleet)
+                if "get" in self.phases:
+                    await self.latency(pool, "get")
+                if "post" in self.phases:
+                    await self.latency(pool, "post")
+                await self.verify()
+            finally:
+                await fleet.stop()
+            self.figures["statuses"]["fleet_heartbeats"] = report.merge_statuses([fleet.heartbeats])
+            if fleet.long_poll:
+                self.figures["statuses"]["fleet_long_polls"] = report.merge_statuses([fleet.polls])
+            for failure in fleet.failures:
+                self.problem(f"background fleet: {failure}")
+        for key in report.HEADLINE:
+            self.figures.setdefault(key, None)
+        self.figures.setdefault("notebooks_placed", 0)
+        self.figures.setdefault("placement_s", 0.0)
+        self.figures.setdefault("get_requests", 0)
+        self.figures.setdefault("post_requests", 0)
+        self.figures.setdefault("gpus_reserved", None)
+        return self.figures
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _raise_fd_limit() -> None:
+    """Thousands of sockets on each side: take the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("bench-scheduler: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    if min(args.hosts, args.notebooks, args.clients, args.workers, args.submit_concurrency) < 1:
+        raise SystemExit("bench-scheduler: counts must be at least 1")
+    if args.profile is not None:
+        args.profile = args.profile.resolve()
+    _raise_fd_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="nbfleet-bench-scheduler-"))
+    bench = Bench(args, workdir)
+    failed = True
+    try:
+        figures = asyncio.run(bench.run())
+        failed = bool(figures["problems"])
+    except SchedulerDied as exc:
+        print(f"bench-scheduler: {exc}", file=sys.stderr)
+        print(f"bench-scheduler: kept {workdir}", file=sys.stderr)
+        return 2
+    finally:
+        bench.server.stop()
+        if args.keep or failed:
+            log.info("temporary directory kept: %s", workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(report.to_json(figures))
+    else:
+        print(report.format_table(figures))
+        print()
+        print(report.format_details(figures))
+    if args.profile is not None:
+        print_cprofile(args.profile)
+    if bench.py_spy is not None:
+        for path in bench.py_spy.outputs.values():
+            if path.exists():
+                print("\n" + summarize_collapsed(path), file=sys.stderr)
+    return 1 if failed else 0

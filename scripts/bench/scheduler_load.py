@@ -1,0 +1,445 @@
+"""The simulated fleet and users of scripts/bench-scheduler: what runs in its load processes.
+
+Each timed phase is a job that one load-generator process runs on its slice of the work
+(:func:`run_job`, called through a process pool): every process opens its connections first,
+sleeps until the shared wall-clock ``start_at``, then sends as fast as the scheduler answers,
+one request in flight per connection. Jobs return plain dicts (counts, wall-clock times,
+latencies in ms) that the parent merges.
+
+Simulated hosts speak the real agent protocol: ``POST /v1/agents/register`` and
+``/v1/agents/heartbeat`` with :class:`common.wire` bodies, signed per request. Their GPUs have
+stable fake UUIDs derived from the host id, so heartbeats name the GPUs the host registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.scheduler_http import Connection, HttpError, signed_call
+from common import wire
+
+GPU_MODEL = "NVIDIA H100 80GB HBM3"
+GPU_MEMORY_MB = 81559
+_GPU_NAMESPACE = uuid.UUID("6f1d3c1e-8a7b-4f43-9b0e-6a4c2d5e7f10")
+
+REGISTER = "/v1/agents/register"
+HEARTBEAT = "/v1/agents/heartbeat"
+NOTEBOOKS = "/v1/notebooks"
+
+
+@dataclass(frozen=True)
+class SimHost:
+    """One simulated agent: its host id and HMAC secret."""
+
+    id: str
+    secret: bytes
+
+
+def gpu_uuid(host_id: str, index: int) -> str:
+    return f"GPU-{uuid.uuid5(_GPU_NAMESPACE, f'{host_id}/{index}')}"
+
+
+def register_body(host_id: str, *, gpus: int, cpus: int, memory_mb: int) -> bytes:
+    return wire.encode(
+        wire.AgentRegister(
+            cpus=cpus,
+            memory_mb=memory_mb,
+            gpus=[
+                wire.GpuInfo(
+                    uuid=gpu_uuid(host_id, i),
+                    index=i,
+                    model=GPU_MODEL,
+                    memory_total_mb=GPU_MEMORY_MB,
+                )
+                for i in range(gpus)
+            ],
+            # Nothing listens there: the bench never asks the scheduler for logs.
+            agent_url="http://127.0.0.1:9",
+            version="bench",
+            labels={"bench": "scheduler"},
+        )
+    )
+
+
+def heartbeat_body(host_id: str, *, gpus: int, seed: int = 0) -> bytes:
+    rng = random.Random(f"{host_id}/{seed}")
+    return wire.encode(
+        wire.Heartbeat(
+            gpus=[
+                wire.GpuInfo(
+                    uuid=gpu_uuid(host_id, i),
+                    index=i,
+                    model=GPU_MODEL,
+                    memory_total_mb=GPU_MEMORY_MB,
+                    memory_used_mb=rng.randrange(0, GPU_MEMORY_MB),
+                    utilization_pct=rng.randrange(0, 101),
+                )
+                for i in range(gpus)
+            ]
+        )
+    )
+
+
+# ---------------------------------------------------------------- job plumbing
+
+
+def run_job(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Entry point in a load process: run one job to completion."""
+    started_cpu = time.process_time()
+    result = asyncio.run(_JOBS[kind](**spec))
+    result["loadgen_cpu_s"] = time.process_time() - started_cpu
+    return result
+
+
+def warm_up(seconds: float) -> int:
+    """Holds a pool process busy for a moment, so N warm-ups reach N distinct processes (all
+    imported and ready before anything is timed)."""
+    time.sleep(seconds)
+    return 1
+
+
+async def _sleep_until(wall_time: float) -> None:
+    delay = wall_time - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _open_all(port: int, count: int) -> list[Connection]:
+    connections = [Connection("127.0.0.1", port) for _ in range(count)]
+    for start in range(0, count, 100):
+        await asyncio.gather(*(c.open() for c in connections[start : start + 100]))
+    return connections
+
+
+def _close_all(connections: Sequence[Connection]) -> None:
+    for connection in connections:
+        connection.close()
+
+
+async def _drain(
+    connections: Sequence[Connection],
+    items: Sequence[Any],
+    one: Callable[[Connection, Any], Awaitable[None]],
+) -> None:
+    """Every item through ``one``, one item in flight per connection."""
+    cursor = iter(items)
+
+    async def worker(connection: Connection) -> None:
+        for item in cursor:
+            await one(connection, item)
+
+    await asyncio.gather(*(worker(c) for c in connections))
+
+
+# ---------------------------------------------------------------- jobs
+
+
+async def register_hosts(
+    port: int, hosts: list[SimHost], gpus: int, cpus: int, memory_mb: int, concurrency: int
+) -> dict[str, Any]:
+    statuses: Counter[int] = Counter()
+    intervals: set[float] = set()
+    connections = await _open_all(port, min(concurrency, len(hosts)) or 1)
+
+    async def one(connection: Connection, host: SimHost) -> None:
+        body = register_body(host.id, gpus=gpus, cpus=cpus, memory_mb=memory_mb)
+        status, reply = await signed_call(connection, host.secret, host.id, "POST", REGISTER, body)
+        statuses[status] += 1
+        if status == 200:
+            intervals.add(json.loads(reply)["heartbeat_interval_s"])
+
+    started = time.time()
+    await _drain(connections, hosts, one)
+    finished = time.time()
+    _close_all(connections)
+    return {
+        "statuses": dict(statuses),
+        "started": started,
+        "finished": finished,
+        "heartbeat_interval_s": max(intervals, default=0.0),
+    }
+
+
+async def submit_notebooks(
+    port: int,
+    requests: list[tuple[str, bytes]],
+    concurrency: int,
+    start_at: float,
+    placed_within_s: float,
+) -> dict[str, Any]:
+    """POST every ``(token, body)``; then poll the QUEUED ones until placed (STARTING) or
+    ``placed_within_s`` has passed. ``placed_at`` holds the wall time each placement was seen."""
+    connections = await _open_all(port, min(concurrency, len(requests)) or 1)
+    statuses: Counter[int] = Counter()
+    states: Counter[str] = Counter()
+    placed_at: list[float] = []
+    placed: list[tuple[str, str]] = []
+    queued: list[tuple[str, str]] = []
+    errors: list[str] = []
+
+    async def submit(connection: Connection, request: tuple[str, bytes]) -> None:
+        token, body = request
+        headers = {"Authorization": f"Bearer {token}"}
+        status, reply = await connection.request("POST", NOTEBOOKS, body, headers)
+        now = time.time()
+        statuses[status] += 1
+        if status != 201:
+            if len(errors) < 5:
+                errors.append(f"HTTP {status}: {reply[:300].decode(errors='replace')}")
+            return
+        notebook = json.loads(reply)
+        states[notebook["state"]] += 1
+        if notebook["state"] == "STARTING":
+            placed_at.append(now)
+            placed.append((token, notebook["id"]))
+        elif notebook["state"] == "QUEUED":
+            queued.append((token, notebook["id"]))
+
+    await _sleep_until(start_at)
+    started = time.time()
+    await _drain(connections, requests, submit)
+    submitted = time.time()
+    still_queued = await _poll_until_placed(
+        connections, queued, placed_at, placed, deadline=submitted + placed_within_s
+    )
+    _close_all(connections)
+    return {
+        "statuses": dict(statuses),
+        "states_at_submit": dict(states),
+        "placed_at": placed_at,
+        "placed": placed,
+        "still_queued": still_queued,
+        "started": started,
+        "submitted": submitted,
+        "errors": errors,
+    }
+
+
+async def _poll_until_placed(
+    connections: Sequence[Connection],
+    queued: list[tuple[str, str]],
+    placed_at: list[float],
+    placed: list[tuple[str, str]],
+    *,
+    deadline: float,
+) -> int:
+    """GET each queued notebook until it leaves QUEUED; a notebook that goes anywhere but
+    STARTING is not counted as placed. Returns how many were still QUEUED at the deadline."""
+    waiting = list(queued)
+    still: list[tuple[str, str]] = []
+
+    async def check(connection: Connection, item: tuple[str, str]) -> None:
+        token, notebook_id = item
+        headers = {"Authorization": f"Bearer {token}"}
+        path = f"{NOTEBOOKS}/{notebook_id}"
+        status, reply = await connection.request("GET", path, b"", headers)
+        state = json.loads(reply).get("state") if status == 200 else None
+        if state == "QUEUED":
+            still.append(item)
+        elif state == "STARTING":
+            placed_at.append(time.time())
+            placed.append(item)
+
+    while waiting and time.time() < deadline:
+        await _drain(connections, waiting, check)
+        waiting, still = still, []
+        if waiting:
+            await asyncio.sleep(0.05)
+    return len(waiting)
+
+
+async def heartbeat_storm(
+    port: int, hosts: list[SimHost], gpus: int, start_at: float, duration_s: float
+) -> dict[str, Any]:
+    """Every host sends heartbeats back to back on its own connection for ``duration_s``;
+    replies that arrive after the window are not counted."""
+    connections = await _open_all(port, len(hosts))
+    bodies = [heartbeat_body(h.id, gpus=gpus) for h in hosts]
+    statuses: Counter[int] = Counter()
+    end = start_at + duration_s
+
+    async def agent(connection: Connection, host: SimHost, body: bytes) -> None:
+        while time.time() < end:
+            status, _ = await signed_call(connection, host.secret, host.id, "POST", HEARTBEAT, body)
+            if time.time() <= end:
+                statuses[status] += 1
+
+    await _sleep_until(start_at)
+    agents = zip(connections, hosts, bodies, strict=True)
+    await asyncio.gather(*(agent(c, h, b) for c, h, b in agents))
+    _close_all(connections)
+    return {"statuses": dict(statuses), "window_s": duration_s}
+
+
+async def latency_get(
+    port: int, clients: int, targets: list[tuple[str, str]], start_at: float, duration_s: float
+) -> dict[str, Any]:
+    """``clients`` closed-loop users, each GETting random notebooks of ``targets``
+    (``(token, notebook id)``) for ``duration_s``."""
+
+    def next_request(rng: random.Random) -> tuple[str, str, bytes, dict[str, str]]:
+        token, notebook_id = rng.choice(targets)
+        return "GET", f"{NOTEBOOKS}/{notebook_id}", b"", {"Authorization": f"Bearer {token}"}
+
+    return await _closed_loop(port, clients, next_request, start_at, duration_s, 200)
+
+
+async def latency_post(
+    port: int, clients: int, requests: list[tuple[str, bytes]], start_at: float, duration_s: float
+) -> dict[str, Any]:
+    """``clients`` closed-loop users, each POSTing notebooks (``(token, body)`` picked at
+    random) for ``duration_s``."""
+
+    def next_request(rng: random.Random) -> tuple[str, str, bytes, dict[str, str]]:
+        token, body = rng.choice(requests)
+        return "POST", NOTEBOOKS, body, {"Authorization": f"Bearer {token}"}
+
+    return await _closed_loop(port, clients, next_request, start_at, duration_s, 201)
+
+
+async def _closed_loop(
+    port: int,
+    clients: int,
+    next_request: Callable[[random.Random], tuple[str, str, bytes, dict[str, str]]],
+    start_at: float,
+    duration_s: float,
+    expected: int,
+) -> dict[str, Any]:
+    """Latency (ms) of every request that got ``expected`` and finished inside the window."""
+    connections = await _open_all(port, clients)
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors: list[str] = []
+    end = start_at + duration_s
+
+    async def client(connection: Connection, seed: int) -> None:
+        rng = random.Random(seed)
+        while time.time() < end:
+            method, path, body, headers = next_request(rng)
+            sent = time.perf_counter()
+            status, reply = await connection.request(method, path, body, headers)
+            elapsed_ms = (time.perf_counter() - sent) * 1000.0
+            if time.time() > end:
+                break
+            statuses[status] += 1
+            if status == expected:
+                latencies.append(elapsed_ms)
+            elif len(errors) < 5:
+                text = reply[:300].decode(errors="replace")
+                errors.append(f"{method} {path}: HTTP {status}: {text}")
+
+    await _sleep_until(start_at)
+    await asyncio.gather(*(client(c, i) for i, c in enumerate(connections)))
+    _close_all(connections)
+    return {"statuses": dict(statuses), "latencies_ms": latencies, "errors": errors}
+
+
+_JOBS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "register": register_hosts,
+    "submit": submit_notebooks,
+    "heartbeat": heartbeat_storm,
+    "get": latency_get,
+    "post": latency_post,
+}
+
+
+# ---------------------------------------------------------------- the fleet between phases
+
+
+class IdleFleet:
+    """The fleet's normal background traffic, run in the parent between and during the timed
+    phases: every host heartbeats once per ``interval_s`` (spread evenly), so hosts stay
+    fresh for placement. Paused while the heartbeat phase measures. With ``long_poll`` every
+    host also holds ``GET /v1/agents/assignments?since=V&wait=25`` open, as a real agent does,
+    and asks again whenever it is answered (a placement on it wakes it)."""
+
+    def __init__(
+        self,
+        port: int,
+        hosts: list[SimHost],
+        gpus: int,
+        interval_s: float,
+        *,
+        long_poll: bool = False,
+        senders: int = 16,
+    ) -> None:
+        self.port = port
+        self.hosts = hosts
+        self.gpus = gpus
+        self.interval_s = interval_s
+        self.long_poll = long_poll
+        self.senders = min(senders, len(hosts)) or 1
+        self.running = asyncio.Event()
+        self.heartbeats: Counter[int] = Counter()
+        self.polls: Counter[int] = Counter()
+        self.failures: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.running.set()
+        bodies = [heartbeat_body(h.id, gpus=self.gpus, seed=1) for h in self.hosts]
+        for k in range(self.senders):
+            mine = list(zip(self.hosts[k :: self.senders], bodies[k :: self.senders], strict=True))
+            self._tasks.append(asyncio.create_task(self._heartbeats(k, mine)))
+        if self.long_poll:
+            self._tasks.extend(asyncio.create_task(self._poll(h)) for h in self.hosts)
+
+    def pause(self) -> None:
+        self.running.clear()
+
+    def resume(self) -> None:
+        self.running.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _heartbeats(self, k: int, mine: list[tuple[SimHost, bytes]]) -> None:
+        connection = Connection("127.0.0.1", self.port)
+        gap = self.interval_s / max(len(self.hosts), 1)
+        # Sender k sends hosts k, k+senders, ...: one host every `gap` seconds fleet-wide.
+        await asyncio.sleep(gap * k)
+        while True:
+            for host, body in mine:
+                await self.running.wait()
+                started = time.monotonic()
+                try:
+                    status, _ = await signed_call(
+                        connection, host.secret, host.id, "POST", HEARTBEAT, body
+                    )
+                    self.heartbeats[status] += 1
+                except HttpError as exc:
+                    self._failed(f"heartbeat host={host.id}: {exc}")
+                await asyncio.sleep(max(0.0, gap * self.senders - (time.monotonic() - started)))
+
+    async def _poll(self, host: SimHost) -> None:
+        connection = Connection("127.0.0.1", self.port)
+        since: int | None = None
+        while True:
+            path = "/v1/agents/assignments" + ("" if since is None else f"?since={since}&wait=25")
+            try:
+                status, reply = await signed_call(
+                    connection, host.secret, host.id, "GET", path, b""
+                )
+            except HttpError as exc:
+                self._failed(f"assignments host={host.id}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
+            self.polls[status] += 1
+            if status == 200:
+                since = json.loads(reply)["version"]
+            else:
+                await asyncio.sleep(1.0)
+
+    def _failed(self, message: str) -> None:
+        if len(self.failures) < 5:
+            self.failures.append(message)

@@ -1,0 +1,158 @@
+"""The scheduler process scripts/bench-scheduler measures: its temporary config, start, stop.
+
+The scheduler is this checkout's ``python -m scheduler.main run`` on 127.0.0.1 and a free
+port, with its database, admin token and agent secrets in the bench's temporary directory and
+its stderr in ``scheduler.log`` there. Project quota defaults in the config are raised far above
+what the bench submits, so quotas never decide a placement figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.scheduler_http import Api, Connection, HttpError
+
+FRAMEWORK = "bench"
+EDITOR = "bench-editor"
+
+#: Large enough for any bench run, within the API's QuotaUpdate limits.
+QUOTA = {"gpus": 100_000, "cpus": 1_000_000, "notebooks": 100_000}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(workdir: Path, port: int) -> Path:
+    """A scheduler TOML with a one-framework catalog; returns its path."""
+    config = workdir / "scheduler.toml"
+    config.write_text(
+        f"""\
+listen = "127.0.0.1:{port}"
+database = "{workdir / "scheduler.db"}"
+admin_token_file = "{workdir / "admin.token"}"
+agent_secrets_dir = "{workdir / "agents"}"
+
+[quota]
+gpus = {QUOTA["gpus"]}
+cpus = {QUOTA["cpus"]}
+notebooks = {QUOTA["notebooks"]}
+
+[catalog.frameworks.{FRAMEWORK}]
+image = "nbfleet/bench:latest"
+editors = ["{EDITOR}"]
+
+[catalog.editors.{EDITOR}]
+port = 8080
+command = ["busybox", "httpd", "-f", "-p", "{{port}}"]
+url_path = "/?token={{token}}"
+"""
+    )
+    return config
+
+
+class SchedulerDied(Exception):
+    """The scheduler process exited while the bench needed it; the message has its log tail."""
+
+
+class SchedulerProcess:
+    """``python -m scheduler.main run`` from ``repo``, optionally under cProfile."""
+
+    def __init__(
+        self,
+        repo: Path,
+        config: Path,
+        port: int,
+        log_path: Path,
+        *,
+        log_level: str = "INFO",
+        profile_to: Path | None = None,
+    ) -> None:
+        self.repo = repo
+        self.config = config
+        self.port = port
+        self.log_path = log_path
+        self.log_level = log_level
+        self.profile_to = profile_to
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        profiler = [] if self.profile_to is None else ["-m", "cProfile", "-o", str(self.profile_to)]
+        argv = [sys.executable, *profiler, "-m", "scheduler.main", "run"]
+        argv += ["--config", str(self.config), "--log-level", self.log_level]
+        env = {**os.environ, "PYTHONPATH": str(self.repo)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, cwd=self.repo, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        """Raise :class:`SchedulerDied` with the log tail if the process has exited."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        raise SchedulerDied(
+            f"the scheduler exited with code {self.proc.returncode}; "
+            f"last lines of {self.log_path}:\n{self.log_tail()}"
+        )
+
+    async def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        api = Api(Connection("127.0.0.1", self.port))
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                status, _ = await api.call("GET", "/health")
+                if status == 200:
+                    api.connection.close()
+                    return
+                last = f"HTTP {status}"
+            except HttpError as exc:
+                last = str(exc)
+            await asyncio.sleep(0.1)
+        raise SchedulerDied(
+            f"the scheduler did not answer GET /health within {timeout_s:.0f}s ({last}); "
+            f"last lines of {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the scheduler has used so far (Linux /proc), 0 if unknown."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        # Fields 14 and 15 of stat(5) (utime, stime), counted after the ")" of the name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM (the scheduler shuts down cleanly and cProfile writes its file), then
+        SIGKILL if it is still there after ``timeout_s``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
