@@ -10,7 +10,9 @@ intervals.
 notebooks go to ERROR with reason "host lost" (billed up to its last heartbeat) and its GPUs
 stop being offered (placement takes ready hosts only). A notebook with ``restart_on_timeout``
 is flagged to be started again elsewhere from its last workspace snapshot. A lost host that
-heartbeats again is told to register, and registering makes it ready.
+heartbeats again is told to register, and registering makes it ready. For one TTL after the
+scheduler starts nobody is declared lost: silence while the scheduler itself was down says
+nothing about the hosts.
 
 **Cordon** stops new placements on a host; **drain** also stops what runs there (notebooks with
 ``restart_on_timeout`` are started again on another host once stopped); **uncordon** undoes
@@ -55,10 +57,13 @@ class HostService:
         #: Hosts known and not lost; a heartbeat from anything else is told to register.
         self._alive: set[str] = set()
         self._loaded = False
+        #: The scheduler heard nobody while it was down: silence counts from its start.
+        self._started_at = clock()
 
     # ------------------------------------------------------------ liveness
 
     async def load(self) -> None:
+        self._started_at = self.clock()
         async with self.db.read() as tx:
             rows = await tx.all("SELECT id FROM hosts WHERE state != 'lost'")
         self._alive = {r["id"] for r in rows}
@@ -121,6 +126,8 @@ class HostService:
     async def mark_lost(self, tx: Tx, *, now: float) -> list[str]:
         """Declare hosts silent for longer than the TTL lost; returns their ids."""
         ttl = self.ttl_s
+        if now - self._started_at <= ttl:
+            return []  # right after a restart: agents have not had a TTL to reach us yet
         rows = await tx.all(
             "SELECT id, last_heartbeat FROM hosts WHERE state != 'lost' AND last_heartbeat < ?",
             (now - ttl,),

@@ -225,3 +225,22 @@ async def test_usage_report_periods_groups_and_errors(
     admin = await harness.call("GET", f"/v1/admin/usage?from={start}", token=harness.admin_token)
     assert [r["group"] for r in admin.json["items"]] == ["alpha"]
     assert admin.json["group_by"] == "project"
+
+
+async def test_a_scheduler_outage_does_not_make_every_host_lost(
+    harness: Harness, project: Tokens, host: Agent
+) -> None:
+    nb = (await project.run(gpu=1)).json
+    await host.report(nb["id"], "RUNNING", url="u")
+    await harness.close()
+    harness.clock.advance(600)  # the scheduler was down for ten minutes
+    await harness.start()
+    await harness.tick()
+    assert (await project.get(nb["id"]))["state"] == "RUNNING"
+    await host.heartbeat()
+    harness.clock.advance(TTL - 1)
+    await harness.tick()
+    assert (await project.get(nb["id"]))["state"] == "RUNNING"
+    harness.clock.advance(2)  # now really silent for longer than the TTL
+    await harness.tick()
+    assert (await project.get(nb["id"]))["state"] == "ERROR"
