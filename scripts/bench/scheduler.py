@@ -49,9 +49,7 @@ import logging
 import math
 import multiprocessing
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,17 +57,26 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import scheduler_fleet as fleet
 from bench import scheduler_load as load
 from bench import scheduler_report as report
 from bench.scheduler_http import Api, Connection, HttpError
-from bench.scheduler_profile import PySpy, machine_busy_seconds, print_cprofile, summarize_collapsed
+from bench.scheduler_profile import (
+    PySpy,
+    machine_busy_seconds,
+    print_cprofile,
+    summarize_collapsed,
+    summarize_sql,
+)
 from bench.scheduler_server import (
     EDITOR,
     FRAMEWORK,
     QUOTA,
     SchedulerDied,
     SchedulerProcess,
+    checkout_commit,
     free_port,
+    raise_fd_limit,
     write_config,
 )
 from scheduler.secrets import ensure_admin_token, ensure_agent_secret
@@ -93,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host-cpus", type=int, default=128, help="CPUs per host (128)")
     parser.add_argument(
         "--notebooks", type=int, default=5000, help="1-GPU notebooks submitted at once (5000)"
+    )
+    parser.add_argument(
+        "--projects",
+        type=int,
+        default=1,
+        help="projects the notebooks are spread over, round-robin (1: one big project)",
     )
     parser.add_argument(
         "--submit-concurrency", type=int, default=200, help="submissions in flight (200)"
@@ -127,19 +140,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="sample the scheduler with py-spy during each phase into DIR/<phase>.txt",
     )
+    parser.add_argument(
+        "--sql-stats",
+        type=Path,
+        metavar="DIR",
+        help="time every SQL statement the scheduler runs, per phase, into DIR",
+    )
     parser.add_argument("--scheduler-log-level", default="INFO", help="scheduler --log-level")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
-
-
-def _split(items: list[Any], parts: int) -> list[list[Any]]:
-    """Round-robin slices (every slice gets a share of every project and host)."""
-    return [items[i::parts] for i in range(parts) if items[i::parts]]
-
-
-def _shares(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 class Bench:
@@ -155,6 +165,7 @@ class Bench:
             workdir / "scheduler.log",
             log_level=args.scheduler_log_level,
             profile_to=args.profile,
+            sql_stats_dir=args.sql_stats,
         )
         self.api = Api(Connection("127.0.0.1", self.port))
         self.admin = ""
@@ -167,17 +178,18 @@ class Bench:
             "load_processes": args.workers,
             "long_poll": args.long_poll,
             "cpus": os.cpu_count(),
-            "commit": _commit(),
+            "commit": checkout_commit(REPO),
             "statuses": {},
             "scheduler_cpu_s": {},
             "loadgen_cpu_s": {},
             "other_cpu_s": {},
             "problems": [],
         }
-        self.hosts: list[load.SimHost] = []
+        self.hosts: list[fleet.SimHost] = []
         self.tokens: list[str] = []
         self.placed: list[tuple[str, str]] = []
         self.py_spy = PySpy(args.py_spy) if args.py_spy is not None else None
+        self.sql: dict[str, dict[str, list[float]]] = {}
 
     # ------------------------------------------------------------ helpers
 
@@ -194,6 +206,7 @@ class Bench:
         scheduler_before = self.server.cpu_seconds()
         machine_before = machine_busy_seconds()
         parent_before = time.process_time()
+        await self.server.sql_stats()
         if self.py_spy is not None:
             self.py_spy.start(self.server.pid, phase)
         futures = [asyncio.wrap_future(pool.submit(load.run_job, kind, spec)) for spec in specs]
@@ -207,6 +220,8 @@ class Bench:
                 self.py_spy.stop()
         self.server.check_alive()
         scheduler_cpu = self.server.cpu_seconds() - scheduler_before
+        if self.args.sql_stats is not None:
+            self.sql[phase] = await self.server.sql_stats()
         loadgen_cpu = sum(r["loadgen_cpu_s"] for r in results)
         loadgen_cpu += time.process_time() - parent_before
         others = machine_busy_seconds() - machine_before - scheduler_cpu - loadgen_cpu
@@ -227,7 +242,7 @@ class Bench:
         self.admin = ensure_admin_token(self.workdir / "admin.token")
         secrets_dir = self.workdir / "agents"
         self.hosts = [
-            load.SimHost(id=host_id, secret=ensure_agent_secret(secrets_dir, host_id).encode())
+            fleet.SimHost(id=host_id, secret=ensure_agent_secret(secrets_dir, host_id).encode())
             for host_id in (f"bench-host-{i:05d}" for i in range(self.args.hosts))
         ]
         self.server.start()
@@ -246,7 +261,7 @@ class Bench:
                     "memory_mb": HOST_MEMORY_MB,
                     "concurrency": 50,
                 }
-                for part in _split(self.hosts, self.args.workers)
+                for part in load.split(self.hosts, self.args.workers)
             ],
         )
         registered = self.figures["statuses"]["register"].get("200", 0)
@@ -274,7 +289,7 @@ class Bench:
             raise SystemExit(f"bench-scheduler: raising the quota failed: HTTP {status} {body}")
         else:
             self.figures["quota"] = "raised with PATCH"
-        count = max(1, math.ceil(self.args.notebooks / room))
+        count = max(self.args.projects, math.ceil(self.args.notebooks / room))
         for n in range(1, count):
             project = {"name": f"bench-{n}"}
             status, body = await self.admin_call("POST", "/v1/admin/projects", project)
@@ -305,8 +320,8 @@ class Bench:
     async def placements(self, pool: ProcessPoolExecutor) -> None:
         body = json.dumps({"framework": FRAMEWORK, "editor": EDITOR, "gpu": 1}).encode()
         requests = [(self.tokens[i % len(self.tokens)], body) for i in range(self.args.notebooks)]
-        parts = _split(requests, self.args.workers)
-        concurrency = _shares(self.args.submit_concurrency, len(parts))
+        parts = load.split(requests, self.args.workers)
+        concurrency = load.shares(self.args.submit_concurrency, len(parts))
         start_at = self.start_at()
         results = await self.jobs(
             pool,
@@ -342,8 +357,8 @@ class Bench:
                 f"({queued} still QUEUED after {self.args.placed_within:.0f}s); {errors}"
             )
 
-    async def heartbeats(self, pool: ProcessPoolExecutor, fleet: load.IdleFleet) -> None:
-        fleet.pause()
+    async def heartbeats(self, pool: ProcessPoolExecutor, idle: fleet.IdleFleet) -> None:
+        idle.pause()
         try:
             start_at = self.start_at()
             await self.jobs(
@@ -358,11 +373,11 @@ class Bench:
                         "start_at": start_at,
                         "duration_s": self.args.duration,
                     }
-                    for part in _split(self.hosts, self.args.workers)
+                    for part in load.split(self.hosts, self.args.workers)
                 ],
             )
         finally:
-            fleet.resume()
+            idle.resume()
         ok = self.figures["statuses"]["heartbeats"].get("200", 0)
         self.figures["heartbeats_per_s"] = ok / self.args.duration
         self._check_errors("heartbeats")
@@ -391,7 +406,7 @@ class Bench:
                     "start_at": start_at,
                     "duration_s": self.args.duration,
                 }
-                for share in _shares(self.args.clients, workers)
+                for share in load.shares(self.args.clients, workers)
             ],
         )
         latencies = [ms for r in results for ms in r["latencies_ms"]]
@@ -446,30 +461,30 @@ class Bench:
                 *(loop.run_in_executor(pool, load.warm_up, 0.5) for _ in range(self.args.workers))
             )
             await self.setup(pool)
-            fleet = load.IdleFleet(
+            idle = fleet.IdleFleet(
                 self.port,
                 self.hosts,
                 self.args.gpus_per_host,
                 self.figures["heartbeat_interval_s"],
                 long_poll=self.args.long_poll,
             )
-            fleet.start()
+            idle.start()
             try:
                 if "placements" in self.phases:
                     await self.placements(pool)
                 if "heartbeats" in self.phases:
-                    await self.heartbeats(pool, fleet)
+                    await self.heartbeats(pool, idle)
                 if "get" in self.phases:
                     await self.latency(pool, "get")
                 if "post" in self.phases:
                     await self.latency(pool, "post")
                 await self.verify()
             finally:
-                await fleet.stop()
-            self.figures["statuses"]["fleet_heartbeats"] = report.merge_statuses([fleet.heartbeats])
-            if fleet.long_poll:
-                self.figures["statuses"]["fleet_long_polls"] = report.merge_statuses([fleet.polls])
-            for failure in fleet.failures:
+                await idle.stop()
+            self.figures["statuses"]["fleet_heartbeats"] = report.merge_statuses([idle.heartbeats])
+            if idle.long_poll:
+                self.figures["statuses"]["fleet_long_polls"] = report.merge_statuses([idle.polls])
+            for failure in idle.failures:
                 self.problem(f"background fleet: {failure}")
         for key in report.HEADLINE:
             self.figures.setdefault(key, None)
@@ -481,36 +496,21 @@ class Bench:
         return self.figures
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-def _raise_fd_limit() -> None:
-    """Thousands of sockets on each side: take the hard limit (children inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("bench-scheduler: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    if min(args.hosts, args.notebooks, args.clients, args.workers, args.submit_concurrency) < 1:
+    counts = (args.hosts, args.notebooks, args.clients, args.workers, args.submit_concurrency)
+    if min(*counts, args.projects) < 1:
         raise SystemExit("bench-scheduler: counts must be at least 1")
     if args.profile is not None:
         args.profile = args.profile.resolve()
-    _raise_fd_limit()
+    if args.sql_stats is not None:
+        args.sql_stats = args.sql_stats.resolve()
+        shutil.rmtree(args.sql_stats, ignore_errors=True)
+    raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="nbfleet-bench-scheduler-"))
     bench = Bench(args, workdir)
     failed = True
@@ -535,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_details(figures))
     if args.profile is not None:
         print_cprofile(args.profile)
+    for phase, stats in bench.sql.items():
+        print("\n" + summarize_sql(phase, stats), file=sys.stderr)
     if bench.py_spy is not None:
         for path in bench.py_spy.outputs.values():
             if path.exists():

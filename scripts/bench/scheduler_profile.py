@@ -121,6 +121,20 @@ def summarize_collapsed(path: Path, top: int = 20) -> str:
     return "\n".join(lines)
 
 
+def summarize_sql(phase: str, stats: dict[str, list[float]], top: int = 15) -> str:
+    """The statements that took the most sqlite time in a phase (bench/scheduler_sqltrace.py)."""
+    total = sum(seconds for _, seconds in stats.values())
+    lines = [f"SQL during {phase}: {total:.2f}s in sqlite, top statements by time:"]
+    ranked = sorted(stats.items(), key=lambda item: -item[1][1])[:top]
+    for sql, (count, seconds) in ranked:
+        text = " ".join(sql.split())
+        text = text if len(text) <= 110 else text[:107] + "..."
+        lines.append(
+            f"  {seconds:7.2f}s {int(count):7d}x {1e6 * seconds / max(count, 1):8.0f}us  {text}"
+        )
+    return "\n".join(lines)
+
+
 def _short(frame: str) -> str:
     """``func (file:line)`` with the file shortened to its last two path parts."""
     match = _FRAME.match(frame)

@@ -110,7 +110,8 @@ def format_details(figures: Mapping[str, Any]) -> str:
     lines = [
         f"hosts {figures['hosts']} x {figures['gpus_per_host']} GPUs, "
         f"notebooks {figures['notebooks']} (placed {figures['notebooks_placed']}, "
-        f"{figures['gpus_reserved']} GPUs reserved), clients {figures['clients']}, "
+        f"{figures['gpus_reserved']} GPUs reserved) in {figures.get('projects', '?')} "
+        f"project(s), clients {figures['clients']}, "
         f"phase duration {figures['duration_s']}s",
         f"load generator: {figures['load_processes']} process(es) + the parent "
         f"(background fleet: heartbeat every {figures['heartbeat_interval_s']}s per host"

@@ -9,7 +9,9 @@ what the bench submits, so quotas never decide a placement figure.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -60,6 +62,25 @@ url_path = "/?token={{token}}"
     return config
 
 
+def checkout_commit(repo: Path) -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def raise_fd_limit() -> None:
+    """Thousands of sockets on each side: take the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class SchedulerDied(Exception):
     """The scheduler process exited while the bench needed it; the message has its log tail."""
 
@@ -76,6 +97,7 @@ class SchedulerProcess:
         *,
         log_level: str = "INFO",
         profile_to: Path | None = None,
+        sql_stats_dir: Path | None = None,
     ) -> None:
         self.repo = repo
         self.config = config
@@ -83,13 +105,18 @@ class SchedulerProcess:
         self.log_path = log_path
         self.log_level = log_level
         self.profile_to = profile_to
+        self.sql_stats_dir = sql_stats_dir
+        self._sql_dumps = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         profiler = [] if self.profile_to is None else ["-m", "cProfile", "-o", str(self.profile_to)]
-        argv = [sys.executable, *profiler, "-m", "scheduler.main", "run"]
+        entry = ["-m", "scheduler.main"]
+        if self.sql_stats_dir is not None:
+            entry = ["-m", "bench.scheduler_sqltrace", str(self.sql_stats_dir)]
+        argv = [sys.executable, *profiler, *entry, "run"]
         argv += ["--config", str(self.config), "--log-level", self.log_level]
-        env = {**os.environ, "PYTHONPATH": str(self.repo)}
+        env = {**os.environ, "PYTHONPATH": f"{self.repo}{os.pathsep}{self.repo / 'scripts'}"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv, cwd=self.repo, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
@@ -144,6 +171,22 @@ class SchedulerProcess:
             return 0.0
         # Fields 14 and 15 of stat(5) (utime, stime), counted after the ")" of the name.
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def sql_stats(self, timeout_s: float = 10.0) -> dict[str, list[float]]:
+        """With ``sql_stats_dir``: the statements timed since the previous call,
+        ``{sql: [executions, seconds]}`` (see bench/scheduler_sqltrace.py); else empty."""
+        if self.sql_stats_dir is None:
+            return {}
+        target = self.sql_stats_dir / f"{self._sql_dumps}.json"
+        self._sql_dumps += 1
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while not target.exists():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise SchedulerDied(f"the scheduler wrote no SQL statistics to {target}")
+            await asyncio.sleep(0.02)
+        return json.loads(target.read_text())
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM (the scheduler shuts down cleanly and cProfile writes its file), then

@@ -15,9 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench import scheduler_report as report  # noqa: E402
+from bench.scheduler_fleet import gpu_uuid, heartbeat_body, register_body  # noqa: E402
 from bench.scheduler_http import HttpError, _parse_head  # noqa: E402
-from bench.scheduler_load import gpu_uuid, heartbeat_body, register_body  # noqa: E402
-from bench.scheduler_profile import summarize_collapsed  # noqa: E402
+from bench.scheduler_load import shares, split  # noqa: E402
+from bench.scheduler_profile import summarize_collapsed, summarize_sql  # noqa: E402
 
 from common import wire  # noqa: E402
 
@@ -97,6 +98,23 @@ def test_collapsed_stacks_summary(tmp_path):
     assert "4 samples" in summary
     assert "75.0%  heartbeat (scheduler/hosts.py)" in summary
     assert "100.0%  run (scheduler/main.py)" in summary
+
+
+def test_sql_summary_ranks_statements_by_time():
+    summary = summarize_sql(
+        "post", {"COMMIT": [10, 0.001], "SELECT   SUM(gpu)\n FROM notebooks": [4, 0.008]}
+    )
+    lines = summary.splitlines()
+    assert lines[0] == "SQL during post: 0.01s in sqlite, top statements by time:"
+    assert lines[1].split() == ["0.01s", "4x", "2000us", "SELECT", "SUM(gpu)", "FROM", "notebooks"]
+    assert lines[2].split()[-1] == "COMMIT"
+
+
+def test_work_is_split_round_robin_over_load_processes():
+    assert split(list(range(7)), 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert split([1], 4) == [[1]]
+    assert shares(200, 3) == [67, 67, 66]
+    assert sum(shares(5, 2)) == 5
 
 
 def test_tiny_run_measures_every_figure_and_places_every_notebook():
