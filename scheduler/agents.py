@@ -200,7 +200,15 @@ class AgentService:
             )
         try:
             changed = await change_state(
-                tx, row, item.state, item.reason, now=now, board=self.board, url=item.url
+                tx,
+                row,
+                item.state,
+                item.reason,
+                now=now,
+                board=self.board,
+                url=item.url,
+                # A report that waited out a scheduler outage bills up to when it happened.
+                billed_until=min(now, item.at),
             )
         except InvalidTransition as exc:
             return wire.TransitionResult(item.notebook, "refused", current, str(exc))
@@ -219,9 +227,9 @@ class AgentService:
         async with self.db.transaction() as tx:
             for item in items:
                 row = await tx.one("SELECT * FROM notebooks WHERE id = ?", (item.notebook,))
-                if row is None or _assigned_host(row) != host_id:
+                if row is None or _assigned_host(row) != host_id or row["state"] not in ON_HOST:
                     log.info(
-                        "notebook=%s host=%s usage for a notebook not on this host; dropped",
+                        "notebook=%s host=%s usage for a notebook this host does not run; dropped",
                         item.notebook,
                         host_id,
                     )

@@ -46,10 +46,20 @@ def test_two_gpu_notebook_lands_on_the_host_with_two_free_gpus(cluster, notebook
     status, _ = fetch(running["url"])
     assert status < 500
 
-    # No host has two free GPUs any more: refused at once, nothing stored.
+    # No host has two free GPUs any more: the request waits in the queue, with its position.
+    queued = run_tiny(cluster, notebooks, "httpd", "--gpu", "2")
+    assert queued["state"] == "QUEUED" and queued["host"] is None
+    assert (
+        "QUEUED: waiting for 2 GPUs, position 1"
+        in cluster.cli("notebook", "get", queued["id"]).stdout
+    )
+    cluster.cli("notebook", "delete", queued["id"])
+    assert cluster.notebook(queued["id"])["state"] == "DELETED"  # it never ran anywhere
+    # Over the project's quota of 4 GPUs (2 in use): refused at once, naming the limit.
     before = cluster.api("GET", "/v1/notebooks")["items"]
-    refused = cluster.cli("notebook", "run", "tiny", "httpd", "--gpu", "2", check=False)
-    assert refused.returncode == 1 and "2 free GPU" in refused.stderr
+    refused = cluster.cli("notebook", "run", "tiny", "httpd", "--gpu", "3", check=False)
+    assert refused.returncode == 1
+    assert "GPUs in use 2 + 3 requested would exceed the quota of 4" in refused.stderr
     assert len(cluster.api("GET", "/v1/notebooks")["items"]) == len(before)
 
     # list filters by label and state; get shows host, GPUs, URL and history.
@@ -169,13 +179,16 @@ def test_bad_input_is_refused_with_the_field_named(cluster, notebooks):
         (["notebook", "run", "tiny", "vscode"], "editor"),
         (["notebook", "run", "tiny", "httpd", "--gpu", "-1"], "$.gpu"),
         (["notebook", "run", "tiny", "httpd", "--gpu", "1000"], "$.gpu"),
-        (["notebook", "run", "tiny", "httpd", "--label", "bad key=v"], "$.labels"),
+        (["notebook", "run", "tiny", "httpd", "--flavor", "tpu"], "$.flavor"),
     ]
     before = cluster.api("GET", "/v1/notebooks")["items"]
     for args, field in cases:
         result = cluster.cli(*args, check=False)
         assert result.returncode == 1, result
         assert field in result.stderr, (args, result.stderr)
+    # Checked by the CLI before any request (usage error, exit 2), naming the flag.
+    local = cluster.cli("notebook", "run", "tiny", "httpd", "--label", "bad key=v", check=False)
+    assert local.returncode == 2 and "--label 'bad key=v'" in local.stderr
     assert cluster.api("GET", "/v1/notebooks")["items"] == before
     missing = cluster.cli("notebook", "get", "00000000-0000-0000-0000-000000000000", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
