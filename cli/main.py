@@ -253,6 +253,22 @@ def cmd_catalog(client: Client, args: argparse.Namespace) -> int:
         ["FRAMEWORK", "IMAGE", "EDITORS", "DESCRIPTION"],
         [[f.name, f.image, ", ".join(f.editors), f.description] for f in catalog.frameworks],
     )
+    if catalog.flavors:
+        print()
+        output.table(
+            ["FLAVOR", "PER UNIT", "CPU", "MEMORY", "DISK", "DESCRIPTION"],
+            [
+                [
+                    f.name,
+                    f"1 × {f.gpu_model}" if f.gpu_model else "1 CPU",
+                    str(f.cpu),
+                    f"{f.memory_mb / 1024:g} GiB",
+                    f"{f.disk_gb} GB",
+                    f.description,
+                ]
+                for f in catalog.flavors
+            ],
+        )
     return 0
 
 

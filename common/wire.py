@@ -203,9 +203,21 @@ class CatalogEditor(Struct):
     description: str = ""
 
 
+class CatalogFlavor(Struct):
+    """Per unit: one GPU of ``gpu_model`` (empty for a CPU flavor, whose unit is one CPU)."""
+
+    name: str
+    gpu_model: str
+    cpu: int
+    memory_mb: int
+    disk_gb: int
+    description: str = ""
+
+
 class Catalog(Struct):
     frameworks: list[CatalogFramework]
     editors: list[CatalogEditor]
+    flavors: list[CatalogFlavor] = []
 
 
 class ErrorBody(Struct):

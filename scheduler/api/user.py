@@ -113,6 +113,17 @@ async def catalog(request: web.Request) -> web.Response:
                 wire.CatalogEditor(name=name, port=e.port, description=e.description)
                 for name, e in sorted(spec.editors.items())
             ],
+            flavors=[
+                wire.CatalogFlavor(
+                    name=name,
+                    gpu_model=f.gpu_model,
+                    cpu=f.cpu,
+                    memory_mb=f.memory_mb,
+                    disk_gb=f.disk_gb,
+                    description=f.description,
+                )
+                for name, f in sorted(ctx(request).config.flavors.items())
+            ],
         )
     )
 

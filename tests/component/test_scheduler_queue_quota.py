@@ -327,3 +327,18 @@ async def test_scoped_token_reaches_only_labelled_notebooks(
         body={"framework": "conda", "editor": "jupyterlab", "labels": {"team": "nlp"}},
     )
     assert clash.status == 403
+
+
+async def test_catalog_lists_the_flavors(quota4: Harness) -> None:
+    project = await quota4.project("alpha")
+    reply = await quota4.call("GET", "/v1/catalog", token=project.read)
+    flavors = {f["name"]: f for f in reply.json["flavors"]}
+    assert sorted(flavors) == ["a100-1-gpu", "ai1-1-cpu", "h100-1-gpu"]
+    assert flavors["h100-1-gpu"] == {
+        "name": "h100-1-gpu",
+        "gpu_model": "H100",
+        "cpu": 12,
+        "memory_mb": 80_000,
+        "disk_gb": 100,
+        "description": "",
+    }
