@@ -1,8 +1,8 @@
 """scripts/bench-scheduler: a simulated fleet against one real scheduler on this machine.
 
     scripts/bench-scheduler [--hosts 1000] [--notebooks 5000] [--clients 200] [--duration 10]
-                            [--workers N] [--long-poll] [--phases LIST] [--profile FILE]
-                            [--keep] [--json]
+                            [--projects 1] [--workers 2] [--long-poll] [--phases LIST]
+                            [--sql-stats DIR] [--py-spy DIR] [--profile FILE] [--keep] [--json]
 
 Starts this checkout's scheduler (``python -m scheduler.main run``) on 127.0.0.1 with a
 temporary directory for its config, database and agent secrets (stderr in ``scheduler.log``
@@ -30,13 +30,16 @@ side spent per phase.
 
 Project quotas are raised for the bench (config defaults, then ``PATCH
 /v1/admin/projects/{name}/quota``); a scheduler that answers that with 404/405 and enforces a
-smaller quota gets the notebooks spread over enough projects instead.
+smaller quota gets the notebooks spread over enough projects instead. ``--projects N`` spreads
+them round-robin over N projects anyway (one project is the worst case for quota accounting).
 
 Prints a table of the six figures with their goals (500 placements/s, 5,000 heartbeats/s) and
 figure / goal; ``--json`` prints one JSON object instead (``placements_per_s``,
 ``heartbeats_per_s``, ``get_p50_ms``, ``get_p99_ms``, ``post_p50_ms``, ``post_p99_ms`` and the
-run's context). ``--profile FILE`` runs the scheduler under cProfile and prints its top
-functions on stderr. Exits 1 when a notebook was not placed or a phase got errors, 2 when the
+run's context). Where the scheduler's time goes, printed on stderr: ``--sql-stats DIR`` times
+every SQL statement per phase (bench/scheduler_sqltrace.py), ``--py-spy DIR`` samples it per
+phase with py-spy (a developer tool, not a dependency), ``--profile FILE`` runs it under
+cProfile. Exits 1 when a notebook was not placed or a phase got errors, 2 when the
 scheduler died (with the tail of its log).
 """
 
@@ -213,7 +216,7 @@ class Bench:
         try:
             results = await asyncio.gather(*futures)
         except HttpError:
-            self.server.check_alive()
+            self.server.check_alive(grace_s=3.0)
             raise
         finally:
             if self.py_spy is not None:

@@ -134,9 +134,14 @@ class SchedulerProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def check_alive(self) -> None:
-        """Raise :class:`SchedulerDied` with the log tail if the process has exited."""
-        if self.proc is None or self.proc.poll() is None:
+    def check_alive(self, grace_s: float = 0.0) -> None:
+        """Raise :class:`SchedulerDied` with the log tail if the process has exited (or exits
+        within ``grace_s``: a connection error may arrive before the exit status)."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
             return
         raise SchedulerDied(
             f"the scheduler exited with code {self.proc.returncode}; "
