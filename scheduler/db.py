@@ -35,18 +35,21 @@ class Tx:
         self._conn = conn
         self._after_commit: list[Callable[[], None]] = []
 
+    # Each statement is one trip to aiosqlite's thread (execute and fetch together, no cursor
+    # to close afterwards): the trip, not SQLite, is most of a statement's time, and every
+    # transaction holds the database lock for all of its trips.
+
     async def one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return await cursor.fetchone()
+        rows = await self._conn.execute_fetchall(sql, tuple(params))
+        return next(iter(rows), None)
 
     async def all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
     async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Execute a write; returns the number of rows it changed."""
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return cursor.rowcount
+        cursor = await self._conn.execute(sql, tuple(params))
+        return cursor.rowcount
 
     async def run_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         """Execute one write for each parameter tuple of ``rows``."""
@@ -97,6 +100,12 @@ class Database:
         """A read-only snapshot (it must not write)."""
         async with self._block("BEGIN") as tx:
             yield tx
+
+    async def query_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        """One single-statement read (atomic by itself): no BEGIN/COMMIT round trips."""
+        async with self._lock:
+            rows = await self.conn.execute_fetchall(sql, tuple(params))
+        return next(iter(rows), None)
 
     @asynccontextmanager
     async def _block(self, begin: str) -> AsyncIterator[Tx]:

@@ -136,10 +136,6 @@ async def add_usage(tx: Tx, notebook_id: str, generation: int, billed_minutes: i
 
 
 async def bump_assignments(tx: Tx, board: AssignmentBoard, host_ids: set[str | None]) -> None:
-    await refresh_hosts(tx, host_ids)
+    await refresh_hosts(tx, host_ids, bump=True)
     for host_id in sorted(h for h in host_ids if h):
-        await tx.run(
-            "UPDATE hosts SET assignments_version = assignments_version + 1 WHERE id = ?",
-            (host_id,),
-        )
         tx.after_commit(lambda host_id=host_id: board.wake(host_id))

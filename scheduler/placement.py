@@ -249,37 +249,38 @@ async def never_fits(tx: Tx, resources: Resources) -> str | None:
 
     Such a request is refused at once rather than queued forever. Lost and cordoned hosts
     count: they may come back."""
-    where, params = "1", []
-    if resources.flavor is not None:
-        where, params = "flavor = ?", [resources.flavor]
     total = "gpus_total" if resources.gpu > 0 else "cpus"
-    row = await tx.one(
-        f"SELECT COUNT(*) AS n, MAX({total}) AS most FROM hosts WHERE {where}", params
-    )
-    wanted = resources.gpu if resources.gpu > 0 else resources.cpu
+    if resources.flavor is not None:
+        row = await tx.one(
+            f"SELECT MAX({total}) AS most FROM hosts WHERE flavor = ?", (resources.flavor,)
+        )
+    else:
+        row = await tx.one(f"SELECT MAX({total}) AS most FROM hosts")
     offer = f" of flavor {resources.flavor}" if resources.flavor else ""
-    if row is None or not row["n"]:
+    if row is None or row["most"] is None:
         return f"no host{offer} is registered"
-    most = row["most"] or 0
-    if most < wanted:
+    wanted = resources.gpu if resources.gpu > 0 else resources.cpu
+    if row["most"] < wanted:
         unit = "GPUs" if resources.gpu > 0 else "CPUs"
-        return f"no host{offer} has {wanted} {unit} (the largest has {most})"
+        return f"no host{offer} has {wanted} {unit} (the largest has {row['most']})"
     return None
 
 
-async def refresh_hosts(tx: Tx, host_ids: set[str | None]) -> None:
-    """Recompute the capacity counters of ``host_ids`` from the rows they summarize."""
+async def refresh_hosts(tx: Tx, host_ids: set[str | None], *, bump: bool = False) -> None:
+    """Recompute the capacity counters of ``host_ids`` from the rows they summarize; with
+    ``bump``, also bump their assignment versions (one statement for both)."""
     ids = sorted(h for h in host_ids if h)
     if not ids:
         return
     marks = ", ".join("?" for _ in ids)
+    version = ", assignments_version = assignments_version + 1" if bump else ""
     await tx.run(
         "UPDATE hosts SET "
         "gpus_total = (SELECT COUNT(*) FROM gpus g WHERE g.host_id = hosts.id AND g.present = 1), "
         "gpus_free = (SELECT COUNT(*) FROM gpus g WHERE g.host_id = hosts.id "
         "  AND g.notebook_id IS NULL AND g.present = 1), "
         "cpus_used = COALESCE((SELECT SUM(n.cpu) FROM notebooks n "
-        "  WHERE n.host_id = hosts.id AND n.gpu = 0), 0) "
+        f"  WHERE n.host_id = hosts.id AND n.gpu = 0), 0){version} "
         f"WHERE id IN ({marks})",
         ids,
     )

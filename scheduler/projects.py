@@ -21,6 +21,8 @@ from scheduler.db import Database, Row, Tx
 
 PROJECT_TOKEN_PREFIX = "nbf_"
 ADMIN_TOKEN_PREFIX = "nba_"
+#: How long a looked-up token is remembered.
+PRINCIPAL_CACHE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ProjectService:
         self.db = db
         self.clock = clock
         self.quota_defaults = quota_defaults or QuotaDefaults()
+        self._principals: dict[str, tuple[Principal, float]] = {}
 
     async def _view(self, tx: Tx, row: Row) -> wire.Project:
         queued = await tx.one(
@@ -119,13 +122,22 @@ class ProjectService:
         )
 
     async def principal(self, token: str) -> Principal | None:
-        async with self.db.read() as tx:
-            row = await tx.one(
-                "SELECT project, role, label_selector FROM tokens WHERE digest = ?",
-                (token_digest(token),),
-            )
+        """Who ``token`` speaks for. Known tokens are remembered for ``PRINCIPAL_CACHE_S``
+        (every request carries one); any change to tokens clears the memory."""
+        digest = token_digest(token)
+        now = self.clock()
+        cached = self._principals.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        row = await self.db.query_one(
+            "SELECT project, role, label_selector FROM tokens WHERE digest = ?", (digest,)
+        )
         if row is None:
             return None
-        return Principal(
+        principal = Principal(
             project=row["project"], role=row["role"], selector=json.loads(row["label_selector"])
         )
+        if len(self._principals) > 10_000:
+            self._principals.clear()
+        self._principals[digest] = (principal, now + PRINCIPAL_CACHE_S)
+        return principal
