@@ -21,7 +21,7 @@ from scheduler import placement, quota
 from scheduler.board import AssignmentBoard
 from scheduler.datastores import check_volumes, save_volumes, stored_volumes
 from scheduler.db import Database, Row, Tx
-from scheduler.lifecycle import change_state, record_history
+from scheduler.lifecycle import bump_assignments, change_state, record_history
 from scheduler.queue import (
     Dispatcher,
     kind_of,
@@ -102,18 +102,7 @@ class NotebookService:
         """Move ``row`` (just created as QUEUED, or settled) to STARTING on a host with room,
         or to QUEUED when there is none or notebooks of its kind already wait."""
         res = resources_of(row)
-        chosen = None
-        if self.flush_heartbeats is not None:
-            await self.flush_heartbeats(tx)
-        if kind_of(res) not in await waiting_kinds(tx, besides=row["id"]):
-            chosen = await placement.find_host(
-                tx,
-                res,
-                now=now,
-                fresh_within_s=self.ttl_s(),
-                last_host=row["last_host_id"],
-                strategy=self.config.placement,
-            )
+        chosen = await self._find_room(tx, res, row["id"], last_host=row["last_host_id"])
         if chosen is not None:
             await placement.reserve(tx, chosen, row["id"])
             await change_state(
@@ -137,6 +126,24 @@ class NotebookService:
                 board=self.board,
                 **changes,
             )
+
+    async def _find_room(
+        self, tx: Tx, res: placement.Resources, notebook_id: str, *, last_host: str | None
+    ) -> placement.Placement | None:
+        """Where ``res`` can go now, unless notebooks of its kind already wait (it then
+        queues behind them) or no host has room."""
+        if self.flush_heartbeats is not None:
+            await self.flush_heartbeats(tx)
+        if kind_of(res) in await waiting_kinds(tx, besides=notebook_id):
+            return None
+        return await placement.find_host(
+            tx,
+            res,
+            now=self.clock(),
+            fresh_within_s=self.ttl_s(),
+            last_host=last_host,
+            strategy=self.config.placement,
+        )
 
     async def _admit(self, tx: Tx, project: str, res: placement.Resources) -> None:
         """403 over quota; 503 when no host could ever hold the request."""
@@ -264,15 +271,22 @@ class NotebookService:
         async with self.db.transaction() as tx:
             await check_volumes(tx, project, request.volumes)
             await self._admit(tx, project, resources)
-            reason = f"waiting for {resources.describe()}{suffix}"
+            # Placed at once when there is room (its history starts with STARTING), else
+            # stored as QUEUED; decided before the insert so the row is written once.
+            chosen = await self._find_room(tx, resources, notebook_id, last_host=None)
+            if chosen is not None:
+                state, reason = S.STARTING, f"placed on {chosen.host}{suffix}"
+            else:
+                state, reason = S.QUEUED, f"waiting for {resources.describe()}{suffix}"
+            host = chosen.host if chosen is not None else None
             await tx.run(
                 "INSERT INTO notebooks (id, project, name, framework, editor, image, command, "
                 "editor_port, url_path, user, gpu, cpu, memory_mb, labels, envvars, state, "
                 "state_reason, state_at, desired, host_id, last_host_id, generation, "
                 "initialized, access_token, created_at, flavor, gpu_model, disk_gb, "
                 "restart_on_timeout, queued_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, "
-                "NULL, 1, 0, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, "
+                "?, 1, 0, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     notebook_id,
                     project,
@@ -289,16 +303,18 @@ class NotebookService:
                     resources.memory_mb,
                     json.dumps(labels),
                     json.dumps(request.envvars),
-                    S.QUEUED.value,
+                    state.value,
                     reason,
                     now,
+                    host,
+                    host,
                     secrets.token_hex(24),
                     now,
                     resources.flavor,
                     resources.gpu_model,
                     resources.disk_gb,
                     int(request.restart_on_timeout),
-                    now,
+                    now if chosen is None else None,
                 ),
             )
             if fork is not None:
@@ -310,17 +326,13 @@ class NotebookService:
                     (fork.notebook, fork.snapshot, notebook_id),
                 )
             await save_volumes(tx, notebook_id, request.volumes)
-            # Inserted as QUEUED; placed at once when there is room, so its history starts
-            # with STARTING, or with QUEUED when it has to wait.
-            await self._place_or_queue(
-                tx, await _load(tx, project, notebook_id), now=now, reason_suffix=suffix
-            )
+            if chosen is not None:
+                await placement.reserve(tx, chosen, notebook_id)
+                await bump_assignments(tx, self.board, {chosen.host})
+                await served(tx, project, now)
+            await record_history(tx, notebook_id, state, reason, at=now, generation=1)
             row = await _load(tx, project, notebook_id)
-            if row["state"] == S.QUEUED:
-                await record_history(
-                    tx, notebook_id, S.QUEUED, row["state_reason"], at=now, generation=1
-                )
-            return await self._view(tx, row)
+            return await self._view(tx, row, fresh=True)
 
     async def fork(
         self,
@@ -466,8 +478,10 @@ class NotebookService:
                 )
             return await self._view(tx, await _load(tx, project, notebook_id))
 
-    async def _view(self, tx: Tx, row: Row, *, with_history: bool = False) -> wire.Notebook:
-        view = await _view(tx, row, with_history=with_history)
+    async def _view(
+        self, tx: Tx, row: Row, *, with_history: bool = False, fresh: bool = False
+    ) -> wire.Notebook:
+        view = await _view(tx, row, with_history=with_history, fresh=fresh)
         if view.state == S.QUEUED:
             view.queue = await queue_info(tx, row)
         return view
@@ -518,13 +532,21 @@ async def _history(tx: Tx, notebook_id: str) -> list[wire.StateChange]:
     ]
 
 
-async def _view(tx: Tx, row: Row, *, with_history: bool = False) -> wire.Notebook:
+async def _view(
+    tx: Tx, row: Row, *, with_history: bool = False, fresh: bool = False
+) -> wire.Notebook:
+    """``fresh``: the notebook was created in this transaction, so it has neither usage nor
+    snapshots to look up."""
     gpus = await tx.all(
         "SELECT uuid, model, idx FROM gpus WHERE notebook_id = ? ORDER BY idx", (row["id"],)
     )
-    billed = await tx.one(
-        "SELECT COALESCE(SUM(billed_minutes), 0) AS minutes FROM usage WHERE notebook_id = ?",
-        (row["id"],),
+    billed = (
+        None
+        if fresh
+        else await tx.one(
+            "SELECT COALESCE(SUM(billed_minutes), 0) AS minutes FROM usage WHERE notebook_id = ?",
+            (row["id"],),
+        )
     )
     state = S(row["state"])
     return wire.Notebook(
@@ -551,7 +573,7 @@ async def _view(tx: Tx, row: Row, *, with_history: bool = False) -> wire.Noteboo
         billed_minutes=billed["minutes"] if billed else 0,
         history=await _history(tx, row["id"]) if with_history else None,
         volumes=stored_volumes(row),
-        workspace=await latest_snapshot(tx, row["id"]),
+        workspace=None if fresh else await latest_snapshot(tx, row["id"]),
         forked_from=(
             wire.RestoreSource(notebook=row["fork_notebook"], snapshot=row["fork_snapshot"])
             if row["fork_notebook"]

@@ -91,9 +91,9 @@ def project_violation(
 async def check(tx: Tx, project: str, res: Resources, defaults: QuotaDefaults) -> None:
     """Raise 403 naming the limit, the use and the quota if ``res`` may not start now."""
     quota = await limits(tx, project, defaults)
-    refusal = per_notebook_violation(project, quota, res) or project_violation(
-        project, quota, await use(tx, project), res
-    )
+    refusal = per_notebook_violation(project, quota, res)
+    if refusal is None:
+        refusal = project_violation(project, quota, await use(tx, project), res)
     if refusal is not None:
         raise refusal
 
