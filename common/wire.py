@@ -110,6 +110,8 @@ class NotebookCreate(Struct, forbid_unknown_fields=True):
     flavor: CatalogKey | None = None
     #: After the runtime limit (or a lost host), start again under the same id and workspace.
     restart_on_timeout: bool = False
+    #: The editor is public: the proxy lets anyone in without a token.
+    unsecure_http: bool = False
 
 
 class NotebookFork(Struct, forbid_unknown_fields=True):
@@ -184,6 +186,11 @@ class Notebook(Struct):
     disk_gb: int = 0
     #: Set while QUEUED.
     queue: QueueInfo | None = None
+    unsecure_http: bool = False
+    #: Last request through the editor proxy, and bytes it carried (both directions), as the
+    #: agent last reported them.
+    last_activity_at: float | None = None
+    proxied_bytes: int = 0
 
 
 class NotebookList(Struct):
@@ -332,6 +339,29 @@ class TokenCreate(Struct, forbid_unknown_fields=True):
     label_selector: dict[LabelKey, LabelValue] = {}
 
 
+class ProjectTokenCreate(Struct, forbid_unknown_fields=True):
+    """``POST /v1/tokens`` (operator token): a token of the caller's own project."""
+
+    role: Role = "read"
+    description: Annotated[str, Meta(max_length=200)] = ""
+    label_selector: dict[LabelKey, LabelValue] = {}
+
+
+class TokenInfo(Struct):
+    """A token as listed (never the secret itself)."""
+
+    id: str
+    project: str
+    role: Role
+    description: str
+    label_selector: dict[str, str]
+    created_at: float
+
+
+class TokenList(Struct):
+    items: list[TokenInfo]
+
+
 class TokenCreated(Struct):
     id: str
     project: str
@@ -419,10 +449,52 @@ class RegisterReply(Struct):
     heartbeat_interval_s: float
 
 
+class NotebookActivity(Struct):
+    """What the agent's editor proxy saw of one notebook (cumulative since the agent started
+    proxying it; the scheduler keeps the latest)."""
+
+    notebook: str
+    last_activity_at: float
+    bytes_in: int
+    bytes_out: int
+
+
 class Heartbeat(Struct, forbid_unknown_fields=True):
     gpus: list[GpuInfo] = []
     #: Notebook ids whose containers exist on the host, for the scheduler's bookkeeping.
     containers: list[str] = []
+    #: Editor proxy activity of notebooks with traffic since the last heartbeat.
+    activity: list[NotebookActivity] = []
+
+
+class AuthorizeRequest(Struct, forbid_unknown_fields=True):
+    """``POST /v1/agents/authorize`` (signed): may ``token`` open ``notebook``'s editor?"""
+
+    notebook: str
+    token: Annotated[str, Meta(max_length=512)]
+
+
+class AuthorizeReply(Struct):
+    allowed: bool
+    #: The token's role when allowed.
+    role: Role | None = None
+    #: Why not, for the 403 page (unknown token, another project's, label selector...).
+    reason: str = ""
+
+
+class ExecRequest(Struct, forbid_unknown_fields=True):
+    """``POST /v1/notebooks/{id}/exec`` (operator): run ``command`` in the notebook's
+    container as its user."""
+
+    command: Annotated[list[str], Meta(min_length=1)]
+    timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+
+
+class ExecResult(Struct):
+    exit_code: int
+    #: stdout and stderr interleaved, at most 1 MiB (``truncated`` says so).
+    output: str
+    truncated: bool = False
 
 
 class HeartbeatReply(Struct):
@@ -461,6 +533,10 @@ class Assignment(Struct):
     running_since: float | None = None
     #: uid:gid the editor runs as (the framework's ``user`` in the catalog); never root.
     user: str = "1000:1000"
+    #: The editor is public through the proxy (no token asked).
+    unsecure_http: bool = False
+    #: Path prefix the editor is served under by the proxy: ``/notebooks/<id>/``.
+    base_url: str = "/"
     volumes: list[VolumeAssignment] = []
     #: For a fork's first start: restore this snapshot of another notebook's workspace.
     restore_from: RestoreSource | None = None
