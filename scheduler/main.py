@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+import uvloop
 from aiohttp import web
 
 from common.config import ConfigError, SchedulerConfig, load, split_hostport
@@ -67,7 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nbfleet-scheduler: {exc}", file=sys.stderr)
         return 2
     web.run_app(
-        create_app(config), host=host, port=port, print=None, access_log=None, shutdown_timeout=5
+        create_app(config),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=5,
+        # libuv's loop: every database statement is a wake-up from aiosqlite's thread, and
+        # uvloop makes each of them (and each HTTP request) cheaper (see bench-scheduler).
+        loop=uvloop.new_event_loop(),
     )
     return 0
 

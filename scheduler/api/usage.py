@@ -65,7 +65,7 @@ async def usage_report(
     group_by = request.query.get("group_by") or default_group
     label_key = request.query.get("label_key") or None
     billing.check_group(group_by, label_key, admin=admin)
-    async with context.db.read() as tx:
+    async with context.db.read_offloop() as tx:
         return await billing.report(
             tx,
             context.config,
