@@ -44,7 +44,8 @@ def test_killed_agent_host_is_lost_and_comes_back(cluster, notebooks):
     finally:
         cluster.start_agent(host_a.host_id)
 
-    assert _host(cluster, host_a.host_id)["state"] == "ready"
+    # its first heartbeat is told to register, and registering makes it ready again
+    wait_for("host-a ready again", lambda: _host(cluster, host_a.host_id)["state"] == "ready", 30)
     # the container of the notebook it no longer holds is stopped, pushed, removed
     wait_for("the orphan container to be retired", lambda: _container_gone(nb["id"]), 60)
     cluster.cli("notebook", "start", nb["id"])
