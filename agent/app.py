@@ -11,9 +11,21 @@ scheduler client, clock, editor probe); :func:`build_agent` supplies the real on
 * spool: writes what the outbox holds to ``state_dir/outbox.json`` when it changed, so reports
   and minutes survive an agent restart during a scheduler outage (read back at construction).
 
-HTTP: ``GET /health`` (open) and ``GET /v1/notebooks/{id}/logs?tail=N`` (signed by the scheduler
-with this host's secret). Stopping the agent never stops notebooks: they are adopted at the next
-start.
+HTTP, on ``listen``:
+
+* ``GET /health`` (open);
+* ``GET /v1/notebooks/{id}/logs?tail=N[&follow=1]`` (signed by the scheduler with this host's
+  secret): the container's output as text; with ``follow=1`` chunked, then what it writes next,
+  until the container stops or the caller goes away. A removed container's kept output is
+  answered (never followed);
+* ``POST /v1/notebooks/{id}/exec`` (signed; ``ExecRequest`` → ``ExecResult``): a command run
+  in the notebook's container as its user, stdout and stderr combined, capped at 1 MiB; past
+  its timeout it is killed and answered with exit code 124 and a note. 404 without a
+  container, 409 when the container is not running;
+* ``/notebooks/{id}/...``: the editor proxy (:mod:`agent.proxy`), HTTP and WebSocket.
+
+Heartbeats carry the proxy's activity of notebooks with traffic since the last one.
+Stopping the agent never stops notebooks: they are adopted at the next start.
 """
 
 from __future__ import annotations
@@ -30,9 +42,17 @@ from aiohttp import web
 from agent.client import Backoff, SchedulerClient
 from agent.gpus import GpuInventory, NvmlInventory
 from agent.objectstore import ObjectStore, S3ObjectStore
+from agent.proxy import EditorProxy
+from agent.proxy_access import ActivityMeter, Authorizer
 from agent.reconcile import Probe, Reconciler, http_probe
 from agent.report import Outbox
-from agent.runtime import ContainerRuntime, DockerRuntime, NoSuchContainer, host_memory_mb
+from agent.runtime import (
+    ContainerNotRunning,
+    ContainerRuntime,
+    DockerRuntime,
+    NoSuchContainer,
+    host_memory_mb,
+)
 from agent.spool import Spool
 from agent.workspace.host import HostWorkspaces
 from common import wire
@@ -47,6 +67,16 @@ LONG_POLL_S = 25.0
 SPOOL_INTERVAL_S = 0.25
 OUTBOX_SPOOL = "outbox.json"
 MAX_LOG_TAIL = 10000
+MAX_EXEC_OUTPUT = 1 << 20
+#: How often a followed log checks that its caller is still there (a quiet container writes
+#: nothing that would tell).
+FOLLOW_CHECK_S = 0.5
+#: Whether RUNNING reports the notebook's URL at this agent's proxy
+#: (``{agent_url}/notebooks/{id}/...``) rather than the editor's loopback URL. Transitional:
+#: a scheduler that neither answers ``/v1/agents/authorize`` nor serves stable
+#: ``/notebooks/{id}/`` URLs of its own shows users the reported URL, and the proxy could not
+#: let them in. Either way the editor is published on loopback only and the proxy serves it.
+REPORT_PROXY_URL = False
 
 
 def version() -> str:
@@ -111,8 +141,10 @@ class Agent:
         client: SchedulerClient,
         clock: Callable[[], float] = time.time,
         probe: Probe = http_probe,
+        report_proxy_url: bool = REPORT_PROXY_URL,
     ) -> None:
         self.config = config
+        self.report_proxy_url = report_proxy_url
         self.host_id = host_id
         self.secret = secret
         self.runtime = runtime
@@ -135,6 +167,10 @@ class Agent:
             config, runtime, self.workspaces, self.outbox, clock=clock, probe=probe
         )
         self.verifier = Verifier(lambda host: secret if host == host_id else None)
+        self.activity = ActivityMeter(clock)
+        self.proxy = EditorProxy(
+            self.reconciler.editor, Authorizer(client.authorize), self.activity
+        )
         self.heartbeat_interval_s = 10.0
         self.registered = asyncio.Event()
         self.assignments_version: int | None = None
@@ -185,6 +221,7 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.proxy.close()
         await self.client.close()
         await self.store.close()
         await self.runtime.close()
@@ -197,6 +234,8 @@ class Agent:
         await site.start()
         bound = self._runner.addresses[0][1] if self._runner.addresses else port
         self.agent_url = f"http://{self.config.public_host}:{bound}"
+        if self.report_proxy_url:
+            self.reconciler.proxy_url = self.agent_url
 
     # ------------------------------------------------------------ loop bodies
 
@@ -225,11 +264,19 @@ class Agent:
             await self.register()
             return
         snapshot = await self.inventory.snapshot()
+        activity = self.activity.pending()
         reply = await self.client.heartbeat(
-            wire.Heartbeat(gpus=snapshot.gpus, containers=self.reconciler.container_ids())
+            wire.Heartbeat(
+                gpus=snapshot.gpus,
+                containers=self.reconciler.container_ids(),
+                activity=activity,
+            )
         )
         self.heartbeat_interval_s = reply.heartbeat_interval_s
-        if not reply.known:
+        if reply.known:
+            self.activity.acknowledge(activity)
+            self.activity.prune(set(self.reconciler.assignments))
+        else:
             log.warning(
                 "host=%s scheduler does not know this host; registering again", self.host_id
             )
@@ -255,6 +302,8 @@ class Agent:
         app = web.Application(middlewares=[self._errors])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/notebooks/{id}/logs", self._logs)
+        app.router.add_post("/v1/notebooks/{id}/exec", self._exec)
+        self.proxy.add_routes(app)
         return app
 
     @web.middleware
@@ -287,18 +336,102 @@ class Agent:
         except ValueError:
             raise ApiError("invalid_request", "tail must be an integer", field="tail")
         tail = max(1, min(MAX_LOG_TAIL, tail))
+        if request.query.get("follow", "") in ("1", "true"):
+            followed = await self._follow_logs(request, notebook, tail)
+            if followed is not None:
+                return followed
         try:
             text = await self.runtime.logs(notebook, tail)
         except NoSuchContainer:
-            # Stopped or crashed: its last output was kept when the container was removed.
-            kept = self.reconciler.kept_logs.read(notebook, tail)
-            if kept is None:
-                raise ApiError(
-                    "not_found",
-                    f"notebook {notebook} has no container or kept output on host {self.host_id}",
-                )
-            text = kept
+            text = self._kept_logs(notebook, tail)
         return web.Response(text=text, content_type="text/plain")
+
+    def _kept_logs(self, notebook: str, tail: int) -> str:
+        """Stopped or crashed: its last output was kept when the container was removed."""
+        kept = self.reconciler.kept_logs.read(notebook, tail)
+        if kept is None:
+            raise ApiError(
+                "not_found",
+                f"notebook {notebook} has no container or kept output on host {self.host_id}",
+            )
+        return kept
+
+    async def _follow_logs(
+        self, request: web.Request, notebook: str, tail: int
+    ) -> web.StreamResponse | None:
+        """Stream the output until the container stops or the caller leaves; ``None`` when
+        there is no container (the caller answers with the kept output instead)."""
+        if await self.runtime.inspect(notebook) is None:
+            return None
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        stream = self.runtime.follow_logs(notebook, tail)
+
+        async def pump() -> None:
+            async for text in stream:
+                if text:
+                    await response.write(text.encode())
+
+        async def caller_gone() -> None:
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(FOLLOW_CHECK_S)
+
+        pumping = asyncio.create_task(pump())
+        watching = asyncio.create_task(caller_gone())
+        try:
+            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, watching):
+                task.cancel()
+            await asyncio.gather(pumping, watching, return_exceptions=True)
+            await stream.aclose()
+        if pumping.done() and not pumping.cancelled() and pumping.exception() is None:
+            await response.write_eof()  # the container stopped: a complete answer
+        elif request.transport is not None:
+            request.transport.close()  # caller gone, or the log stream broke: cut it short
+        return response
+
+    async def _exec(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.verifier.verify(request.method, request.raw_path, request.headers, body)
+        notebook = request.match_info["id"]
+        ask = wire.decode(body, wire.ExecRequest)
+        assignment = self.reconciler.assignments.get(notebook)
+        try:
+            result = await self.runtime.exec(
+                notebook,
+                list(ask.command),
+                user=assignment.user if assignment is not None else "",
+                timeout_s=ask.timeout_s,
+                max_output=MAX_EXEC_OUTPUT,
+            )
+        except NoSuchContainer:
+            raise ApiError(
+                "not_found", f"notebook {notebook} has no container on host {self.host_id}"
+            )
+        except ContainerNotRunning:
+            raise ApiError(
+                "conflict", f"notebook {notebook}'s container on host {self.host_id} is not running"
+            )
+        output = result.output.decode(errors="replace")
+        if result.timed_out:
+            output += f"\n[nbfleet: timed out after {ask.timeout_s:g}s; the command was killed]\n"
+        log.info(
+            "notebook=%s exec %r exited %d%s",
+            notebook,
+            ask.command[0],
+            result.exit_code,
+            " (timed out)" if result.timed_out else "",
+        )
+        reply = wire.ExecResult(
+            exit_code=124 if result.timed_out else result.exit_code,
+            output=output,
+            truncated=result.truncated,
+        )
+        return web.Response(body=wire.encode(reply), content_type="application/json")
 
 
 def build_agent(
@@ -312,6 +445,7 @@ def build_agent(
     client: SchedulerClient | None = None,
     clock: Callable[[], float] = time.time,
     probe: Probe = http_probe,
+    report_proxy_url: bool = REPORT_PROXY_URL,
 ) -> Agent:
     """An :class:`Agent` with real adapters for whatever is not injected."""
     return Agent(
@@ -331,4 +465,5 @@ def build_agent(
         client=client or SchedulerClient(config.scheduler_url, host_id, secret),
         clock=clock,
         probe=probe,
+        report_proxy_url=report_proxy_url,
     )

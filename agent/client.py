@@ -22,6 +22,8 @@ from common.errors import STATUS, ApiError, code_for_status
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: How long a browser request through the proxy waits for the scheduler's verdict on a token.
+AUTHORIZE_S = 5.0
 
 
 class SchedulerUnavailable(Exception):
@@ -133,6 +135,12 @@ class SchedulerClient:
 
     async def progress(self, body: wire.ProgressReport) -> wire.Ack:
         return await self._call("POST", "/v1/agents/progress", wire.Ack, body)
+
+    async def authorize(self, body: wire.AuthorizeRequest) -> wire.AuthorizeReply:
+        """May a token open a notebook's editor? A person waits on this: a short timeout."""
+        return await self._call(
+            "POST", "/v1/agents/authorize", wire.AuthorizeReply, body, timeout_s=AUTHORIZE_S
+        )
 
 
 def _api_error(status: int, payload: bytes) -> ApiError:

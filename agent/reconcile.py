@@ -6,9 +6,11 @@ lock and skipped while that notebook's previous step still runs, so a slow pull 
 notebook never delays another. A step looks at the container and does the next thing:
 
 * ``desired=running``: workspace (use host dir, else restore; marker rules), create and start
-  ``nbfleet-<id>``, report RUNNING once the editor answers HTTP; an exit code N ≠ 0 → push →
-  FAILED ``container exited with code N``; exit 0 → STOPPING → push → STOPPED; no answer within
-  ``start_timeout_s`` → FAILED. A container of another generation is removed first.
+  ``nbfleet-<id>`` (its editor port published on loopback only: the agent's proxy is the way
+  in), report RUNNING once the editor answers HTTP there, with the notebook's URL (through the
+  proxy when :attr:`Reconciler.proxy_url` is set, else the loopback one); an exit code N ≠ 0
+  → push → FAILED ``container exited with code N``; exit 0 → STOPPING → push → STOPPED; no
+  answer within ``start_timeout_s`` → FAILED. A container of another generation is removed first.
 * ``desired=stopped``: stop and remove the container, remove scratch, push the workspace, remove
   the host dir only after the push succeeded, STOPPED (a failed push: FAILED, dir kept).
 * ``desired=deleted``: remove the container, the host dirs and the workspace objects, DELETED.
@@ -42,6 +44,7 @@ import aiohttp
 
 from agent.client import Backoff
 from agent.kept_logs import KeptLogs
+from agent.proxy_paths import UPSTREAM_HOST, Editor, editor_path, public_url
 from agent.report import Outbox, billed_minutes
 from agent.runtime import (
     ContainerExists,
@@ -66,6 +69,8 @@ Probe = Callable[[str], Awaitable[bool]]
 #: Retries of an orphan's failed push: jittered, from seconds up to five minutes apart.
 ORPHAN_RETRY_BASE_S = 5.0
 ORPHAN_RETRY_CAP_S = 300.0
+#: How often networks left behind by a crash are looked for.
+NETWORK_PRUNE_INTERVAL_S = 300.0
 
 
 async def http_probe(url: str) -> bool:
@@ -126,6 +131,9 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         #: Orphans whose push failed: their backoff and when to try again.
         self._orphan_retry: dict[str, tuple[Backoff, float]] = {}
+        #: The agent's public base URL, once notebooks are reported at its proxy's URLs.
+        self.proxy_url: str | None = None
+        self._networks_pruned_at: float | None = None
 
     # ------------------------------------------------------------ inputs and outputs
 
@@ -158,6 +166,42 @@ class Reconciler:
     def container_ids(self) -> list[str]:
         return sorted(self.containers)
 
+    def editor(self, notebook: str) -> Editor | None:
+        """What the proxy may know of ``notebook``: ``None`` unless it is assigned here."""
+        assignment = self.assignments.get(notebook)
+        if assignment is None:
+            return None
+        record = self.records.get(notebook)
+        state = record.state if record is not None else assignment.state
+        info = self.containers.get(notebook)
+        running_here = (
+            assignment.desired == "running"
+            and info is not None
+            and info.running
+            and (record is None or info.generation == record.generation)
+        )
+        return Editor(
+            notebook=notebook,
+            state=state,
+            port=info.host_port if running_here and info is not None else None,
+            base_url=assignment.base_url,
+            access_token=assignment.access_token,
+            unsecure_http=assignment.unsecure_http,
+        )
+
+    def notebook_url(self, assignment: Assignment, host_port: int) -> str:
+        """The URL reported with RUNNING."""
+        if self.proxy_url:
+            return public_url(
+                self.proxy_url, assignment.notebook, assignment.base_url, assignment.url_path
+            )
+        return self._editor_url(assignment, host_port)
+
+    def _editor_url(self, assignment: Assignment, host_port: int) -> str:
+        """The editor itself, on loopback (the readiness probe)."""
+        path = editor_path(assignment.base_url, assignment.url_path)
+        return f"http://{UPSTREAM_HOST}:{host_port}{path}"
+
     # ------------------------------------------------------------ the loop body
 
     async def tick(self) -> None:
@@ -178,6 +222,18 @@ class Reconciler:
         for notebook in list(self._orphan_retry):
             if notebook not in self.containers or notebook in self.assignments:
                 del self._orphan_retry[notebook]
+        await self._prune_networks()
+
+    async def _prune_networks(self) -> None:
+        now = self.clock()
+        last = self._networks_pruned_at
+        if last is not None and now - last < NETWORK_PRUNE_INTERVAL_S:
+            return
+        self._networks_pruned_at = now
+        try:
+            await self.runtime.prune_networks(self._busy() | set(self.containers))
+        except Exception as exc:
+            log.warning("reconcile: pruning orphan networks failed, retried later: %s", exc)
 
     async def idle(self) -> None:
         """Wait until every step started so far has finished (tests, shutdown)."""
@@ -341,10 +397,9 @@ class Reconciler:
             await self._checkpoint_if_due(record)
             return
         if record.state == S.STARTING:
-            url = None
-            if info.host_port:
-                url = f"http://{self.config.public_host}:{info.host_port}{assignment.url_path}"
-            if url is not None and await self.probe(url):
+            port = info.host_port
+            if port and await self.probe(self._editor_url(assignment, port)):
+                url = self.notebook_url(assignment, port)
                 self._set_state(record, S.RUNNING, "editor answers", url=url)
                 record.last_checkpoint = self.clock()
             elif self._timed_out(record):
@@ -402,7 +457,7 @@ class Reconciler:
             editor_port=assignment.editor_port,
             workspace_dir=self.workspaces.workspace_dir(notebook),
             scratch_dir=self.workspaces.scratch(notebook),
-            public_host=self.config.public_host,
+            public_host=UPSTREAM_HOST,
             nvidia_runtime=self.config.nvidia_runtime,
             extra_mounts=mounts,
         )

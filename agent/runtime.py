@@ -13,10 +13,23 @@ Contract of :class:`ContainerRuntime`:
 * ``stop`` and ``remove`` are idempotent: a missing container (404) is success, and so is
   stopping a container that is not running.
 * ``logs`` returns the last ``tail`` lines of stdout and stderr as text; a missing container is
-  :class:`NoSuchContainer`.
+  :class:`NoSuchContainer`. ``follow_logs`` yields them, then what follows as it is written,
+  until the container stops (a missing container: :class:`NoSuchContainer` at the first step).
+* ``exec`` runs a command in the running container as ``user``, stdout and stderr combined and
+  capped; past ``timeout_s`` the command is killed (best effort: by its host pid, which needs
+  the agent on the daemon's host) and the result says it timed out. A missing container is
+  :class:`NoSuchContainer`, a stopped one :class:`ContainerNotRunning`.
+* Each container gets a Docker bridge network of its own, ``nbfleet-<notebook id>``, labelled
+  like the container (Docker isolates bridge networks from each other, so one notebook cannot
+  reach another's editor at its container IP). ``remove`` removes it with the container;
+  ``prune_networks`` removes those left behind by a crash. When Docker cannot create one (its
+  address pools are exhausted: by default ~30 bridge networks per daemon; see
+  ``default-address-pools`` in daemon.json) the container joins the default bridge and a
+  warning says isolation is lost for it.
 
 Security settings of every container: the framework's non-root user, all capabilities dropped,
-``no-new-privileges``, ``/tmp`` on tmpfs, the editor port published on ``public_host`` only.
+``no-new-privileges``, ``/tmp`` on tmpfs, the editor port published on ``public_host`` only
+(the agent sets loopback, so its proxy is the only way in).
 """
 
 from __future__ import annotations
@@ -24,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +77,19 @@ class ImageUnavailable(RuntimeError_):
     pass
 
 
+class ContainerNotRunning(RuntimeError_):
+    pass
+
+
+@dataclass
+class ExecOutput:
+    exit_code: int
+    #: stdout and stderr as they arrived, at most ``max_output`` bytes.
+    output: bytes
+    truncated: bool = False
+    timed_out: bool = False
+
+
 @dataclass
 class ContainerSpec:
     notebook: str
@@ -78,6 +106,7 @@ class ContainerSpec:
     editor_port: int
     workspace_dir: str
     scratch_dir: str
+    #: The host address the editor port is published on (the agent's proxy connects there).
     public_host: str = "127.0.0.1"
     nvidia_runtime: bool = False
     #: Data volumes: (host dir, mount path, read only), bound after /workspace and /data.
@@ -114,6 +143,20 @@ class ContainerRuntime(Protocol):
     async def remove(self, notebook: str) -> None: ...
 
     async def logs(self, notebook: str, tail: int = 200) -> str: ...
+
+    def follow_logs(self, notebook: str, tail: int = 200) -> AsyncIterator[str]: ...
+
+    async def exec(
+        self,
+        notebook: str,
+        command: list[str],
+        *,
+        user: str = "",
+        timeout_s: float = 60.0,
+        max_output: int = 1 << 20,
+    ) -> ExecOutput: ...
+
+    async def prune_networks(self, skip: set[str]) -> list[str]: ...
 
     async def close(self) -> None: ...
 
@@ -157,6 +200,7 @@ def container_config(
     host_id: str = "",
     cpus: int | None = None,
     memory_mb: int | None = None,
+    network: str = "",
 ) -> dict[str, Any]:
     """The Docker create body for ``spec`` (separate from the API call so it can be tested)."""
     cpus = host_cpus() if cpus is None else cpus
@@ -176,6 +220,8 @@ def container_config(
         "RestartPolicy": {"Name": "no"},
         "Init": True,
     }
+    if network:
+        host_config["NetworkMode"] = network
     host_config["Binds"] += [
         f"{source}:{target}:{'ro' if read_only else 'rw'}"
         for source, target, read_only in spec.extra_mounts
@@ -189,14 +235,11 @@ def container_config(
             {"Driver": "nvidia", "DeviceIDs": list(spec.gpus), "Capabilities": [["gpu"]]}
         ]
     labels = {
-        L_MANAGED: "1",
-        L_NOTEBOOK: spec.notebook,
+        **network_labels(spec.notebook, host_id),
         L_PROJECT: spec.project,
         L_GENERATION: str(spec.generation),
         L_GPUS: ",".join(spec.gpus),
     }
-    if host_id:
-        labels[L_HOST] = host_id
     return {
         "Image": spec.image,
         "Cmd": list(spec.command),
@@ -207,6 +250,14 @@ def container_config(
         "Labels": labels,
         "HostConfig": host_config,
     }
+
+
+def network_labels(notebook: str, host_id: str = "") -> dict[str, str]:
+    """Labels of a notebook's network (and the base of its container's)."""
+    labels = {L_MANAGED: "1", L_NOTEBOOK: notebook}
+    if host_id:
+        labels[L_HOST] = host_id
+    return labels
 
 
 def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
@@ -256,7 +307,7 @@ class DockerRuntime:
             self._docker = None
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
-        config = container_config(spec, host_id=self.host_id)
+        container_config(spec, host_id=self.host_id)  # refuses a bad spec before any change
         uid, gid = parse_user(spec.user)
         await asyncio.to_thread(chown_tree, spec.workspace_dir, uid, gid)
         await asyncio.to_thread(chown_tree, spec.scratch_dir, uid, gid)
@@ -265,20 +316,103 @@ class DockerRuntime:
                 await asyncio.to_thread(chown_tree, source, uid, gid)
         name = container_name(spec.notebook)
         docker = self._client()
+        network = await self._network_for(spec.notebook)
+        config = container_config(spec, host_id=self.host_id, network=network)
         try:
-            container = await docker.containers.create(config, name=name)
-        except DockerError as exc:
-            if exc.status == 409:
-                raise ContainerExists(f"container {name} already exists")
-            if exc.status != 404:
-                raise
-            await self._pull(spec.image)
-            container = await docker.containers.create(config, name=name)
+            try:
+                container = await docker.containers.create(config, name=name)
+            except DockerError as exc:
+                if exc.status == 409:
+                    raise ContainerExists(f"container {name} already exists")
+                if exc.status != 404:
+                    raise
+                if network and "network" in exc.message.lower():
+                    # Removed between our create and the container's (an outside prune).
+                    network = await self._network_for(spec.notebook)
+                    config = container_config(spec, host_id=self.host_id, network=network)
+                else:
+                    await self._pull(spec.image)
+                container = await docker.containers.create(config, name=name)
+        except ContainerExists:
+            raise  # the network is that container's
+        except BaseException:
+            await self._remove_network(spec.notebook)
+            raise
         await container.start()
         info = await self.inspect(spec.notebook)
         if info is None:
             raise NoSuchContainer(f"container {name} vanished right after it started")
         return info
+
+    async def _network_for(self, notebook: str) -> str:
+        """A new bridge network for the notebook (any left from an earlier attempt is removed
+        first); its id, or ``""`` (the default bridge) when Docker cannot make one."""
+        await self._remove_network(notebook)
+        try:
+            network = await self._client().networks.create(
+                {
+                    "Name": container_name(notebook),
+                    "Driver": "bridge",
+                    # Docker before API 1.44 creates same-named networks unless told not to.
+                    "CheckDuplicate": True,
+                    "Labels": network_labels(notebook, self.host_id),
+                }
+            )
+        except DockerError as exc:
+            log.warning(
+                "notebook=%s no network of its own (%s); it joins the default bridge, where "
+                "other notebooks can reach it. Widen dockerd's default-address-pools to "
+                "restore isolation",
+                notebook,
+                exc.message,
+            )
+            return ""
+        return network.id
+
+    async def _networks_of(self, notebook: str | None = None) -> list[dict[str, Any]]:
+        labels = [f"{L_MANAGED}=1"]
+        if self.host_id:
+            labels.append(f"{L_HOST}={self.host_id}")
+        if notebook is not None:
+            labels.append(f"{L_NOTEBOOK}={notebook}")
+        return await self._client().networks.list(filters={"label": labels})
+
+    async def _remove_network(self, notebook: str) -> bool:
+        """Remove the notebook's network(s); none is success, one still in use stays
+        (``prune_networks`` gets it later)."""
+        removed = True
+        for network in await self._networks_of(notebook):
+            try:
+                async with self._client()._query(f"networks/{network['Id']}", method="DELETE"):
+                    pass
+            except DockerError as exc:
+                if exc.status != 404:
+                    log.warning(
+                        "notebook=%s network %s not removed, retried later: %s",
+                        notebook,
+                        network.get("Name"),
+                        exc.message,
+                    )
+                    removed = False
+        return removed
+
+    async def prune_networks(self, skip: set[str]) -> list[str]:
+        """Remove this host's notebook networks whose container is gone (an agent crashed
+        between the two removals), except those of notebooks in ``skip`` (being worked on).
+        Returns the notebooks whose network was removed."""
+        found = await self._networks_of()
+        if not found:
+            return []
+        labels = [f"{L_MANAGED}=1"] + ([f"{L_HOST}={self.host_id}"] if self.host_id else [])
+        containers = await self._client().containers.list(all=True, filters={"label": labels})
+        alive = {(c._container.get("Labels") or {}).get(L_NOTEBOOK) for c in containers}
+        orphans = {(n.get("Labels") or {}).get(L_NOTEBOOK, "") for n in found} - alive - skip
+        removed = []
+        for notebook in sorted(orphans - {""}):
+            if await self._remove_network(notebook):
+                log.info("notebook=%s orphan network removed", notebook)
+                removed.append(notebook)
+        return removed
 
     async def _pull(self, image: str) -> None:
         log.info("image=%s not present, pulling", image)
@@ -327,9 +461,9 @@ class DockerRuntime:
             await container.delete(force=True, v=True)
         except DockerError as exc:
             # 409 "removal already in progress" ends the same way.
-            if exc.status == 404 or (exc.status == 409 and "in progress" in exc.message):
-                return
-            raise
+            if not (exc.status == 404 or (exc.status == 409 and "in progress" in exc.message)):
+                raise
+        await self._remove_network(notebook)
 
     async def logs(self, notebook: str, tail: int = 200) -> str:
         try:
@@ -340,3 +474,68 @@ class DockerRuntime:
                 raise NoSuchContainer(f"notebook {notebook} has no container on this host")
             raise
         return "".join(lines)
+
+    async def follow_logs(self, notebook: str, tail: int = 200) -> AsyncIterator[str]:
+        container = self._client().containers.container(container_name(notebook))
+        stream = container.log(stdout=True, stderr=True, follow=True, tail=max(1, tail))
+        try:
+            async for text in stream:
+                yield text
+        except DockerError as exc:
+            if exc.status == 404:
+                raise NoSuchContainer(f"notebook {notebook} has no container on this host")
+            raise
+        finally:
+            await stream.aclose()
+
+    async def exec(
+        self,
+        notebook: str,
+        command: list[str],
+        *,
+        user: str = "",
+        timeout_s: float = 60.0,
+        max_output: int = 1 << 20,
+    ) -> ExecOutput:
+        container = self._client().containers.container(container_name(notebook))
+        try:
+            execution = await container.exec(command, stdout=True, stderr=True, user=user)
+        except DockerError as exc:
+            if exc.status == 404:
+                raise NoSuchContainer(f"notebook {notebook} has no container on this host")
+            if exc.status == 409:
+                raise ContainerNotRunning(f"notebook {notebook}'s container is not running")
+            raise
+        output = bytearray()
+        truncated = timed_out = False
+        stream = execution.start(detach=False)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while (message := await stream.read_out()) is not None:
+                    room = max_output - len(output)
+                    if len(message.data) > room:
+                        truncated = True  # keep reading, so the command is never blocked
+                    output += message.data[: max(0, room)]
+        except TimeoutError:
+            timed_out = True
+        finally:
+            await stream.close()
+        details = await execution.inspect()
+        if timed_out:
+            _kill(details.get("Pid"), notebook)
+            return ExecOutput(124, bytes(output), truncated, timed_out=True)
+        exit_code = details.get("ExitCode")
+        return ExecOutput(-1 if exit_code is None else exit_code, bytes(output), truncated)
+
+
+def _kill(pid: int | None, notebook: str) -> None:
+    """Kill a timed-out exec by its host pid (Docker has no API for it). Best effort: it needs
+    the agent on the daemon's host, allowed to signal the process."""
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        log.warning("notebook=%s timed-out exec (pid %d) left running: %s", notebook, pid, exc)

@@ -11,17 +11,25 @@ Behaviours per image (``behaviours[image]``) or per notebook (``behaviours[noteb
 
 ``probe(url)`` is the matching editor probe to inject into the Reconciler. ``exit(notebook,
 code)`` makes a running container exit later. ``calls`` records every call in order.
+
+``ports[notebook]`` publishes that notebook's editor on a given port (a test server standing in
+for the editor) instead of a made-up one. ``follow_logs`` yields the log text, then what
+``append_log`` adds, until ``exit`` (or ``end_logs``). ``exec`` answers ``exec_output`` (default:
+the command echoed, exit 0); a command ``["sleep", N]`` sleeps N seconds, so a timeout can hit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 
 from agent.runtime import (
     ContainerExists,
     ContainerInfo,
+    ContainerNotRunning,
     ContainerSpec,
+    ExecOutput,
     ImageUnavailable,
     NoSuchContainer,
 )
@@ -39,6 +47,11 @@ class FakeRuntime:
         self._ports = itertools.count(40000)
         self._gates: dict[str, asyncio.Event] = {}
         self.closed = False
+        self.ports: dict[str, int] = {}
+        self._log_feeds: dict[str, list[asyncio.Queue[str | None]]] = {}
+        self.exec_calls: list[tuple[str, list[str], str]] = []
+        self.exec_output: dict[str, ExecOutput] = {}
+        self.pruned_networks: list[set[str]] = []
 
     def behaviour(self, spec_or_notebook: ContainerSpec | str) -> str:
         if isinstance(spec_or_notebook, str):
@@ -63,6 +76,16 @@ class FakeRuntime:
         info = self.containers[notebook]
         info.status = "exited"
         info.exit_code = code
+        self.end_logs(notebook)
+
+    def append_log(self, notebook: str, text: str) -> None:
+        self.logs_text[notebook] = self.logs_text.get(notebook, "") + text
+        for feed in self._log_feeds.get(notebook, []):
+            feed.put_nowait(text)
+
+    def end_logs(self, notebook: str) -> None:
+        for feed in self._log_feeds.pop(notebook, []):
+            feed.put_nowait(None)
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
         self.calls.append(("create", spec.notebook))
@@ -80,7 +103,7 @@ class FakeRuntime:
             project=spec.project,
             gpus=list(spec.gpus),
             status="running",
-            host_port=next(self._ports),
+            host_port=self.ports.get(spec.notebook) or next(self._ports),
             container_id=f"c-{spec.notebook}-{spec.generation}",
         )
         if behaviour in ("exit0", "exit1"):
@@ -126,6 +149,53 @@ class FakeRuntime:
             raise NoSuchContainer(notebook)
         lines = self.logs_text.get(notebook, f"log of {notebook}\n").splitlines(keepends=True)
         return "".join(lines[-tail:])
+
+    async def follow_logs(self, notebook: str, tail: int = 200) -> AsyncIterator[str]:
+        if notebook not in self.containers:
+            raise NoSuchContainer(notebook)
+        feed: asyncio.Queue[str | None] = asyncio.Queue()
+        self._log_feeds.setdefault(notebook, []).append(feed)
+        try:
+            yield await self.logs(notebook, tail)
+            if not self.containers[notebook].running:
+                return
+            while (text := await feed.get()) is not None:
+                yield text
+        finally:
+            feeds = self._log_feeds.get(notebook, [])
+            if feed in feeds:
+                feeds.remove(feed)
+
+    async def exec(
+        self,
+        notebook: str,
+        command: list[str],
+        *,
+        user: str = "",
+        timeout_s: float = 60.0,
+        max_output: int = 1 << 20,
+    ) -> ExecOutput:
+        self.exec_calls.append((notebook, list(command), user))
+        info = self.containers.get(notebook)
+        if info is None:
+            raise NoSuchContainer(notebook)
+        if not info.running:
+            raise ContainerNotRunning(notebook)
+        if command[0] == "sleep":
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.sleep(float(command[1]))
+            except TimeoutError:
+                return ExecOutput(124, b"", timed_out=True)
+        found = self.exec_output.get(notebook)
+        if found is not None:
+            return found
+        output = (" ".join(command) + "\n").encode()
+        return ExecOutput(0, output[:max_output], truncated=len(output) > max_output)
+
+    async def prune_networks(self, skip: set[str]) -> list[str]:
+        self.pruned_networks.append(set(skip))
+        return []
 
     async def close(self) -> None:
         self.closed = True

@@ -7,6 +7,9 @@ acknowledged transitions land in ``sent``, usage in ``usage_items``.
 ``aiohttp.test_utils.TestServer``), verifying signatures with ``common.auth.Verifier``. Tests set
 ``assignments`` (and call ``bump()``), read ``registrations``, ``heartbeats``, ``transitions``
 and ``usage``; ``forget()`` makes the next heartbeat answer ``known=false``.
+``POST /v1/agents/authorize`` allows the tokens in ``tokens`` (token → role) for every
+notebook, unless ``refusals`` (token → reason) says otherwise; questions land in
+``authorizations``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class FakeScheduler:
         self.assignments: list[wire.Assignment] = []
         self.version = 1
         self.known: set[str] = set()
+        self.tokens: dict[str, str] = {}
+        self.refusals: dict[str, str] = {}
+        self.authorizations: list[tuple[str, wire.AuthorizeRequest]] = []
         self._changed = asyncio.Event()
 
     def bump(self) -> None:
@@ -90,6 +96,7 @@ class FakeScheduler:
         app.router.add_get("/v1/agents/assignments", self._assignments)
         app.router.add_post("/v1/agents/transitions", self._transitions)
         app.router.add_post("/v1/agents/usage", self._usage)
+        app.router.add_post("/v1/agents/authorize", self._authorize)
         return app
 
     async def _auth(self, request: web.Request) -> tuple[str, bytes]:
@@ -143,3 +150,14 @@ class FakeScheduler:
         _, body = await self._auth(request)
         self.usage.extend(wire.decode(body, wire.UsageBatch).items)
         return self._json(wire.Ack())
+
+    async def _authorize(self, request: web.Request) -> web.Response:
+        host, body = await self._auth(request)
+        ask = wire.decode(body, wire.AuthorizeRequest)
+        self.authorizations.append((host, ask))
+        if ask.token in self.refusals:
+            return self._json(wire.AuthorizeReply(allowed=False, reason=self.refusals[ask.token]))
+        role = self.tokens.get(ask.token)
+        if role is None:
+            return self._json(wire.AuthorizeReply(allowed=False, reason="unknown or deleted token"))
+        return self._json(wire.AuthorizeReply(allowed=True, role=role))  # type: ignore[arg-type]
