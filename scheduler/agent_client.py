@@ -1,17 +1,42 @@
-"""Calls from the scheduler to an agent, signed with that agent's secret."""
+"""Calls from the scheduler to an agent, signed with that agent's secret.
+
+* ``GET {agent_url}/v1/notebooks/{id}/logs?tail=N``: the container's output, as text;
+* ``GET ...logs?follow=1[&tail=N]``: the same, then new output as it comes, until the agent
+  ends the response (the container stopped) or the scheduler closes it (the user left);
+* ``POST {agent_url}/v1/notebooks/{id}/exec`` (``ExecRequest`` → ``ExecResult``): run a
+  command in the notebook's container.
+
+An agent that cannot be reached, or answers what the scheduler cannot use, is
+``ApiError('upstream_unavailable')`` (502) naming the host; an error the agent states about the
+notebook (409 not running there, 404 no container, 400) is passed on with the agent's message.
+"""
 
 from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import aiohttp
+import msgspec
 
+from common import wire
 from common.auth import sign
-from common.errors import ApiError
+from common.errors import STATUS, ApiError
 
 log = logging.getLogger(__name__)
+
+#: Agent errors about the notebook itself, passed on to the user as they are.
+_PASSED_ON = frozenset({"invalid_request", "not_found", "conflict"})
+#: Time an exec may take at the agent beyond its own timeout (container exec setup, output).
+EXEC_GRACE_S = 15.0
+#: Connecting to an agent for a stream; once connected a stream may stay quiet for ever.
+STREAM_CONNECT_S = 10.0
+
+
+def notebook_path(notebook_id: str, action: str) -> str:
+    return f"/v1/notebooks/{urllib.parse.quote(notebook_id, safe='')}/{action}"
 
 
 class AgentClient:
@@ -39,20 +64,60 @@ class AgentClient:
 
     async def logs(self, host_id: str, agent_url: str, notebook_id: str, tail: int | None) -> str:
         """The container log text, or ``ApiError('upstream_unavailable')``."""
-        path = f"/v1/notebooks/{urllib.parse.quote(notebook_id, safe='')}/logs"
+        path = notebook_path(notebook_id, "logs")
         if tail is not None:
             path += f"?tail={tail}"
-        status, text = await self._get(host_id, agent_url, path)
-        if status != 200:
+        async with self._request(host_id, agent_url, "GET", path) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise _agent_error(host_id, "logs", resp.status, text, passed_on=frozenset())
+            return text
+
+    @asynccontextmanager
+    async def follow_logs(
+        self, host_id: str, agent_url: str, notebook_id: str, tail: int | None
+    ) -> AsyncIterator[aiohttp.StreamReader]:
+        """The agent's streamed logs (``follow=1``): read chunks from what this yields until
+        it is at EOF. Failing to start is an ``ApiError`` (nothing was sent yet)."""
+        query = {"follow": "1"} if tail is None else {"follow": "1", "tail": str(tail)}
+        path = f"{notebook_path(notebook_id, 'logs')}?{urllib.parse.urlencode(query)}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=STREAM_CONNECT_S)
+        async with self._request(host_id, agent_url, "GET", path, timeout=timeout) as resp:
+            if resp.status != 200:
+                text = await resp.text()
+                raise _agent_error(host_id, "logs", resp.status, text, passed_on=frozenset())
+            yield resp.content
+
+    async def exec(
+        self, host_id: str, agent_url: str, notebook_id: str, request: wire.ExecRequest
+    ) -> wire.ExecResult:
+        body = wire.encode(request)
+        timeout = aiohttp.ClientTimeout(total=request.timeout_s + EXEC_GRACE_S)
+        path = notebook_path(notebook_id, "exec")
+        async with self._request(host_id, agent_url, "POST", path, body, timeout=timeout) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                raise _agent_error(host_id, "exec", resp.status, data.decode(errors="replace"))
+        try:
+            return msgspec.json.decode(data, type=wire.ExecResult)
+        except msgspec.MsgspecError as exc:
             raise ApiError(
                 "upstream_unavailable",
-                f"agent on host {host_id} answered HTTP {status} for the logs: {text[:200]}",
+                f"agent on host {host_id} answered exec with an unreadable body: {exc}",
                 host=host_id,
-                status=status,
             )
-        return text
 
-    async def _get(self, host_id: str, agent_url: str, path_qs: str) -> tuple[int, str]:
+    @asynccontextmanager
+    async def _request(
+        self,
+        host_id: str,
+        agent_url: str,
+        method: str,
+        path_qs: str,
+        body: bytes = b"",
+        *,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         secret = self._secret_for(host_id)
         if secret is None:
             raise ApiError(
@@ -60,11 +125,15 @@ class AgentClient:
             )
         if self._session is None:
             raise RuntimeError("AgentClient is not started")
-        headers = sign(secret, host_id, "GET", path_qs, b"", now=self._clock())
+        headers = sign(secret, host_id, method, path_qs, body, now=self._clock())
+        if body:
+            headers["Content-Type"] = "application/json"
         url = agent_url.rstrip("/") + path_qs
         try:
-            async with self._session.get(url, headers=headers) as resp:
-                return resp.status, await resp.text()
+            async with self._session.request(
+                method, url, data=body or None, headers=headers, timeout=timeout or self._timeout
+            ) as resp:
+                yield resp
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("host=%s agent at %s unreachable: %r", host_id, agent_url, exc)
             raise ApiError(
@@ -72,3 +141,20 @@ class AgentClient:
                 f"cannot reach the agent of host {host_id} at {agent_url}: {exc!r}",
                 host=host_id,
             )
+
+
+def _agent_error(
+    host_id: str, what: str, status: int, text: str, *, passed_on: frozenset[str] = _PASSED_ON
+) -> ApiError:
+    try:
+        err = msgspec.json.decode(text, type=wire.ErrorBody)
+    except msgspec.MsgspecError:
+        err = None
+    if err is not None and err.code in passed_on and STATUS.get(err.code) == status:
+        return ApiError(err.code, err.message, host=host_id, **err.detail)
+    return ApiError(
+        "upstream_unavailable",
+        f"agent on host {host_id} answered HTTP {status} for the {what}: {text[:200]}",
+        host=host_id,
+        status=status,
+    )

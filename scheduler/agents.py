@@ -14,6 +14,7 @@ from collections.abc import Callable
 from common import wire
 from common.config import SchedulerConfig
 from common.states import ON_HOST, InvalidTransition, NotebookState
+from scheduler.access import BASE_URL_PLACEHOLDER, ProxyActivity, editor_base_url, editor_path
 from scheduler.board import AssignmentBoard
 from scheduler.datastores import resolve_volumes
 from scheduler.db import Database, Row, Tx
@@ -34,10 +35,12 @@ MAX_WAIT_S = 30.0
 DEFAULT_WAIT_S = 25.0
 
 
-def fill(template: str, *, token: str, port: int) -> str:
+def fill(template: str, *, token: str, port: int, base_url: str) -> str:
     """Fill the per-notebook placeholders; other braces are left alone."""
     return (
-        template.replace("{token}", token).replace("{port}", str(port)).replace("{base_url}", "/")
+        template.replace("{token}", token)
+        .replace("{port}", str(port))
+        .replace(BASE_URL_PLACEHOLDER, base_url)
     )
 
 
@@ -50,6 +53,7 @@ class AgentService:
         clock: Callable[[], float],
         hosts: HostService,
         on_capacity_freed: Callable[[], None] = lambda: None,
+        activity: ProxyActivity | None = None,
     ) -> None:
         self.db = db
         self.config = config
@@ -58,6 +62,7 @@ class AgentService:
         self.host_service = hosts
         #: Called after a report freed resources or a host (re)joined: the queue may move.
         self.on_capacity_freed = on_capacity_freed
+        self.activity = activity or ProxyActivity(db)
 
     # ------------------------------------------------------------ inventory
 
@@ -132,7 +137,12 @@ class AgentService:
         return wire.RegisterReply(host=host_id, heartbeat_interval_s=self.host_service.interval_s)
 
     async def heartbeat(self, host_id: str, request: wire.Heartbeat) -> wire.HeartbeatReply:
-        return await self.host_service.heartbeat(host_id, request)
+        """Held in memory, GPU metrics by the host service and editor proxy activity by
+        :class:`ProxyActivity`; both are written in batches, never per heartbeat."""
+        reply = await self.host_service.heartbeat(host_id, request)
+        if reply.known and request.activity:
+            self.activity.record(host_id, request.activity)
+        return reply
 
     # ------------------------------------------------------------ assignments
 
@@ -259,6 +269,7 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
             "SELECT uuid FROM gpus WHERE notebook_id = ? ORDER BY idx", (row["id"],)
         )
         token, port = row["access_token"], row["editor_port"]
+        path = editor_path(row["id"])
         env = dict(json.loads(row["envvars"]))
         env["NBFLEET_NOTEBOOK_ID"] = row["id"]
         items.append(
@@ -269,9 +280,12 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
                 desired=row["desired"],
                 state=S(row["state"]),
                 image=row["image"],
-                command=[fill(part, token=token, port=port) for part in json.loads(row["command"])],
+                command=[
+                    fill(part, token=token, port=port, base_url=path)
+                    for part in json.loads(row["command"])
+                ],
                 editor_port=port,
-                url_path=fill(row["url_path"], token=token, port=port),
+                url_path=fill(row["url_path"], token=token, port=port, base_url=path),
                 gpus=[g["uuid"] for g in gpus],
                 cpu=row["cpu"],
                 memory_mb=row["memory_mb"],
@@ -280,6 +294,8 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
                 access_token=token,
                 running_since=row["running_since"],
                 user=row["user"],
+                unsecure_http=bool(row["unsecure_http"]),
+                base_url=editor_base_url(row["id"], row["command"], row["url_path"]),
                 volumes=await resolve_volumes(tx, row),
                 restore_from=await restore_source(tx, row),
             )

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from common.auth import Verifier, token_digest
 from common.config import SchedulerConfig
+from scheduler.access import ProxyActivity
 from scheduler.agent_client import AgentClient
 from scheduler.agents import AgentService
 from scheduler.api import add_routes
@@ -25,6 +26,7 @@ from scheduler.api.middleware import MAX_BODY_BYTES, errors
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database
 from scheduler.hosts import HostService
+from scheduler.loops.activity import ActivityFlush
 from scheduler.loops.base import Loop
 from scheduler.loops.maintenance import Maintenance
 from scheduler.notebooks import NotebookService
@@ -47,10 +49,12 @@ def create_app(
     board = AssignmentBoard()
     agent_secrets = AgentSecrets(config.agent_secrets_dir)
     progress = ProgressBoard()
+    activity = ProxyActivity(db)
     hosts = HostService(db, config, board, clock)
     notebooks = NotebookService(db, config, board, clock, progress)
     notebooks.ttl_s = lambda: hosts.ttl_s
     notebooks.flush_heartbeats = hosts.flush
+    notebooks.pending_activity = activity.pending
     maintenance = Maintenance(db, config, board, clock, hosts, notebooks)
     context = Context(
         config=config,
@@ -58,7 +62,15 @@ def create_app(
         db=db,
         board=board,
         notebooks=notebooks,
-        agents=AgentService(db, config, board, clock, hosts, on_capacity_freed=maintenance.wake),
+        agents=AgentService(
+            db,
+            config,
+            board,
+            clock,
+            hosts,
+            on_capacity_freed=maintenance.wake,
+            activity=activity,
+        ),
         hosts=hosts,
         maintenance=maintenance,
         projects=ProjectService(db, clock, config.quota),
@@ -66,11 +78,12 @@ def create_app(
         verifier=Verifier(agent_secrets, clock=clock),
         agent_client=agent_client or AgentClient(agent_secrets, clock=clock),
         snapshots=SnapshotService(db, clock, progress),
+        activity=activity,
     )
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors])
     app[CONTEXT] = context
-    # Heartbeat writes, lost hosts, the runtime limit, restarts and the queue.
-    app[LOOPS] = [maintenance]
+    # Heartbeat writes, lost hosts, the runtime limit, restarts and the queue; proxy activity.
+    app[LOOPS] = [maintenance, ActivityFlush(activity)]
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_release_long_polls)
@@ -92,6 +105,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         for loop in app[LOOPS]:
             await loop.stop()
         await context.hosts.flush()
+        await context.activity.flush()
         await context.agent_client.close()
         await context.db.close()
 

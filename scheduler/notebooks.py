@@ -90,10 +90,21 @@ class NotebookService:
         )
         #: Set by the app: writes heartbeats held in memory, so placement sees them.
         self.flush_heartbeats: Callable[[Tx], Awaitable[int]] | None = None
+        #: Set by the app: editor proxy activity not written yet, ``(notebook, host) →
+        #: (last_activity_at, proxied_bytes)``, so views never lag a flush.
+        self.pending_activity: Callable[[str, str | None], tuple[float, int] | None] = (
+            lambda notebook, host: None
+        )
         self.dispatcher = Dispatcher(config, board, lambda: self.ttl_s())
 
     def _with_progress(self, nb: wire.Notebook) -> wire.Notebook:
+        """What is held in memory: sync progress, and proxy activity not written yet."""
         nb.progress = self.progress.get(nb.id, nb.generation, nb.state)
+        activity = self.pending_activity(nb.id, nb.host)
+        if activity is not None:
+            at, carried = activity
+            nb.last_activity_at = max(nb.last_activity_at or 0.0, at)
+            nb.proxied_bytes = carried
         return nb
 
     async def _place_or_queue(
@@ -217,6 +228,17 @@ class NotebookService:
             assert host is not None  # foreign key
             return host_id, host["agent_url"]
 
+    async def exec_target(
+        self, project: str, notebook_id: str, selector: dict[str, str] | None = None
+    ) -> tuple[str, str]:
+        """``(host_id, agent_url)`` of the host running the notebook; 409 unless RUNNING."""
+        async with self.db.read() as tx:
+            row = await _load(tx, project, notebook_id, selector)
+            _require(row, frozenset({S.RUNNING}), "commands run only in a RUNNING notebook")
+            host = await tx.one("SELECT agent_url FROM hosts WHERE id = ?", (row["host_id"],))
+            assert host is not None  # a RUNNING notebook holds its host
+            return row["host_id"], host["agent_url"]
+
     # ------------------------------------------------------------ commands
 
     async def create(
@@ -284,9 +306,9 @@ class NotebookService:
                 "editor_port, url_path, user, gpu, cpu, memory_mb, labels, envvars, state, "
                 "state_reason, state_at, desired, host_id, last_host_id, generation, "
                 "initialized, access_token, created_at, flavor, gpu_model, disk_gb, "
-                "restart_on_timeout, queued_at) "
+                "restart_on_timeout, queued_at, unsecure_http) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, "
-                "?, 1, 0, ?, ?, ?, ?, ?, ?, ?)",
+                "?, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     notebook_id,
                     project,
@@ -315,6 +337,7 @@ class NotebookService:
                     resources.disk_gb,
                     int(request.restart_on_timeout),
                     now if chosen is None else None,
+                    int(request.unsecure_http),
                 ),
             )
             if fork is not None:
@@ -363,6 +386,8 @@ class NotebookService:
             cpu=cpu,
             flavor=flavor,
             restart_on_timeout=bool(source["restart_on_timeout"]),
+            # Same workspace, same audience: a fork of a public notebook is public too.
+            unsecure_http=bool(source["unsecure_http"]),
             name=request.name,
             labels=json.loads(source["labels"]) if request.labels is None else request.labels,
             envvars=json.loads(source["envvars"]),
@@ -582,4 +607,7 @@ async def _view(
         flavor=row["flavor"],
         restart_on_timeout=bool(row["restart_on_timeout"]),
         disk_gb=row["disk_gb"],
+        unsecure_http=bool(row["unsecure_http"]),
+        last_activity_at=row["last_activity_at"],
+        proxied_bytes=row["proxied_bytes"],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, agents, datastores, usage, user
+from scheduler.api import admin, agents, datastores, editor, tokens, usage, user
 
 
 def add_routes(app: web.Application) -> None:
@@ -21,11 +21,20 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/notebooks/{id}/stop", user.stop_notebook)
     r.add_get("/v1/notebooks/{id}/history", user.notebook_history)
     r.add_get("/v1/notebooks/{id}/logs", user.notebook_logs)
+    r.add_post("/v1/notebooks/{id}/exec", user.exec_in_notebook)
     r.add_post("/v1/datastores", datastores.create_datastore)
     r.add_get("/v1/datastores", datastores.list_datastores)
     r.add_delete("/v1/datastores/{alias}", datastores.delete_datastore)
     r.add_get("/v1/notebooks/{id}/backups", user.notebook_backups)
     r.add_post("/v1/notebooks/{id}/fork", user.fork_notebook)
+    r.add_post("/v1/tokens", tokens.create_token)
+    r.add_get("/v1/tokens", tokens.list_tokens)
+    r.add_delete("/v1/tokens/{id}", tokens.delete_token)
+
+    # A notebook's stable URL (any method: the browser's first request may be a POST or a
+    # WebSocket upgrade as well as a GET), redirected to the agent that runs it now.
+    r.add_route("*", "/notebooks/{id}", editor.open_editor)
+    r.add_route("*", "/notebooks/{id}/{tail:.*}", editor.open_editor)
 
     r.add_post("/v1/admin/projects", admin.create_project)
     r.add_get("/v1/admin/projects", admin.list_projects)
@@ -45,3 +54,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/agents/usage", agents.usage)
     r.add_post("/v1/agents/snapshots", agents.snapshots)
     r.add_post("/v1/agents/progress", agents.progress)
+    r.add_post("/v1/agents/authorize", agents.authorize)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
+from scheduler import access
 from scheduler.agents import DEFAULT_WAIT_S, MAX_WAIT_S
-from scheduler.api.auth import signed_agent
+from scheduler.api.auth import is_admin_token, signed_agent
 from scheduler.api.context import ctx
 from scheduler.api.middleware import json_reply
 from scheduler.api.query import float_param, int_param
@@ -56,3 +57,15 @@ async def progress(request: web.Request) -> web.Response:
     host_id, body = await signed_agent(request)
     await ctx(request).snapshots.report_progress(host_id, wire.decode(body, wire.ProgressReport))
     return json_reply(wire.Ack())
+
+
+async def authorize(request: web.Request) -> web.Response:
+    """May this token open this notebook's editor? Asked by the agent's proxy for a token it
+    has not seen (recently); the answer names why not, for the person refused."""
+    host_id, body = await signed_agent(request)
+    ask = wire.decode(body, wire.AuthorizeRequest)
+    context = ctx(request)
+    if is_admin_token(request, ask.token):
+        return json_reply(access.admin_token_refused())
+    principal = await context.projects.principal(ask.token) if ask.token else None
+    return json_reply(await access.authorize(context.db, host_id, ask.notebook, principal))

@@ -20,7 +20,7 @@ def _bearer(request: web.Request) -> str:
     return token.strip()
 
 
-def _is_admin(request: web.Request, token: str) -> bool:
+def is_admin_token(request: web.Request, token: str) -> bool:
     expected = ctx(request).admin_digest
     return bool(expected) and hmac.compare_digest(token_digest(token), expected)
 
@@ -28,7 +28,7 @@ def _is_admin(request: web.Request, token: str) -> bool:
 async def project_principal(request: web.Request, *, operate: bool = False) -> Principal:
     """The project token's principal; ``operate`` requires role ``operator``."""
     token = _bearer(request)
-    if _is_admin(request, token):
+    if is_admin_token(request, token):
         raise ApiError("forbidden", "the admin token reaches /v1/admin/* only; use a project token")
     principal = await ctx(request).projects.principal(token)
     if principal is None:
@@ -45,7 +45,7 @@ async def project_principal(request: web.Request, *, operate: bool = False) -> P
 
 async def require_admin(request: web.Request) -> None:
     token = _bearer(request)
-    if _is_admin(request, token):
+    if is_admin_token(request, token):
         return
     if await ctx(request).projects.principal(token) is not None:
         raise ApiError("forbidden", "this endpoint needs the admin token")

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from common.auth import Verifier
 from common.config import SchedulerConfig
+from scheduler.access import ProxyActivity
 from scheduler.agent_client import AgentClient
 from scheduler.agents import AgentService
 from scheduler.board import AssignmentBoard
@@ -37,6 +38,8 @@ class Context:
     snapshots: SnapshotService
     hosts: HostService
     maintenance: Maintenance
+    #: Editor proxy activity from heartbeats, not written yet.
+    activity: ProxyActivity
     #: sha256 of the admin token, set at start-up from ``admin_token_file``.
     admin_digest: str = field(default="")
 

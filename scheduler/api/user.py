@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import aiohttp
 from aiohttp import web
 
 from common import __version__, wire
-from common.errors import ApiError
+from common.errors import ApiError, invalid
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
 from scheduler.api.middleware import json_reply
 from scheduler.api.query import int_param
 from scheduler.notebooks import parse_label_selector, parse_states
+
+log = logging.getLogger(__name__)
+
+#: While a followed log is quiet, how often to look whether its reader is still there.
+FOLLOW_CHECK_S = 5.0
 
 
 async def health(request: web.Request) -> web.Response:
@@ -86,16 +95,87 @@ async def delete_notebook(request: web.Request) -> web.Response:
     return json_reply(notebook, 202)
 
 
-async def notebook_logs(request: web.Request) -> web.Response:
+async def notebook_logs(request: web.Request) -> web.StreamResponse:
     principal = await project_principal(request)
     tail = int_param(request, "tail", default=None, low=0, high=100_000)
+    follow = request.query.get("follow", "0")
+    if follow not in ("0", "1", "true", "false"):
+        raise invalid(f"invalid query parameter `follow`: {follow!r} is not 0 or 1", field="follow")
     notebook_id = request.match_info["id"]
     context = ctx(request)
     host_id, agent_url = await context.notebooks.log_source(
         principal.project, notebook_id, principal.selector
     )
+    if follow in ("1", "true"):
+        return await _follow_logs(request, host_id, agent_url, notebook_id, tail)
     text = await context.agent_client.logs(host_id, agent_url, notebook_id, tail)
     return web.Response(text=text, content_type="text/plain")
+
+
+async def _follow_logs(
+    request: web.Request, host_id: str, agent_url: str, notebook_id: str, tail: int | None
+) -> web.StreamResponse:
+    """Relay the agent's followed logs as they come, until the agent ends them or the reader
+    leaves (noticed at the next chunk, or within ``FOLLOW_CHECK_S`` while the log is quiet).
+    Closing the upstream response is what tells the agent to stop following."""
+    client = ctx(request).agent_client
+    async with client.follow_logs(host_id, agent_url, notebook_id, tail) as upstream:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        while True:
+            try:
+                chunk = await asyncio.wait_for(upstream.readany(), FOLLOW_CHECK_S)
+            except TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    log.debug("notebook=%s log follower left", notebook_id)
+                    return response
+                continue
+            except aiohttp.ClientError as exc:
+                # The status is sent already: say it in the text, where the reader looks.
+                log.warning(
+                    "notebook=%s host=%s log stream broke off: %r", notebook_id, host_id, exc
+                )
+                chunk = f"\n[nbfleet: the log stream from host {host_id} broke off: {exc!r}]\n"
+                await _write_quietly(response, chunk.encode())
+                return response
+            if not chunk:
+                break
+            if not await _write_quietly(response, chunk):
+                log.debug("notebook=%s log follower left", notebook_id)
+                return response
+    await response.write_eof()
+    return response
+
+
+async def _write_quietly(response: web.StreamResponse, chunk: bytes) -> bool:
+    """False when the reader has gone."""
+    try:
+        await response.write(chunk)
+    except ConnectionError:
+        return False
+    return True
+
+
+async def exec_in_notebook(request: web.Request) -> web.Response:
+    """Run a command in a RUNNING notebook's container (operator role), via its agent."""
+    principal = await project_principal(request, operate=True)
+    body = wire.decode(await request.read(), wire.ExecRequest)
+    notebook_id = request.match_info["id"]
+    context = ctx(request)
+    host_id, agent_url = await context.notebooks.exec_target(
+        principal.project, notebook_id, principal.selector
+    )
+    log.info(
+        "notebook=%s host=%s exec %r for project %s",
+        notebook_id,
+        host_id,
+        body.command[0],
+        principal.project,
+    )
+    return json_reply(await context.agent_client.exec(host_id, agent_url, notebook_id, body))
 
 
 async def catalog(request: web.Request) -> web.Response:

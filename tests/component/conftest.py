@@ -32,7 +32,12 @@ CATALOG = {
     "editors": {
         "jupyterlab": {
             "port": 8888,
-            "command": ["jupyter-lab", "--ServerApp.token={token}", "--port={port}"],
+            "command": [
+                "jupyter-lab",
+                "--ServerApp.token={token}",
+                "--port={port}",
+                "--ServerApp.base_url={base_url}",
+            ],
             "url_path": "/lab?token={token}",
         },
         "vscode": {"port": 8080, "command": ["code-server", "--bind-addr=0.0.0.0:{port}"]},

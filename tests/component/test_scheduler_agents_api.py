@@ -80,7 +80,12 @@ async def test_assignment_carries_filled_command_and_env(
     assert item["notebook"] == nb["id"]
     assert item["project"] == "alpha"
     assert item["desired"] == "running" and item["state"] == "STARTING"
-    assert item["command"] == ["jupyter-lab", f"--ServerApp.token={token}", "--port=8888"]
+    assert item["command"] == [
+        "jupyter-lab",
+        f"--ServerApp.token={token}",
+        "--port=8888",
+        f"--ServerApp.base_url=/notebooks/{nb['id']}/",
+    ]
     assert item["url_path"] == f"/lab?token={token}"
     assert item["editor_port"] == 8888
     assert item["gpus"] == ["GPU-h1-0"]

@@ -1,0 +1,169 @@
+"""Browser access to notebook editors: where a notebook's URL leads, who may open it, and the
+traffic the agents' editor proxies report.
+
+**The URL scheme.** A notebook's URL is ``{scheduler}/notebooks/{id}/``, the same for its whole
+life, whichever host it runs on. The scheduler does not carry editor traffic: a request for
+``/notebooks/{id}/{rest}?{query}`` is answered ``307`` to the same path and query on the agent
+of the host that runs the notebook now (``{agent_url}/notebooks/{id}/{rest}?{query}``), where
+the agent's proxy checks the token (asking :func:`authorize`) and forwards to the editor. A
+``?token=`` survives the redirect, so the agent can turn it into its cookie. A notebook that is
+not RUNNING answers with its state and what to do (see :func:`locate`).
+
+**The editor's base URL.** ``{base_url}`` in an editor's ``command`` and ``url_path`` is
+``/notebooks/{id}/``. ``Assignment.base_url`` is the prefix the editor itself serves under:
+``/notebooks/{id}/`` when its catalog entry uses ``{base_url}`` (JupyterLab with
+``--ServerApp.base_url={base_url}``: the proxy forwards paths unchanged), else ``/`` (an editor
+that serves at its root, e.g. code-server: the proxy strips ``/notebooks/{id}``).
+
+**Authorization** (``POST /v1/agents/authorize``, asked by an agent per request it has not
+seen the token of): a project token (never the admin token) of the notebook's project, whose
+label selector the notebook's labels satisfy, asked by the host the notebook runs on. Both
+roles may open the editor.
+
+**Activity** arrives with heartbeats and is held in memory (:class:`ProxyActivity`), written
+in one transaction per flush, like heartbeats themselves, so a heartbeat costs no write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from common import wire
+from common.states import NotebookState
+from scheduler.db import Database, Tx
+from scheduler.projects import Principal, selector_text
+
+log = logging.getLogger(__name__)
+
+S = NotebookState
+
+#: The placeholder editors are told their base URL with.
+BASE_URL_PLACEHOLDER = "{base_url}"
+
+
+def editor_path(notebook_id: str) -> str:
+    """The path of a notebook's editor, at the scheduler and at the agent alike."""
+    return f"/notebooks/{notebook_id}/"
+
+
+def editor_base_url(notebook_id: str, command_template: str, url_path_template: str) -> str:
+    """``Assignment.base_url``: where the editor serves (see the module docstring)."""
+    if BASE_URL_PLACEHOLDER in command_template or BASE_URL_PLACEHOLDER in url_path_template:
+        return editor_path(notebook_id)
+    return "/"
+
+
+# ---------------------------------------------------------------- where the URL leads
+
+
+@dataclass(frozen=True)
+class EditorLocation:
+    """What ``/notebooks/{id}/...`` finds: the notebook's state, and the agent to send the
+    browser to while it is RUNNING."""
+
+    state: NotebookState | None
+    agent_url: str | None = None
+
+
+async def locate(db: Database, notebook_id: str) -> EditorLocation:
+    """One read, no transaction: this runs for every browser request that reaches the
+    scheduler, which is one per editor visit (the browser then stays on the agent)."""
+    row = await db.query_one(
+        "SELECT n.state, h.agent_url FROM notebooks n LEFT JOIN hosts h ON h.id = n.host_id "
+        "WHERE n.id = ?",
+        (notebook_id,),
+    )
+    if row is None:
+        return EditorLocation(None)
+    state = S(row["state"])
+    return EditorLocation(state, row["agent_url"] if state == S.RUNNING else None)
+
+
+# ---------------------------------------------------------------- who may open it
+
+
+async def authorize(
+    db: Database, host_id: str, notebook_id: str, principal: Principal | None
+) -> wire.AuthorizeReply:
+    """May ``principal`` (``None``: unknown or deleted token) open ``notebook_id``'s editor
+    through ``host_id``'s proxy? Reasons are written for the person who sees the 403 page."""
+    row = await db.query_one(
+        "SELECT project, labels, host_id FROM notebooks WHERE id = ?", (notebook_id,)
+    )
+    if row is None:
+        return _deny(f"notebook {notebook_id} does not exist")
+    if row["host_id"] != host_id:
+        # The notebook moved (or stopped) since the agent looked: it must not serve it.
+        return _deny(f"notebook {notebook_id} does not run on host {host_id}")
+    if principal is None:
+        return _deny("unknown or deleted token")
+    if principal.project != row["project"]:
+        return _deny("token of another project")
+    if not principal.reaches(json.loads(row["labels"])):
+        return _deny(f"token limited to {selector_text(principal.selector)}")
+    return wire.AuthorizeReply(allowed=True, role=principal.role)
+
+
+def _deny(reason: str) -> wire.AuthorizeReply:
+    return wire.AuthorizeReply(allowed=False, reason=reason)
+
+
+def admin_token_refused() -> wire.AuthorizeReply:
+    return _deny(
+        "the admin token does not open notebooks; use a project token (nbfleet token create)"
+    )
+
+
+# ---------------------------------------------------------------- what traffic it had
+
+
+class ProxyActivity:
+    """The latest editor proxy activity per notebook, from heartbeats, until written.
+
+    :meth:`record` does no database work (it runs inside the heartbeat handler);
+    :meth:`flush` writes everything pending in one transaction, only for notebooks the
+    reporting host still holds. Views read :meth:`pending` so they never lag a flush.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        #: notebook → (reporting host, last activity, bytes both ways).
+        self._pending: dict[str, tuple[str, float, int]] = {}
+
+    def record(self, host_id: str, items: list[wire.NotebookActivity]) -> None:
+        for item in items:
+            self._pending[item.notebook] = (
+                host_id,
+                item.last_activity_at,
+                item.bytes_in + item.bytes_out,
+            )
+
+    def pending(self, notebook_id: str, host_id: str | None) -> tuple[float, int] | None:
+        """``(last_activity_at, proxied_bytes)`` not yet written, if ``host_id`` reported it."""
+        found = self._pending.get(notebook_id)
+        if found is None or found[0] != host_id:
+            return None
+        return found[1], found[2]
+
+    async def flush(self, tx: Tx | None = None) -> int:
+        """Write what is pending; returns how many notebooks' activity was pending."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        if tx is None:
+            async with self.db.transaction() as tx:
+                await self._write(tx, pending)
+        else:
+            await self._write(tx, pending)
+        return len(pending)
+
+    async def _write(self, tx: Tx, pending: dict[str, tuple[str, float, int]]) -> None:
+        # The last activity never goes back (a late heartbeat); the byte count is the agent's
+        # latest cumulative figure, as the contract says.
+        await tx.run_many(
+            "UPDATE notebooks SET last_activity_at = MAX(COALESCE(last_activity_at, 0), ?), "
+            "proxied_bytes = ? WHERE id = ? AND host_id = ?",
+            ((at, carried, notebook, host) for notebook, (host, at, carried) in pending.items()),
+        )

@@ -1,0 +1,95 @@
+"""``/notebooks/{id}/...``: a notebook's stable URL, answered by a redirect to the agent that
+runs it now (see :mod:`scheduler.access` for the scheme).
+
+Unauthenticated on purpose: the scheduler reveals nothing but the notebook's state, and the
+agent's proxy asks for the token. Answers are plain text, for a person in a browser.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common import wire
+from common.states import NotebookState
+from scheduler.access import editor_path, locate
+from scheduler.api.context import ctx
+
+S = NotebookState
+
+#: Seconds a browser is asked to wait before trying a notebook that is on its way again.
+RETRY_AFTER_S = 5
+
+
+def public_base(request: web.Request) -> str:
+    """``scheme://host[:port]`` the caller reached the scheduler at, as a reverse proxy in
+    front of it reports (``Forwarded``, ``X-Forwarded-Proto``/``-Host``) or else as the request
+    shows. Only ever shown back to the same caller, so a forged header fools nobody else."""
+    forwarded = request.forwarded[0] if request.forwarded else {}
+    scheme = (
+        forwarded.get("proto")
+        or request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+        or request.scheme
+    )
+    host = (
+        forwarded.get("host")
+        or request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        or request.host
+    )
+    return f"{scheme}://{host}"
+
+
+def with_url(request: web.Request, nb: wire.Notebook) -> wire.Notebook:
+    """The notebook's URL made absolute (the service gives the path; set while RUNNING)."""
+    if nb.url is not None:
+        nb.url = public_base(request) + nb.url
+    return nb
+
+
+def _text(status: int, text: str, **headers: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=text + "\n",
+        content_type="text/plain",
+        headers={"Cache-Control": "no-store", **headers},
+    )
+
+
+async def open_editor(request: web.Request) -> web.StreamResponse:
+    """``307`` to the same path and query on the agent of the host running the notebook."""
+    notebook_id = request.match_info["id"]
+    where = await locate(ctx(request).db, notebook_id)
+    start = f"nbfleet notebook start {notebook_id}"
+    state = where.state
+    if state is None or state == S.DELETED:
+        return _text(404, f"notebook {notebook_id} does not exist")
+    if where.agent_url is not None:
+        # The path keeps its encoding and the query (a ?token= included) as sent; a bare
+        # /notebooks/{id} gains its slash, where the editor serves.
+        path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
+        if path == editor_path(notebook_id).rstrip("/"):
+            path += "/"
+        if query:
+            path += "?" + query
+        return _text(
+            307,
+            f"notebook {notebook_id} is served by its host",
+            Location=where.agent_url.rstrip("/") + path,
+        )
+    if state in (S.QUEUED, S.STARTING):
+        return _text(
+            503,
+            f"notebook {notebook_id} is {state}, not running yet; this page opens once it is "
+            f"RUNNING (see `nbfleet notebook get {notebook_id}`)",
+            **{"Retry-After": str(RETRY_AFTER_S)},
+        )
+    if state == S.DELETING:
+        return _text(409, f"notebook {notebook_id} is being deleted")
+    if state == S.STOPPING:
+        why = f"it is {state} (saving its workspace); once STOPPED, start it with `{start}`"
+    else:
+        why = f"it is {state}; start it with `{start}`"
+    return _text(
+        409,
+        f"notebook {notebook_id} is not running: {why} (an operator token), then open this URL "
+        "again.",
+    )
