@@ -7,8 +7,8 @@ import argparse
 
 import msgspec
 
-from cli import output, usage
-from cli.args import BadArguments, add_output, label_pairs
+from cli import output, tokens, usage
+from cli.args import BadArguments, add_output
 from cli.client import Client
 from common import wire
 
@@ -54,14 +54,7 @@ def add_admin_parser(top) -> None:
     tc.add_argument("--project", required=True)
     tc.add_argument("--role", choices=["read", "operator"], default="operator")
     tc.add_argument("--description", default="")
-    tc.add_argument(
-        "--label-selector",
-        action="append",
-        type=label_pairs("--label-selector"),
-        default=[],
-        metavar="KEY=VALUE",
-        help="the token reaches only notebooks carrying this label (repeatable: all of them)",
-    )
+    tokens.add_label_selector(tc)
     add_output(tc)
 
     host = adm.add_parser("host", help="GPU hosts")
@@ -141,14 +134,7 @@ def _token(client: Client, args: argparse.Namespace) -> int:
         label_selector=dict(args.label_selector),
     )
     created = client.call("POST", "/v1/admin/tokens", wire.TokenCreated, body=body)
-    if args.output == "json":
-        output.print_json(created)
-        return 0
-    print(f"token for project {created.project} ({created.role}); shown once, keep it:")
-    print(created.token)
-    if created.label_selector:
-        selector = ", ".join(f"{k}={v}" for k, v in sorted(created.label_selector.items()))
-        print(f"it reaches only notebooks labelled {selector}")
+    tokens.print_created(created, args.output)
     return 0
 
 

@@ -6,10 +6,12 @@ Synchronous on purpose: each CLI invocation makes one or two calls, and the stan
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +81,34 @@ class Client:
 
     def call(self, method: str, path: str, reply: type[T], **kwargs: Any) -> T:
         return msgspec.json.decode(self.request(method, path, **kwargs), type=reply)
+
+    def stream(self, path: str, *, query: dict[str, Any] | None = None) -> Iterator[bytes]:
+        """``GET path`` whose body is yielded as it arrives, for as long as the scheduler
+        sends it. Connecting and the reply's status line are bounded by ``timeout_s``; after
+        that a quiet stream is waited on for ever (a followed log may say nothing for hours)."""
+        url = urllib.parse.urlsplit(self.base + path)
+        path_qs = url.path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
+        connection_type = (
+            http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = connection_type(url.hostname or "", url.port, timeout=self.timeout_s)
+        try:
+            try:
+                conn.request("GET", path_qs, headers={"Authorization": f"Bearer {self.token}"})
+                sock = conn.sock  # the response reads from it; conn may let go of it
+                resp = conn.getresponse()
+            except OSError as exc:
+                raise ApiError(
+                    "upstream_unavailable", f"cannot reach the scheduler at {self.base}: {exc}"
+                )
+            if resp.status != 200:
+                raise _api_error(resp.status, resp.read())
+            if sock is not None:
+                sock.settimeout(None)
+            while chunk := resp.read1(65536):
+                yield chunk
+        finally:
+            conn.close()
 
 
 def _api_error(status: int, body: bytes) -> ApiError:

@@ -2,17 +2,18 @@
 
 Exit status: 0 on success, 1 when the scheduler refused or failed the request (its message is
 printed), 2 on a usage error, 3 when ``notebook wait`` saw the notebook settle in another state
-or ran out of time.
+or ran out of time. ``notebook exec`` exits with the command's own exit status once it ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 import time
 from collections.abc import Sequence
 
-from cli import admin, output, usage, volumes
+from cli import admin, output, tokens, usage, volumes
 from cli.args import BadArguments, add_output, label_pairs, pairs
 from cli.client import Client, client_config
 from common import wire
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after the runtime limit or a lost host, start again (same id and workspace)",
     )
+    run.add_argument(
+        "--unsecure-http",
+        action="store_true",
+        help="public notebook: anyone with its URL opens the editor, without a token",
+    )
     run.add_argument("--label", action="append", type=label_pairs("--label"), default=[])
     run.add_argument("--envvar", action="append", type=pairs("--envvar"), default=[])
     volumes.add_volume_option(run)
@@ -116,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     logs = nbs.add_parser("logs", help="print a notebook's container output")
     logs.add_argument("id")
     logs.add_argument("--tail", type=int, default=200)
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new output until the notebook stops (Ctrl-C to leave)",
+    )
+
+    run_in = nbs.add_parser(
+        "exec",
+        help="run a command in a RUNNING notebook (operator token): nbfleet notebook exec ID "
+        "-- CMD [ARG...]",
+    )
+    run_in.add_argument("id")
+    run_in.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds the command may run (default 60)"
+    )
+    add_output(run_in)
 
     wait = nbs.add_parser("wait", help="wait until a notebook reaches a state")
     wait.add_argument("id")
@@ -124,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(wait)
 
     volumes.add_datastore_parser(top, add_output)
+    tokens.add_token_parser(top)
 
     add_output(top.add_parser("quota", help="your project's quota and what it uses"))
     use = top.add_parser("usage", help="your project's usage over a period")
@@ -162,6 +186,7 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
             volumes=list(args.volume),
             flavor=args.flavor,
             restart_on_timeout=args.restart_on_timeout,
+            unsecure_http=args.unsecure_http,
         )
         nb = client.call("POST", "/v1/notebooks", wire.Notebook, body=body)
         if args.wait:
@@ -205,9 +230,15 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
         _show(nb, args.output)
         return 0
     if action == "logs":
-        text = client.request("GET", f"/v1/notebooks/{args.id}/logs", query={"tail": args.tail})
+        path = f"/v1/notebooks/{args.id}/logs"
+        if args.follow:
+            _print_stream(client.stream(path, query={"tail": args.tail, "follow": 1}))
+            return 0
+        text = client.request("GET", path, query={"tail": args.tail})
         sys.stdout.write(text.decode(errors="replace"))
         return 0
+    if action == "exec":
+        return _exec(client, args)
     if action == "wait":
         try:
             target = NotebookState(args.state)
@@ -215,6 +246,43 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
             raise ApiError("invalid_request", f"--state {args.state!r} is not a notebook state")
         return _wait(client, args.id, target, args.timeout, args.output)
     raise AssertionError(action)
+
+
+def _print_stream(chunks) -> None:
+    """Print text as it arrives; a character split between two chunks is printed whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in chunks:
+        sys.stdout.write(decoder.decode(chunk))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.decode(b"", final=True))
+
+
+def _exec(client: Client, args: argparse.Namespace) -> int:
+    if not args.exec_command:
+        raise BadArguments("notebook exec needs a command after `--`: exec ID -- CMD [ARG...]")
+    body = wire.ExecRequest(command=list(args.exec_command), timeout_s=args.timeout)
+    # The scheduler waits for the command, so this call may take as long as it does.
+    client.timeout_s = max(client.timeout_s, args.timeout + 30)
+    result = client.call("POST", f"/v1/notebooks/{args.id}/exec", wire.ExecResult, body=body)
+    if args.output == "json":
+        output.print_json(result)
+    else:
+        sys.stdout.write(result.output)
+        sys.stdout.flush()
+    if result.truncated:
+        sys.stderr.write("nbfleet: output truncated (the agent keeps at most 1 MiB)\n")
+    # An exit status is a byte; a negative one (killed by a signal) still reads as failure.
+    return result.exit_code if 0 <= result.exit_code <= 255 else 1
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``notebook exec ID [options] -- CMD...``: the command is everything after the first
+    ``--``, verbatim (its own options and ``--`` included), so argparse never sees it."""
+    if "--" in argv:
+        cut = argv.index("--")
+        if "exec" in argv[:cut]:
+            return argv[:cut], argv[cut + 1 :]
+    return argv, []
 
 
 def _wait(client: Client, ident: str, target: NotebookState, timeout_s: float, fmt: str) -> int:
@@ -279,13 +347,17 @@ def cmd_quota(client: Client, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    options, command = split_command(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(options)
+    args.exec_command = command
     try:
         client = Client(client_config(getattr(args, "url", None), getattr(args, "token", None)))
         if args.group in ("notebook", "nb"):
             return cmd_notebook(client, args)
         if args.group == "datastore":
             return volumes.cmd_datastore(client, args)
+        if args.group == "token":
+            return tokens.cmd_token(client, args)
         if args.group == "catalog":
             return cmd_catalog(client, args)
         if args.group == "quota":

@@ -143,6 +143,19 @@ def snapshot_rows(items: Sequence[wire.SnapshotInfo]) -> list[list[Any]]:
     ]
 
 
+def access(nb: wire.Notebook) -> str:
+    if nb.unsecure_http:
+        return "public (--unsecure-http): anyone with the URL, no token"
+    return "project token (read or operator; `nbfleet token create`)"
+
+
+def activity(nb: wire.Notebook, now: float | None = None) -> str:
+    """When the editor was last used through the proxy, and the traffic it carried."""
+    if nb.last_activity_at is None:
+        return "none yet"
+    return f"last request {ago(nb.last_activity_at, now)}, {size(nb.proxied_bytes)} proxied"
+
+
 NOTEBOOK_HEADERS = ["ID", "NAME", "STATE", "FRAMEWORK/EDITOR", "RESOURCES", "HOST", "SINCE"]
 
 
@@ -170,6 +183,8 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
         ("Host", nb.host or "-"),
         ("GPUs", gpus),
         ("URL", nb.url or "-"),
+        ("Access", access(nb)),
+        ("Activity", activity(nb)),
         (
             "Workspace",
             (

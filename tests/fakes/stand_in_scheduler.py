@@ -6,6 +6,10 @@ hosts, usage reports) with a little behaviour: a quota PATCH changes only the fi
 cordon/drain/uncordon change a host's state, a usage report follows ``group_by``. Its payloads
 are built from ``common.wire`` Structs, so a change to the contract breaks these tests loudly
 instead of leaving them to pass against stale JSON.
+
+Besides JSON, a reply may be :class:`Text` (a plain body, as for logs) or :class:`Stream` (a
+chunked body sent piece by piece, as for ``logs --follow``), with a hook between pieces so a
+test can check what the CLI printed before the next one arrives.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +32,28 @@ from common.errors import ApiError
 NOT_FOUND = (404, {"code": "not_found", "message": "notebook nope does not exist"})
 
 Answer = tuple[int, Any]
+
+
+@dataclass
+class Text:
+    """A plain-text reply body."""
+
+    body: str
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@dataclass
+class Stream:
+    """A chunked reply sent one chunk at a time; ``before(i)`` runs (in the server thread)
+    before chunk ``i`` is sent. ``finished`` is set once the last chunk went out."""
+
+    chunks: list[bytes]
+    before: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.finished = threading.Event()
+
+
 #: ``handler(query, body)``: ``query`` as ``parse_qs`` gives it, ``body`` the raw bytes.
 Handler = Callable[[dict[str, list[str]], bytes], Answer]
 
@@ -55,12 +82,32 @@ class StandInScheduler:
                 )
                 url = urlsplit(self.path)
                 status, answer = stand_in._reply(self.command, url.path, parse_qs(url.query), body)
-                data = json.dumps(answer).encode()
+                if isinstance(answer, Stream):
+                    self._stream(status, answer)
+                    return
+                if isinstance(answer, Text):
+                    data, content_type = answer.body.encode(), answer.content_type
+                else:
+                    data, content_type = json.dumps(answer).encode(), "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _stream(self, status: int, stream: Stream) -> None:
+                self.protocol_version = "HTTP/1.1"  # chunked transfer needs it
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for i, chunk in enumerate(stream.chunks):
+                    if stream.before is not None:
+                        stream.before(i)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+                stream.finished.set()
 
             do_GET = do_POST = do_PATCH = do_DELETE = _answer
 
@@ -120,8 +167,9 @@ def _quota(**changes: int) -> wire.Quota:
 
 class Fleet:
     """Two projects (``vision`` near its GPU quota with one notebook queued, ``nlp`` idle),
-    three hosts (an H100 host, a mixed H100/L4 host, a CPU host that reports no GPUs) and
-    usage for ``vision`` over November 2026."""
+    three hosts (an H100 host, a mixed H100/L4 host, a CPU host that reports no GPUs),
+    usage for ``vision`` over November 2026, and ``vision``'s own tokens (the caller's
+    project): created ones are listed and can be deleted, a deleted one is 404."""
 
     def __init__(self, now: float | None = None) -> None:
         self.now = time.time() if now is None else now
@@ -188,6 +236,25 @@ class Fleet:
                 flavor="ai1-1-cpu",
             ),
         }
+        self.tokens = {
+            "tok-1": wire.TokenInfo(
+                id="tok-1",
+                project="vision",
+                role="operator",
+                description="ci pipeline",
+                label_selector={},
+                created_at=1_790_000_000.0,
+            ),
+            "tok-2": wire.TokenInfo(
+                id="tok-2",
+                project="vision",
+                role="read",
+                description="",
+                label_selector={"team": "cv"},
+                created_at=1_790_100_000.0,
+            ),
+        }
+        self._stand_in: StandInScheduler | None = None
 
     def install(self, stand_in: StandInScheduler) -> None:
         r = stand_in.replies
@@ -209,6 +276,14 @@ class Fleet:
         r[("GET", "/v1/projects/vision/usage")] = self._usage("vision")
         r[("GET", "/v1/admin/usage")] = self._usage(None)
         r[("POST", "/v1/admin/tokens")] = self._token
+        self._stand_in = stand_in
+        r[("POST", "/v1/tokens")] = self._project_token
+        r[("GET", "/v1/tokens")] = lambda q, b: (
+            200,
+            payload(wire.TokenList(items=list(self.tokens.values()))),
+        )
+        for token_id in [*self.tokens, "ghost"]:
+            r[("DELETE", f"/v1/tokens/{token_id}")] = self._token_delete(token_id)
 
     def _project_get(self, name: str) -> Handler:
         def handle(query: dict[str, list[str]], body: bytes) -> Answer:
@@ -263,6 +338,37 @@ class Fleet:
             label_selector=dict(create.label_selector),
         )
         return 201, payload(created)
+
+    def _project_token(self, query: dict[str, list[str]], body: bytes) -> Answer:
+        create = wire.decode(body, wire.ProjectTokenCreate)
+        token_id = f"tok-{len(self.tokens) + 1}"
+        self.tokens[token_id] = wire.TokenInfo(
+            id=token_id,
+            project="vision",
+            role=create.role,
+            description=create.description,
+            label_selector=dict(create.label_selector),
+            created_at=self.now,
+        )
+        assert self._stand_in is not None
+        self._stand_in.replies[("DELETE", f"/v1/tokens/{token_id}")] = self._token_delete(token_id)
+        created = wire.TokenCreated(
+            id=token_id,
+            project="vision",
+            role=create.role,
+            token="nbf_Zk4pQ8vN2rT6wY1s",
+            label_selector=dict(create.label_selector),
+        )
+        return 201, payload(created)
+
+    def _token_delete(self, token_id: str) -> Handler:
+        def handle(query: dict[str, list[str]], body: bytes) -> Answer:
+            token = self.tokens.pop(token_id, None)
+            if token is None:
+                return error(404, "not_found", f"token {token_id} does not exist")
+            return 200, payload(token)
+
+        return handle
 
     def _usage(self, project: str | None) -> Handler:
         def handle(query: dict[str, list[str]], body: bytes) -> Answer:
