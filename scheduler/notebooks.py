@@ -18,6 +18,7 @@ from common.config import SchedulerConfig
 from common.errors import ApiError, conflict, invalid, not_found
 from common.states import STARTABLE, STOPPABLE, NotebookState
 from scheduler import placement, quota
+from scheduler.access import editor_path
 from scheduler.board import AssignmentBoard
 from scheduler.datastores import check_volumes, save_volumes, stored_volumes
 from scheduler.db import Database, Row, Tx
@@ -593,7 +594,9 @@ async def _view(
         generation=row["generation"],
         host=row["host_id"],
         gpus=[wire.GpuRef(uuid=g["uuid"], model=g["model"], index=g["idx"]) for g in gpus],
-        url=row["url"] if state == S.RUNNING else None,
+        # The stable path, made absolute by the API layer (it knows the scheduler's address);
+        # the editor answers there only while RUNNING.
+        url=editor_path(row["id"]) if state == S.RUNNING else None,
         running_since=row["running_since"],
         billed_minutes=billed["minutes"] if billed else 0,
         history=await _history(tx, row["id"]) if with_history else None,

@@ -12,6 +12,7 @@ from common import __version__, wire
 from common.errors import ApiError, invalid
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
+from scheduler.api.editor import with_url
 from scheduler.api.middleware import json_reply
 from scheduler.api.query import int_param
 from scheduler.notebooks import parse_label_selector, parse_states
@@ -32,7 +33,7 @@ async def create_notebook(request: web.Request) -> web.Response:
     notebook = await ctx(request).notebooks.create(
         principal.project, body, selector=principal.selector
     )
-    return json_reply(notebook, 201)
+    return json_reply(with_url(request, notebook), 201)
 
 
 async def list_notebooks(request: web.Request) -> web.Response:
@@ -52,7 +53,7 @@ async def list_notebooks(request: web.Request) -> web.Response:
     items = await ctx(request).notebooks.list(
         principal.project, states=states, labels=labels, selector=principal.selector
     )
-    return json_reply(wire.NotebookList(items=items))
+    return json_reply(wire.NotebookList(items=[with_url(request, nb) for nb in items]))
 
 
 async def get_notebook(request: web.Request) -> web.Response:
@@ -60,7 +61,7 @@ async def get_notebook(request: web.Request) -> web.Response:
     notebook = await ctx(request).notebooks.get(
         principal.project, request.match_info["id"], principal.selector
     )
-    return json_reply(notebook)
+    return json_reply(with_url(request, notebook))
 
 
 async def notebook_history(request: web.Request) -> web.Response:
@@ -76,7 +77,7 @@ async def start_notebook(request: web.Request) -> web.Response:
     notebook = await ctx(request).notebooks.start(
         principal.project, request.match_info["id"], principal.selector
     )
-    return json_reply(notebook, 202)
+    return json_reply(with_url(request, notebook), 202)
 
 
 async def stop_notebook(request: web.Request) -> web.Response:
@@ -84,7 +85,7 @@ async def stop_notebook(request: web.Request) -> web.Response:
     notebook = await ctx(request).notebooks.stop(
         principal.project, request.match_info["id"], principal.selector
     )
-    return json_reply(notebook, 202)
+    return json_reply(with_url(request, notebook), 202)
 
 
 async def delete_notebook(request: web.Request) -> web.Response:
@@ -92,7 +93,7 @@ async def delete_notebook(request: web.Request) -> web.Response:
     notebook = await ctx(request).notebooks.delete(
         principal.project, request.match_info["id"], principal.selector
     )
-    return json_reply(notebook, 202)
+    return json_reply(with_url(request, notebook), 202)
 
 
 async def notebook_logs(request: web.Request) -> web.StreamResponse:
@@ -221,7 +222,7 @@ async def fork_notebook(request: web.Request) -> web.Response:
     notebook = await ctx(request).notebooks.fork(
         principal.project, request.match_info["id"], body, principal.selector
     )
-    return json_reply(notebook, 201)
+    return json_reply(with_url(request, notebook), 201)
 
 
 async def own_quota(request: web.Request) -> web.Response:

@@ -160,7 +160,9 @@ async def test_transition_outcomes(harness: Harness, project: Tokens, host: Agen
         "message": "",
     }
     got = await project.get(nb["id"])
-    assert got["url"] == url and got["running_since"] == harness.clock()
+    # The notebook's URL is its stable one at the scheduler, not where the agent serves it.
+    stable = str(harness.client.make_url(f"/notebooks/{nb['id']}/"))
+    assert got["url"] == stable and got["running_since"] == harness.clock()
     assert got["state_reason"] == "editor answers"
 
     before = harness.snapshot()
@@ -293,7 +295,8 @@ async def test_restart_keeps_state(harness: Harness, project: Tokens, host: Agen
     await harness.restart()
     assert harness.snapshot() == before
     got = await project.get(nb["id"])
-    assert (got["state"], got["url"], got["labels"]) == ("RUNNING", "http://h1:5/lab", {"k": "v"})
+    stable = str(harness.client.make_url(f"/notebooks/{nb['id']}/"))
+    assert (got["state"], got["url"], got["labels"]) == ("RUNNING", stable, {"k": "v"})
     assert [h["state"] for h in got["history"]] == ["STARTING", "RUNNING"]  # never queued
     assert (await host.assignments())["version"] == version
     # transitions and placements keep working against the reopened database

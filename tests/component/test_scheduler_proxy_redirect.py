@@ -1,5 +1,5 @@
 """A notebook's stable URL, ``{scheduler}/notebooks/{id}/``: redirected to the agent that runs
-it now, or answered with its state."""
+it now, or answered with its state; and the URL the API shows for it."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ async def test_the_url_follows_the_notebook_to_another_host(
     harness: Harness, project: Tokens
 ) -> None:
     nb = await running(harness, project)
+    url = (await project.get(nb))["url"]
     await project.action(nb, "stop")
     await harness.agent("a").report(nb, "STOPPED")
     await harness.agent("b").register(gpus=1, agent_url=AGENT_B)
@@ -83,6 +84,7 @@ async def test_the_url_follows_the_notebook_to_another_host(
     assert started.json["host"] == "b"
     await harness.agent("b").report(nb, "RUNNING", generation=2)
 
+    assert (await project.get(nb))["url"] == url  # same URL, another host
     answer = await visit(harness, f"/notebooks/{nb}/lab")
     assert (answer.status, answer.location) == (
         307,
@@ -130,3 +132,29 @@ async def test_queued_unknown_and_deleted_notebooks(harness: Harness, project: T
     await project.action(queued["id"], "delete")  # it never ran: DELETED at once
     deleted = await visit(harness, f"/notebooks/{queued['id']}/")
     assert deleted.status == 404 and "does not exist" in deleted.text
+
+
+async def test_the_api_shows_the_stable_url_only_while_running(
+    harness: Harness, project: Tokens
+) -> None:
+    await harness.agent("a").register(gpus=1, agent_url=AGENT_A)
+    nb = (await project.run()).json
+    assert nb["url"] is None  # STARTING
+    await harness.agent("a").report(nb["id"], "RUNNING", url="http://gpu-a.example:40001/lab")
+    expected = str(harness.client.make_url(f"/notebooks/{nb['id']}/"))
+    assert (await project.get(nb["id"]))["url"] == expected
+    listed = await harness.call("GET", "/v1/notebooks", token=project.read)
+    assert [n["url"] for n in listed.json["items"]] == [expected]
+
+    # Behind a reverse proxy, the address people use is the one it reports.
+    for headers in (
+        {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "notebooks.example.org"},
+        {"Forwarded": 'for=10.0.0.1;proto=https;host="notebooks.example.org"'},
+    ):
+        shown = await harness.call(
+            "GET", f"/v1/notebooks/{nb['id']}", token=project.read, headers=headers
+        )
+        assert shown.json["url"] == f"https://notebooks.example.org/notebooks/{nb['id']}/"
+
+    stopped = await project.action(nb["id"], "stop")
+    assert stopped.json["url"] is None

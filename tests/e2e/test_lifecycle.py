@@ -19,9 +19,14 @@ def run_tiny(cluster, notebooks, *args):
     return nb
 
 
-def fetch(url: str) -> tuple[int, bytes]:
+def fetch(url: str, token: str | None = None) -> tuple[int, bytes]:
+    """GET, following redirects (a notebook's URL leads to its agent's proxy, and urllib keeps
+    the Authorization header across the redirect)."""
+    req = urllib.request.Request(url)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -42,9 +47,10 @@ def test_two_gpu_notebook_lands_on_the_host_with_two_free_gpus(cluster, notebook
     assert inspect["Config"]["User"] not in ("", "0", "root", "0:0")
     assert inspect["HostConfig"]["CapDrop"] and "ALL" in inspect["HostConfig"]["CapDrop"]
     assert container_exec(nb["id"], "id -u").strip() != "0"
-    # The editor answers at the URL `get` prints.
-    status, _ = fetch(running["url"])
+    # The editor answers at the URL `get` prints, to a project token only.
+    status, _ = fetch(running["url"], cluster.token)
     assert status < 500
+    assert fetch(running["url"])[0] == 401
 
     # No host has two free GPUs any more: the request waits in the queue, with its position.
     queued = run_tiny(cluster, notebooks, "httpd", "--gpu", "2")
@@ -107,7 +113,7 @@ def test_workspace_survives_stop_and_start(cluster, notebooks):
     # /data is scratch: gone after the notebook left RUNNING.
     assert container_exec(nb["id"], "ls /data").strip() == ""
     # Same id, and the editor serves the restored file at the notebook's URL.
-    status, body = fetch(running["url"].rstrip("/") + "/notes.txt")
+    status, body = fetch(running["url"].rstrip("/") + "/notes.txt", cluster.token)
     assert (status, body.strip()) == (200, b"my work")
     states = [h["state"] for h in cluster.notebook(nb["id"])["history"]]
     assert states == ["STARTING", "RUNNING", "STOPPING", "STOPPED", "STARTING", "RUNNING"]
@@ -136,9 +142,9 @@ def test_agent_killed_and_restarted_adopts_the_running_notebook(cluster, noteboo
     before = json.loads(docker("inspect", f"nbfleet-{nb['id']}"))[0]
 
     cluster.kill_agent(host)
-    # The notebook keeps running while its agent is gone.
-    status, _ = fetch(running["url"])
-    assert status < 500
+    # The notebook keeps running while its agent is gone (its editor is out of reach: the
+    # agent's proxy is the only way in).
+    assert json.loads(docker("inspect", f"nbfleet-{nb['id']}"))[0]["State"]["Running"]
     cluster.start_agent(host)
 
     # Give the restarted agent a few reconcile rounds, then check nothing was recreated.
@@ -155,6 +161,12 @@ def test_agent_killed_and_restarted_adopts_the_running_notebook(cluster, noteboo
     assert after["State"]["StartedAt"] == before["State"]["StartedAt"]
     assert after["State"]["Running"]
     assert cluster.notebook(nb["id"])["state"] == "RUNNING"
+    # Its URL reaches it again, through the restarted agent's proxy.
+    wait_for(
+        "the adopted notebook's editor through the proxy",
+        lambda: fetch(running["url"], cluster.token)[0] < 500,
+        30,
+    )
 
     # And the adopted notebook is still fully managed: it stops cleanly.
     cluster.cli("notebook", "stop", nb["id"])
