@@ -352,7 +352,9 @@ class EditorProxy:
     # ------------------------------------------------------------ forwarding
 
     def _upstream_headers(self, request: web.Request, editor: Editor) -> CIMultiDict[str]:
-        dropped = HOP_BY_HOP | _connection_tokens(request.headers) | {"authorization", "cookie"}
+        # Expect: the browser's 100-continue was answered here; the body streams on its own.
+        dropped = HOP_BY_HOP | _connection_tokens(request.headers)
+        dropped |= {"authorization", "cookie", "expect"}
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in dropped
         )

@@ -435,8 +435,10 @@ async def test_request_bodies_stream_to_the_editor(rig: Rig) -> None:
         for start in range(0, len(payload), 1 << 20):
             yield payload[start : start + (1 << 20)]
 
-    for data in (payload, chunks()):
-        response = await rig.client.post("/notebooks/nb1/upload", data=data, headers=bearer())
+    for data, expect100 in ((payload, False), (chunks(), False), (payload, True)):
+        response = await rig.client.post(
+            "/notebooks/nb1/upload", data=data, headers=bearer(), expect100=expect100
+        )
         assert await response.json() == {
             "size": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest(),
