@@ -7,7 +7,7 @@ life, whichever host it runs on. The scheduler does not carry editor traffic: a 
 of the host that runs the notebook now (``{agent_url}/notebooks/{id}/{rest}?{query}``), where
 the agent's proxy checks the token (asking :func:`authorize`) and forwards to the editor. A
 ``?token=`` survives the redirect, so the agent can turn it into its cookie. A notebook that is
-not RUNNING answers with its state and what to do (see :func:`locate`).
+not RUNNING answers with its state and what to do (:mod:`scheduler.api.editor`).
 
 **The editor's base URL.** ``{base_url}`` in an editor's ``command`` and ``url_path`` is
 ``/notebooks/{id}/``. ``Assignment.base_url`` is the prefix the editor itself serves under:
