@@ -417,6 +417,7 @@ class NotebookService:
             row = await _load(tx, project, notebook_id, selector)
             _require(row, STARTABLE, "only a STOPPED, FAILED or ERROR notebook can be started")
             await self._admit(tx, project, resources_of(row))
+            row = await self._refresh_editor(tx, row)
             await self._place_or_queue(
                 tx,
                 row,
@@ -426,6 +427,29 @@ class NotebookService:
                 restart_pending=0,
             )
             return await self._view(tx, await _load(tx, project, notebook_id))
+
+    async def _refresh_editor(self, tx: Tx, row: Row) -> Row:
+        """Take the catalog's current command, port and path for the notebook's editor, so a
+        fix an operator makes to an editor reaches notebooks at their next start (e.g. the
+        base URL the editor proxy needs). The image stays the one the notebook was created
+        with: a start never changes the software under a user's work."""
+        editor = self.config.catalog.editors.get(row["editor"])
+        if editor is None:
+            return row
+        command = json.dumps(editor.command)
+        if (command, editor.port, editor.url_path) == (
+            row["command"],
+            row["editor_port"],
+            row["url_path"],
+        ):
+            return row
+        await tx.run(
+            "UPDATE notebooks SET command = ?, editor_port = ?, url_path = ? WHERE id = ?",
+            (command, editor.port, editor.url_path, row["id"]),
+        )
+        fresh = await tx.one("SELECT * FROM notebooks WHERE id = ?", (row["id"],))
+        assert fresh is not None
+        return fresh
 
     async def restart(self, tx: Tx, row: Row, *, now: float, why: str) -> None:
         """Start again a notebook the scheduler stopped (runtime limit, drain, lost host): no

@@ -342,3 +342,18 @@ async def test_catalog_lists_the_flavors(quota4: Harness) -> None:
         "disk_gb": 100,
         "description": "",
     }
+
+
+async def test_a_start_takes_the_catalogs_current_editor_command(
+    harness: Harness, project: Tokens, host: Agent
+) -> None:
+    nb = (await project.run()).json
+    await host.report(nb["id"], "RUNNING", url="u")
+    await project.action(nb["id"], "stop")
+    await host.report(nb["id"], "STOPPED")
+    editor = harness.config.catalog.editors["jupyterlab"]
+    editor.command = [*editor.command, "--fixed-by-the-operator"]
+    await project.action(nb["id"], "start")
+    [item] = (await host.assignments())["items"]
+    assert item["command"][-1] == "--fixed-by-the-operator"
+    assert item["image"] == nb["image"]
