@@ -71,6 +71,13 @@ def is_proxied(nb: dict) -> bool:
     return f"/notebooks/{nb['id']}" in (nb.get("url") or "")
 
 
+def require_proxied(nb: dict) -> None:
+    assert is_proxied(nb), (
+        f"notebook {nb['id']} is RUNNING at {nb.get('url')!r}, not behind the access proxy "
+        f"(/notebooks/{nb['id']}/)"
+    )
+
+
 def with_token(url: str, token: str) -> str:
     """``url`` with ``?token=`` set (the proxy turns it into a cookie and redirects)."""
     parts = urlsplit(url)
