@@ -71,12 +71,6 @@ MAX_EXEC_OUTPUT = 1 << 20
 #: How often a followed log checks that its caller is still there (a quiet container writes
 #: nothing that would tell).
 FOLLOW_CHECK_S = 0.5
-#: Whether RUNNING reports the notebook's URL at this agent's proxy
-#: (``{agent_url}/notebooks/{id}/...``) rather than the editor's loopback URL. Transitional:
-#: a scheduler that neither answers ``/v1/agents/authorize`` nor serves stable
-#: ``/notebooks/{id}/`` URLs of its own shows users the reported URL, and the proxy could not
-#: let them in. Either way the editor is published on loopback only and the proxy serves it.
-REPORT_PROXY_URL = False
 
 
 def version() -> str:
@@ -141,10 +135,8 @@ class Agent:
         client: SchedulerClient,
         clock: Callable[[], float] = time.time,
         probe: Probe = http_probe,
-        report_proxy_url: bool = REPORT_PROXY_URL,
     ) -> None:
         self.config = config
-        self.report_proxy_url = report_proxy_url
         self.host_id = host_id
         self.secret = secret
         self.runtime = runtime
@@ -234,8 +226,9 @@ class Agent:
         await site.start()
         bound = self._runner.addresses[0][1] if self._runner.addresses else port
         self.agent_url = f"http://{self.config.public_host}:{bound}"
-        if self.report_proxy_url:
-            self.reconciler.proxy_url = self.agent_url
+        # RUNNING reports the notebook's URL at this proxy (the scheduler shows users its own
+        # stable URL, which redirects here).
+        self.reconciler.proxy_url = self.agent_url
 
     # ------------------------------------------------------------ loop bodies
 
@@ -445,7 +438,6 @@ def build_agent(
     client: SchedulerClient | None = None,
     clock: Callable[[], float] = time.time,
     probe: Probe = http_probe,
-    report_proxy_url: bool = REPORT_PROXY_URL,
 ) -> Agent:
     """An :class:`Agent` with real adapters for whatever is not injected."""
     return Agent(
@@ -465,5 +457,4 @@ def build_agent(
         client=client or SchedulerClient(config.scheduler_url, host_id, secret),
         clock=clock,
         probe=probe,
-        report_proxy_url=report_proxy_url,
     )

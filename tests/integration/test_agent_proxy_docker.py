@@ -123,7 +123,6 @@ async def stack(tmp_path: Path, tiny_image: str, host_id: str) -> AsyncIterator[
         runtime=DockerRuntime(host_id=host_id),
         inventory=FakeInventory(),
         store=FakeObjectStore(),
-        report_proxy_url=True,
     )
     await agent.start()
     # unsafe: keep cookies for an IP address, as browsers do.

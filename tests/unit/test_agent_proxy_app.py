@@ -70,7 +70,8 @@ async def editor_server(seen: list[web.Request]) -> TestServer:
     return server
 
 
-async def make_rig(tmp_path: Path, *, report_proxy_url: bool) -> AsyncIterator[Rig]:
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     scheduler, scheduler_server = await fake_scheduler()
     scheduler.tokens[TOKEN] = "read"
     seen: list[web.Request] = []
@@ -79,7 +80,6 @@ async def make_rig(tmp_path: Path, *, report_proxy_url: bool) -> AsyncIterator[R
     runtime.ports["nb1"] = editor.port
     config = agent_config(tmp_path, url_of(scheduler_server))
     agent = agent_for(config, runtime)
-    agent.report_proxy_url = report_proxy_url
     await agent.start()
     http = aiohttp.ClientSession()
     try:
@@ -89,12 +89,6 @@ async def make_rig(tmp_path: Path, *, report_proxy_url: bool) -> AsyncIterator[R
         await agent.stop()
         await editor.close()
         await scheduler_server.close()
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async for value in make_rig(tmp_path, report_proxy_url=True):
-        yield value
 
 
 async def test_proxy_asks_the_scheduler_and_reports_activity(rig: Rig) -> None:
@@ -141,17 +135,12 @@ async def test_a_notebook_of_another_host_is_404(rig: Rig) -> None:
     assert rig.scheduler.authorizations == []
 
 
-async def test_loopback_url_is_reported_until_the_proxy_url_is_turned_on(tmp_path: Path) -> None:
-    async for rig in make_rig(tmp_path, report_proxy_url=False):
-        await rig.run(url_path="/lab?token=t", base_url="/notebooks/nb1/")
-        running = next(t for t in rig.scheduler.transitions if t.state == S.RUNNING)
-        port = rig.runtime.ports["nb1"]
-        assert running.url == f"http://127.0.0.1:{port}/notebooks/nb1/lab?token=t"
-        # The proxy serves it all the same.
-        async with rig.http.get(
-            f"{rig.url}/notebooks/nb1/lab", headers={"Authorization": f"Bearer {TOKEN}"}
-        ) as response:
-            assert await response.text() == "editor saw /notebooks/nb1/lab"
+async def test_editor_under_its_base_url(rig: Rig) -> None:
+    await rig.run(url_path="/lab?token=t", base_url="/notebooks/nb1/")
+    running = next(t for t in rig.scheduler.transitions if t.state == S.RUNNING)
+    assert running.url == f"{rig.url}/notebooks/nb1/lab"
+    async with rig.http.get(running.url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        assert await response.text() == "editor saw /notebooks/nb1/lab"
 
 
 # ---------------------------------------------------------------- logs follow
