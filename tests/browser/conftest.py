@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.netns import IsolatedNetwork
+from tests.browser.netns import IsolatedNetwork, prune_stale
 from tests.browser.stack import (
     CONDA_IMAGE,
     BrowserCluster,
@@ -43,14 +43,23 @@ HOST_GPUS = [
 _timings_key = pytest.StashKey[list]()
 
 
+@pytest.fixture(scope="package", autouse=True)
+def browser_stack_present():
+    """Everything the tier needs, checked before anything starts, so a missing part fails at
+    once saying how to get it."""
+    require_playwright()
+    chromium_path()
+    require_docker_images(CONDA_IMAGE)
+
+
 @pytest.fixture(scope="package")
 def chromium(tmp_path_factory):
     """Headless Chromium in a network namespace of its own (see netns.py: Docker's interface
     churn on this host would otherwise abort its page loads), reaching loopback by SOCKS."""
-    require_playwright()
     executable = chromium_path()
     from playwright.sync_api import sync_playwright
 
+    prune_stale("nbf-browser-")
     network = IsolatedNetwork(f"nbf-browser-{os.getpid()}")
     try:
         network.start()
@@ -92,7 +101,6 @@ def s3_endpoint(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def cluster(tmp_path_factory, s3_endpoint):
-    require_docker_images(CONDA_IMAGE)
     root = Path(tmp_path_factory.mktemp("browser-cluster"))
     nvml_dir = root / "nvml"
     build_fake_nvml(nvml_dir)

@@ -46,6 +46,16 @@ def _ip(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
 
 
+def prune_stale(prefix: str) -> None:
+    """Delete namespaces ``<prefix><pid>`` whose process is gone (a run that was killed)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listed.splitlines():
+        name = line.split()[0] if line.split() else ""
+        pid = name.removeprefix(prefix)
+        if name.startswith(prefix) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
 class IsolatedNetwork:
     def __init__(self, name: str) -> None:
         self.name = name
