@@ -62,6 +62,9 @@ from common.errors import ApiError
 
 log = logging.getLogger(__name__)
 
+#: The scheduler's default heartbeat_misses: silent this many intervals, a host is lost.
+HEARTBEAT_MISSES = 3
+
 LONG_POLL_S = 25.0
 #: How soon a change to the outbox is on disk; a check of a counter when nothing changed.
 SPOOL_INTERVAL_S = 0.25
@@ -164,6 +167,9 @@ class Agent:
             self.reconciler.editor, Authorizer(client.authorize), self.activity
         )
         self.heartbeat_interval_s = 10.0
+        #: When the scheduler last answered a heartbeat or a register (agent clock).
+        self.last_contact = clock()
+        self.reconciler.in_contact = self.in_contact
         self.registered = asyncio.Event()
         self.assignments_version: int | None = None
         self.agent_url = ""
@@ -249,8 +255,15 @@ class Agent:
     async def register(self) -> None:
         reply = await self.client.register(await self.registration())
         self.heartbeat_interval_s = reply.heartbeat_interval_s
+        self.last_contact = self.reconciler.clock()
         self.registered.set()
         log.info("host=%s registered with %s", self.host_id, self.config.scheduler_url)
+
+    def in_contact(self) -> bool:
+        """Whether the scheduler has heard from us within the heartbeat TTL. Past it, the
+        scheduler may have declared this host lost and started its notebooks elsewhere."""
+        ttl = self.heartbeat_interval_s * HEARTBEAT_MISSES
+        return self.reconciler.clock() - self.last_contact <= ttl
 
     async def heartbeat_tick(self) -> None:
         if not self.registered.is_set():
@@ -266,6 +279,7 @@ class Agent:
             )
         )
         self.heartbeat_interval_s = reply.heartbeat_interval_s
+        self.last_contact = self.reconciler.clock()
         if reply.known:
             self.activity.acknowledge(activity)
             self.activity.prune(set(self.reconciler.assignments))

@@ -97,6 +97,8 @@ class NotebookRecord:
     last_error: str = ""
     #: When the last checkpoint was tried (or the run began): the next is due an interval later.
     last_checkpoint: float | None = None
+    #: A checkpoint was due but skipped while out of contact with the scheduler.
+    fenced: bool = False
 
 
 class Reconciler:
@@ -121,6 +123,8 @@ class Reconciler:
         self.workspaces = workspaces
         self.outbox = outbox
         self.clock = clock
+        #: Set by the agent: False once the scheduler may have declared this host lost.
+        self.in_contact: Callable[[], bool] = lambda: True
         self.probe = probe
         self.assignments: dict[str, Assignment] = {}
         self.records: dict[str, NotebookRecord] = {}
@@ -557,6 +561,19 @@ class Reconciler:
             return
         if now - record.last_checkpoint < interval:
             return
+        if not self.in_contact():
+            # Cut off from the scheduler for longer than the TTL: the notebook may already run
+            # on another host, whose snapshots this one must not follow. Checkpoint again as
+            # soon as contact is back (and the notebook is still ours).
+            if not record.fenced:
+                log.warning(
+                    "notebook=%s no checkpoint: out of contact with the scheduler for longer "
+                    "than the heartbeat TTL",
+                    record.notebook,
+                )
+            record.fenced = True
+            return
+        record.fenced = False
         record.last_checkpoint = now
         try:
             with self._syncing(record) as progress:
@@ -658,6 +675,21 @@ class Reconciler:
         await self.runtime.stop(notebook)
         await self.workspaces.remove_scratch(notebook)
         try:
+            newer = await self.workspaces.written_elsewhere(notebook)
+            if newer is not None:
+                # Pushing now would make this host's older copy the one the next start
+                # restores, over the work done elsewhere. Keep it on disk for an operator.
+                log.warning(
+                    "notebook=%s another host saved snapshot %s since this host last synced; "
+                    "not pushing this host's copy over it. It stays in %s",
+                    notebook,
+                    newer,
+                    self.workspaces.workspace_dir(notebook),
+                )
+                self._orphan_retry.pop(notebook, None)
+                await self.kept_logs.keep(self.runtime, notebook)
+                await self.runtime.remove(notebook)
+                return
             result = await self.workspaces.push(notebook)
         except Exception as exc:
             backoff = (

@@ -35,15 +35,17 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 
 from agent.objectstore import ObjectStore
 from agent.workspace import retention
-from agent.workspace.engine import PushResult
+from agent.workspace.engine import PushResult, latest_snapshot_id
 from agent.workspace.engine import push as engine_push
 from agent.workspace.manifest import Kind
 from agent.workspace.progress import ProgressCallback
 from agent.workspace.restore import RESTORING_SUFFIX, RestoreResult
 from agent.workspace.restore import restore as engine_restore
+from agent.workspace.scan import LocalIndex
 from common.wire import SnapshotInfo
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,20 @@ class HostWorkspaces:
         the just-restored dir, which holds nothing new) or the store's error."""
         directory = self.workspace_dir(notebook)
         restored = False
+        if os.path.isdir(directory) and source_notebook is None:
+            newer = await self.written_elsewhere(notebook)
+            if newer is not None:
+                # A copy left here while the notebook ran on another host: older than what
+                # that host saved. Set it aside (never deleted) and restore the newest.
+                aside = f"{directory}.superseded-{int(time.time())}"
+                await asyncio.to_thread(os.rename, directory, aside)
+                log.warning(
+                    "notebook=%s host dir is older than snapshot %s saved by another host; "
+                    "moved it to %s and restoring the snapshot",
+                    notebook,
+                    newer,
+                    aside,
+                )
         if not os.path.isdir(directory):
             await self.restore(
                 notebook, source_notebook=source_notebook, snapshot=snapshot, progress=progress
@@ -228,6 +244,19 @@ class HostWorkspaces:
             result.seconds,
         )
         return result
+
+    async def written_elsewhere(self, notebook: str) -> str | None:
+        """The newest snapshot of ``notebook`` if this host did not write or restore it: another
+        host has worked on the notebook since (it was re-placed while this host was cut off),
+        so this host's copy must not become the newest. ``None`` when this host's copy is the
+        continuation of the newest snapshot, or there is none."""
+        prefix = workspace_prefix(notebook)
+        latest = await latest_snapshot_id(self.store, self.bucket, prefix)
+        if latest is None:
+            return None
+        index = LocalIndex(self.index_dir, self.bucket, prefix)
+        index.load()
+        return None if index.snapshot == latest else latest
 
     async def checkpoint(
         self, notebook: str, progress: ProgressCallback | None = None

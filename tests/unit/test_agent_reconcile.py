@@ -589,3 +589,50 @@ async def test_fork_restores_the_source_snapshot(rig: Rig) -> None:
     await rig.tick()
     assert rig.reported("fork") == [("RUNNING", "editor answers")]
     assert (rig.workspace("fork") / "model.bin").read_text() == "weights"
+
+
+async def test_orphan_of_a_notebook_saved_elsewhere_since_is_not_pushed_over_that_work(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The host was cut off; the notebook moved and another host saved its work. Retiring the
+    orphan here must not make this host's older copy the newest snapshot."""
+    other = HostWorkspaces(
+        rig.store,
+        BUCKET,
+        str(tmp_path / "other" / "ws"),
+        str(tmp_path / "other" / "scratch"),
+        state_dir=str(tmp_path / "other"),
+    )
+    await other.prepare("gone", initialized=False)
+    (Path(other.workspace_dir("gone")) / "f.txt").write_text("saved on the other host")
+    saved = await other.push("gone")
+    assert saved is not None
+    rig.runtime.add_existing(
+        ContainerInfo(notebook="gone", generation=1, status="running", host_port=41005)
+    )
+    os.makedirs(rig.workspace("gone"))
+    (rig.workspace("gone") / "f.txt").write_text("this host's stale copy")
+    await rig.reconciler.adopt()
+    rig.assign()
+    await rig.tick()
+    assert "gone" not in rig.runtime.containers  # stopped and removed
+    assert [s.id for s in await other.snapshots("gone")] == [saved.snapshot.id]  # not pushed
+    assert (rig.workspace("gone") / "f.txt").read_text() == "this host's stale copy"  # kept
+    assert rig.sink.snapshots == []
+
+
+async def test_no_checkpoint_while_out_of_contact_with_the_scheduler(rig: Rig) -> None:
+    """Past the heartbeat TTL the scheduler may have started the notebook elsewhere: this host
+    stops checkpointing until contact is back."""
+    contact = {"ok": True}
+    rig.reconciler.in_contact = lambda: contact["ok"]
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "train.py").write_text("epochs = 10")
+    contact["ok"] = False
+    rig.clock.advance(601)
+    await rig.tick(2)
+    assert rig.sink.snapshots == []
+    contact["ok"] = True
+    await rig.tick()
+    assert [r.snapshot.kind for r in rig.sink.snapshots] == ["checkpoint"]

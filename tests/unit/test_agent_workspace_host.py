@@ -135,3 +135,30 @@ async def test_delete_remote_removes_everything(tmp_path: Path) -> None:
     await workspaces.push("nb1")
     assert await workspaces.delete_remote("nb1") == 3  # manifest, pack, pack index
     assert store.keys(B, "nb1/") == []
+
+
+async def test_a_host_cut_off_while_the_notebook_moved_never_pushes_over_the_other_hosts_work(
+    tmp_path: Path,
+) -> None:
+    """Host A was declared lost; the notebook ran on host B and saved there. A's copy must not
+    become the newest snapshot, and a later start on A restores B's work, not A's copy."""
+    store = FakeObjectStore()
+    a = host(store, tmp_path / "a")
+    b = host(store, tmp_path / "b")
+    await a.prepare("nb1", initialized=False)
+    (Path(a.workspace_dir("nb1")) / "notes.txt").write_text("before the partition")
+    await a.checkpoint("nb1")
+    assert await a.written_elsewhere("nb1") is None  # A wrote the newest snapshot
+
+    await b.prepare("nb1", initialized=True)  # restored on B from A's checkpoint
+    (Path(b.workspace_dir("nb1")) / "notes.txt").write_text("done on B")
+    moved = await b.push("nb1")
+    assert moved is not None
+    assert await a.written_elsewhere("nb1") == moved.snapshot.id
+    assert await b.written_elsewhere("nb1") is None
+
+    # the notebook comes back to A: its stale dir is set aside, B's snapshot is restored
+    await a.prepare("nb1", initialized=True)
+    assert (Path(a.workspace_dir("nb1")) / "notes.txt").read_text() == "done on B"
+    aside = [p for p in (tmp_path / "a" / "ws").iterdir() if ".superseded-" in p.name]
+    assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "before the partition"
