@@ -31,7 +31,7 @@ from common.errors import not_found
 from common.states import ON_HOST, NotebookState
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database, Tx
-from scheduler.lifecycle import change_state
+from scheduler.lifecycle import change_state, stop_by_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +194,13 @@ class HostService:
                 (host_id, S.STARTING.value, S.RUNNING.value),
             )
             for row in rows:
-                again = bool(row["restart_on_timeout"])
-                await change_state(
+                await stop_by_scheduler(
                     tx,
                     row,
-                    S.STOPPING,
-                    f"host {host_id} is being drained"
-                    + ("; it will start again on another host" if again else ""),
+                    f"host {host_id} is being drained",
+                    again="it will start again on another host",
                     now=now,
                     board=self.board,
-                    desired="stopped",
-                    restart_pending=int(again),
                 )
         log.info("host=%s draining: %d notebooks stopping", host_id, len(rows))
         return await self.get(host_id)

@@ -139,3 +139,22 @@ async def bump_assignments(tx: Tx, board: AssignmentBoard, host_ids: set[str | N
     await refresh_hosts(tx, host_ids, bump=True)
     for host_id in sorted(h for h in host_ids if h):
         tx.after_commit(lambda host_id=host_id: board.wake(host_id))
+
+
+async def stop_by_scheduler(
+    tx: Tx, row: Row, why: str, *, again: str, now: float, board: AssignmentBoard
+) -> None:
+    """Stop a notebook for the scheduler's own reason (runtime limit, drain). One with
+    ``restart_on_timeout`` is flagged to start again once stopped, and the reason says so
+    (``again`` is how)."""
+    restart = bool(row["restart_on_timeout"])
+    await change_state(
+        tx,
+        row,
+        S.STOPPING,
+        why + (f"; {again}" if restart else ""),
+        now=now,
+        board=board,
+        desired="stopped",
+        restart_pending=int(restart),
+    )

@@ -1,4 +1,5 @@
-"""A background loop: ``tick()`` does one pass; ``start``/``stop`` run it on a schedule.
+"""A background loop: ``tick()`` does one pass; ``start``/``stop`` run it on a schedule, and
+``wake()`` brings the next pass forward.
 
 Tests call ``tick()`` directly instead of waiting. A failing tick is logged and retried after a
 jittered, growing delay; a good tick resets the delay to ``interval_s``.
@@ -20,6 +21,11 @@ class Loop:
         self.interval_s = interval_s
         self.max_backoff_s = max_backoff_s
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Run the next tick now instead of after the interval."""
+        self._wake.set()
 
     async def tick(self) -> None:
         raise NotImplementedError
@@ -46,4 +52,8 @@ class Loop:
             except Exception:
                 delay = min(self.max_backoff_s, max(delay, self.interval_s) * 2)
                 log.exception("%s tick failed; retrying in about %.0fs", self.name, delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.8, 1.2))
+            except TimeoutError:
+                pass
+            self._wake.clear()

@@ -15,9 +15,7 @@ capacity, a host joined); otherwise it runs every ``loop_interval_s``. Tests cal
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Callable
 
 from common.config import SchedulerConfig
@@ -25,7 +23,7 @@ from common.states import NotebookState
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database, Tx
 from scheduler.hosts import HostService
-from scheduler.lifecycle import change_state
+from scheduler.lifecycle import stop_by_scheduler
 from scheduler.loops.base import Loop
 from scheduler.notebooks import NotebookService
 
@@ -60,10 +58,6 @@ class Maintenance(Loop):
         self.clock = clock
         self.hosts = hosts
         self.notebooks = notebooks
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def tick(self) -> None:
         await self.hosts.flush()
@@ -87,17 +81,13 @@ class Maintenance(Loop):
             (now - limit,),
         )
         for row in rows:
-            again = bool(row["restart_on_timeout"])
-            await change_state(
+            await stop_by_scheduler(
                 tx,
                 row,
-                S.STOPPING,
-                f"runtime limit of {_days(limit)} reached"
-                + ("; it will start again (restart-on-timeout)" if again else ""),
+                f"runtime limit of {_days(limit)} reached",
+                again="it will start again (restart-on-timeout)",
                 now=now,
                 board=self.board,
-                desired="stopped",
-                restart_pending=int(again),
             )
             log.info("notebook=%s stopped at the runtime limit", row["id"])
 
@@ -110,18 +100,3 @@ class Maintenance(Loop):
                 await self.notebooks.restart(tx, row, now=now, why=why)
             elif state not in (S.STARTING, S.RUNNING, S.STOPPING):
                 await tx.run("UPDATE notebooks SET restart_pending = 0 WHERE id = ?", (row["id"],))
-
-    async def _run(self) -> None:
-        delay = self.interval_s
-        while True:
-            try:
-                await self.tick()
-                delay = self.interval_s
-            except Exception:
-                delay = min(self.max_backoff_s, max(delay, self.interval_s) * 2)
-                log.exception("%s tick failed; retrying in about %.0fs", self.name, delay)
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.8, 1.2))
-            except TimeoutError:
-                pass
-            self._wake.clear()
