@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -105,23 +104,8 @@ def cluster(tmp_path_factory, s3_endpoint):
     nvml_dir = root / "nvml"
     build_fake_nvml(nvml_dir)
     c = BrowserCluster(root=root, s3_endpoint=s3_endpoint, nvml_dir=nvml_dir)
-    try:
-        c.start_scheduler()
-        c.cli("admin", "project", "create", PROJECT, token=c.admin_token)
-        c.token = c.project_token(PROJECT)
-        c.add_agent("host-a", HOST_GPUS)
-    except BaseException:
-        print(c.dump())
-        c.stop()
-        raise
-    yield c
-    c.stop()
-    for host_id in c.agents:
-        subprocess.run(
-            f"docker ps -aq --filter label=nbfleet.host={host_id} | xargs -r docker rm -f",
-            shell=True,
-            capture_output=True,
-        )
+    with c.running(PROJECT, {"host-a": HOST_GPUS}):
+        yield c
 
 
 class Timings:

@@ -8,6 +8,7 @@ fake ``libnvidia-ml.so.1`` loaded by nvidia-ml-py. The CLI is called as a proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -205,6 +206,32 @@ checkpoint_interval_s = 3
         assert proc is not None
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+
+    @contextlib.contextmanager
+    def running(self, project: str, agents: dict[str, list[tuple[str, str, int]]]):
+        """Start the scheduler, create ``project`` with an operator token, start ``agents``
+        (name → GPUs); on exit stop them all and remove this cluster's containers (only its
+        own: another test run may share the dockerd). A failed start prints the logs."""
+        try:
+            self.start_scheduler()
+            self.cli("admin", "project", "create", project, token=self.admin_token)
+            self.token = self.project_token(project)
+            for name, gpus in agents.items():
+                self.add_agent(name, gpus)
+        except BaseException:
+            print(self.dump())
+            self.stop()
+            raise
+        try:
+            yield self
+        finally:
+            self.stop()
+            for host_id in self.agents:
+                subprocess.run(
+                    f"docker ps -aq --filter label=nbfleet.host={host_id} | xargs -r docker rm -f",
+                    shell=True,
+                    capture_output=True,
+                )
 
     def stop(self) -> None:
         for agent in self.agents.values():

@@ -80,25 +80,8 @@ def cluster(tmp_path_factory, s3_endpoint):
     nvml_dir = root / "nvml"
     build_fake_nvml(nvml_dir)
     c = Cluster(root=root, s3_endpoint=s3_endpoint, nvml_dir=nvml_dir)
-    try:
-        c.start_scheduler()
-        c.cli("admin", "project", "create", "e2e", token=c.admin_token)
-        c.token = c.project_token("e2e")
-        c.add_agent("host-a", HOST_A_GPUS)
-        c.add_agent("host-b", HOST_B_GPUS)
-    except BaseException:
-        print(c.dump())
-        c.stop()
-        raise
-    yield c
-    c.stop()
-    # Only this cluster's containers: another test run may share the dockerd.
-    for host_id in c.agents:
-        subprocess.run(
-            f"docker ps -aq --filter label=nbfleet.host={host_id} | xargs -r docker rm -f",
-            shell=True,
-            capture_output=True,
-        )
+    with c.running("e2e", {"host-a": HOST_A_GPUS, "host-b": HOST_B_GPUS}):
+        yield c
 
 
 @pytest.fixture
