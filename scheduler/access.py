@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from common import wire
 from common.states import NotebookState
-from scheduler.db import Database, Tx
+from scheduler.db import Database, Tx, WriteBehind
 from scheduler.projects import Principal, selector_text
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def admin_token_refused() -> wire.AuthorizeReply:
 # ---------------------------------------------------------------- what traffic it had
 
 
-class ProxyActivity:
+class ProxyActivity(WriteBehind):
     """The latest editor proxy activity per notebook, from heartbeats, until written.
 
     :meth:`record` does no database work (it runs inside the heartbeat handler);
@@ -146,18 +146,6 @@ class ProxyActivity:
         if found is None or found[0] != host_id:
             return None
         return found[1], found[2]
-
-    async def flush(self, tx: Tx | None = None) -> int:
-        """Write what is pending; returns how many notebooks' activity was pending."""
-        if not self._pending:
-            return 0
-        pending, self._pending = self._pending, {}
-        if tx is None:
-            async with self.db.transaction() as tx:
-                await self._write(tx, pending)
-        else:
-            await self._write(tx, pending)
-        return len(pending)
 
     async def _write(self, tx: Tx, pending: dict[str, tuple[str, float, int]]) -> None:
         # The last activity never goes back (a late heartbeat); the byte count is the agent's

@@ -85,6 +85,30 @@ class Tx:
         self._after_commit.append(callback)
 
 
+class WriteBehind:
+    """Reports held in memory as they arrive (``_pending``, keyed so the latest wins) and
+    written together in one transaction by :meth:`flush`: a busy fleet costs one write per
+    flush, not one per report. Subclasses set ``db`` and ``_pending`` and write in ``_write``."""
+
+    db: Database
+    _pending: dict[str, Any]
+
+    async def _write(self, tx: Tx, pending: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def flush(self, tx: Tx | None = None) -> int:
+        """Write what is pending, in ``tx`` or a transaction of its own; returns how many."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        if tx is None:
+            async with self.db.transaction() as own:
+                await self._write(own, pending)
+        else:
+            await self._write(tx, pending)
+        return len(pending)
+
+
 class Database:
     def __init__(self, path: str) -> None:
         self.path = path

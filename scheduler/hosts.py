@@ -30,7 +30,7 @@ from common.config import SchedulerConfig
 from common.errors import not_found
 from common.states import ON_HOST, NotebookState
 from scheduler.board import AssignmentBoard
-from scheduler.db import Database, Tx
+from scheduler.db import Database, Tx, WriteBehind
 from scheduler.lifecycle import change_state, stop_by_scheduler
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ _ON_HOST = tuple(sorted(ON_HOST))
 _ON_HOST_MARKS = ", ".join("?" for _ in _ON_HOST)
 
 
-class HostService:
+class HostService(WriteBehind):
     def __init__(
         self,
         db: Database,
@@ -94,18 +94,6 @@ class HostService:
                 "host=%s heartbeat from an unknown or lost host; asking it to register", host_id
             )
         return wire.HeartbeatReply(known=known, heartbeat_interval_s=self.interval_s)
-
-    async def flush(self, tx: Tx | None = None) -> int:
-        """Write the heartbeats received since the last flush; returns how many."""
-        if not self._pending:
-            return 0
-        pending, self._pending = self._pending, {}
-        if tx is None:
-            async with self.db.transaction() as tx:
-                await self._write(tx, pending)
-        else:
-            await self._write(tx, pending)
-        return len(pending)
 
     async def _write(self, tx: Tx, pending: dict[str, tuple[float, list[wire.GpuInfo]]]) -> None:
         await tx.run_many(
