@@ -94,6 +94,9 @@ class QuotaDefaults(Struct, forbid_unknown_fields=True):
 
 class SchedulerConfig(Struct, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8470"
+    #: The address users reach the scheduler at (e.g. ``https://notebooks.example.com``); a
+    #: notebook's URL starts with it. Empty: the address each caller used.
+    public_url: str = ""
     database: str = "/var/lib/nbfleet/scheduler/scheduler.db"
     #: Created with a fresh token on first start when absent.
     admin_token_file: str = "/etc/nbfleet/admin.token"

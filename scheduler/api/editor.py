@@ -21,9 +21,13 @@ RETRY_AFTER_S = 5
 
 
 def public_base(request: web.Request) -> str:
-    """``scheme://host[:port]`` the caller reached the scheduler at, as a reverse proxy in
-    front of it reports (``Forwarded``, ``X-Forwarded-Proto``/``-Host``) or else as the request
-    shows. Only ever shown back to the same caller, so a forged header fools nobody else."""
+    """The configured ``public_url``, else ``scheme://host[:port]`` the caller reached the
+    scheduler at, as a reverse proxy in front of it reports (``Forwarded``,
+    ``X-Forwarded-Proto``/``-Host``) or else as the request shows. Only ever shown back to the
+    same caller, so a forged header fools nobody else."""
+    configured = ctx(request).config.public_url
+    if configured:
+        return configured.rstrip("/")
     forwarded = request.forwarded[0] if request.forwarded else {}
     scheme = (
         forwarded.get("proto")

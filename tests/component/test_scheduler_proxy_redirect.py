@@ -158,3 +158,19 @@ async def test_the_api_shows_the_stable_url_only_while_running(
 
     stopped = await project.action(nb["id"], "stop")
     assert stopped.json["url"] is None
+
+
+async def test_a_configured_public_url_is_what_notebook_urls_start_with(
+    harness: Harness, project: Tokens
+) -> None:
+    await harness.agent("a").register(gpus=1, agent_url=AGENT_A)
+    nb = (await project.run()).json
+    await harness.agent("a").report(nb["id"], "RUNNING", url="http://gpu-a.example:40001/lab")
+    harness.config.public_url = "https://notebooks.example.com/"
+    shown = await harness.call(
+        "GET",
+        f"/v1/notebooks/{nb['id']}",
+        token=project.read,
+        headers={"X-Forwarded-Host": "somewhere.else"},
+    )
+    assert shown.json["url"] == f"https://notebooks.example.com/notebooks/{nb['id']}/"
