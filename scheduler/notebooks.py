@@ -473,28 +473,18 @@ class NotebookService:
         async with self.db.transaction() as tx:
             row = await _load(tx, project, notebook_id, selector)
             _require(row, STOPPABLE, "only a QUEUED, STARTING or RUNNING notebook can be stopped")
-            if S(row["state"]) == S.QUEUED:
-                await change_state(
-                    tx,
-                    row,
-                    S.STOPPED,
-                    "stopped while queued",
-                    now=now,
-                    board=self.board,
-                    desired="stopped",
-                    restart_pending=0,
-                )
-            else:
-                await change_state(
-                    tx,
-                    row,
-                    S.STOPPING,
-                    "stop requested",
-                    now=now,
-                    board=self.board,
-                    desired="stopped",
-                    restart_pending=0,
-                )
+            # A queued notebook holds nothing on any host: it is stopped at once.
+            queued = S(row["state"]) == S.QUEUED
+            await change_state(
+                tx,
+                row,
+                S.STOPPED if queued else S.STOPPING,
+                "stopped while queued" if queued else "stop requested",
+                now=now,
+                board=self.board,
+                desired="stopped",
+                restart_pending=0,
+            )
             return await self._view(tx, await _load(tx, project, notebook_id))
 
     async def delete(

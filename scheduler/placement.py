@@ -1,9 +1,8 @@
 """Where a notebook runs: which host, which GPUs.
 
-The decision is pure (:func:`choose_host`, :func:`pick_gpus`, :func:`resources_for`) so unit
-tests cover it without a database; :func:`find_host`, :func:`reserve` and :func:`release` are
-the database halves and run inside the caller's write transaction, so the choice and the
-reservation see the same data and are committed together with the notebook row.
+:func:`resources_for` turns a request into resources (pure). :func:`find_host`,
+:func:`reserve` and :func:`release` run inside the caller's write transaction, so the choice
+and the reservation see the same data and are committed together with the notebook row.
 
 Rules (docs/design.md, Placement):
 
@@ -22,26 +21,11 @@ touches; the database half therefore reads one row per candidate host, not one p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common.config import SchedulerConfig
 from common.errors import ApiError, invalid
 from scheduler.db import Tx
-
-
-@dataclass(frozen=True)
-class FreeGpu:
-    uuid: str
-    index: int
-
-
-@dataclass(frozen=True)
-class HostCapacity:
-    """What one eligible host has free right now."""
-
-    id: str
-    cpus_free: int
-    free_gpus: tuple[FreeGpu, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -141,55 +125,6 @@ def _flavored(gpu: int | None, cpu: int | None, config: SchedulerConfig, flavor:
         flavor=flavor,
         gpu_model=spec.gpu_model,
     )
-
-
-def _free_amount(host: HostCapacity, gpu: int) -> int:
-    return len(host.free_gpus) if gpu > 0 else host.cpus_free
-
-
-def choose_host(
-    hosts: list[HostCapacity],
-    resources: Resources,
-    *,
-    last_host: str | None = None,
-    strategy: str = "binpack",
-) -> HostCapacity:
-    """The host to use, or ``ApiError('no_capacity')`` naming the largest free amount seen."""
-    wanted = resources.gpu if resources.gpu > 0 else resources.cpu
-    unit = "GPU" if resources.gpu > 0 else "CPU"
-    fitting = [h for h in hosts if _free_amount(h, resources.gpu) >= wanted]
-    if not fitting:
-        most = max((_free_amount(h, resources.gpu) for h in hosts), default=0)
-        plural = "s" if wanted != 1 else ""
-        why = f"most free on one host: {most}" if hosts else "no ready host"
-        message = f"no host has {wanted} free {unit}{plural} ({why})"
-        raise ApiError("no_capacity", message, requested=wanted, unit=unit, most_free=most)
-    for host in fitting:
-        if host.id == last_host:
-            return host
-    if strategy == "spread":
-        return min(fitting, key=lambda h: (-_free_amount(h, resources.gpu), h.id))
-    return min(fitting, key=lambda h: (_free_amount(h, resources.gpu) - wanted, h.id))
-
-
-def pick_gpus(host: HostCapacity, count: int) -> tuple[str, ...]:
-    """The ``count`` lowest-index free GPUs of ``host``."""
-    ordered = sorted(host.free_gpus, key=lambda g: g.index)
-    return tuple(g.uuid for g in ordered[:count])
-
-
-def place(
-    hosts: list[HostCapacity],
-    resources: Resources,
-    *,
-    last_host: str | None = None,
-    strategy: str = "binpack",
-) -> Placement:
-    host = choose_host(hosts, resources, last_host=last_host, strategy=strategy)
-    return Placement(host=host.id, gpus=pick_gpus(host, resources.gpu))
-
-
-# ---------------------------------------------------------------- database halves
 
 
 def _eligible(resources: Resources, *, now: float, fresh_within_s: float) -> tuple[str, list]:

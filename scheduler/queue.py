@@ -154,12 +154,7 @@ class Dispatcher:
                 used[project] = await quota.use(tx, project)
             refusal = quota.project_violation(project, limits[project], used[project], res)
             if refusal is not None:
-                reason = f"{QUOTA_WAIT}: {refusal.message}"
-                if row["state_reason"] != reason:
-                    await tx.run(
-                        "UPDATE notebooks SET state_reason = ?, version = version + 1 WHERE id = ?",
-                        (reason, row["id"]),
-                    )
+                await _waiting(tx, row, f"{QUOTA_WAIT}: {refusal.message}")
                 continue
             chosen = await placement.find_host(
                 tx,
@@ -171,19 +166,12 @@ class Dispatcher:
             )
             if chosen is None:
                 blocked.add(kind)
-                reason = f"waiting for {res.describe()}"
-                if row["state_reason"] != reason:
-                    await tx.run(
-                        "UPDATE notebooks SET state_reason = ?, version = version + 1 WHERE id = ?",
-                        (reason, row["id"]),
-                    )
+                await _waiting(tx, row, f"waiting for {res.describe()}")
                 continue
             await placement.reserve(tx, chosen, row["id"])
-            fresh = await tx.one("SELECT * FROM notebooks WHERE id = ?", (row["id"],))
-            assert fresh is not None
             await change_state(
                 tx,
-                fresh,
+                row,
                 S.STARTING,
                 f"placed on {chosen.host} from the queue",
                 now=now,
@@ -199,3 +187,12 @@ class Dispatcher:
             )
             placed += 1
         return placed
+
+
+async def _waiting(tx: Tx, row: Row, reason: str) -> None:
+    """Say why a queued notebook still waits (written only when the reason changes)."""
+    if row["state_reason"] != reason:
+        await tx.run(
+            "UPDATE notebooks SET state_reason = ?, version = version + 1 WHERE id = ?",
+            (reason, row["id"]),
+        )

@@ -1,4 +1,4 @@
-"""Placement decisions, without a database."""
+"""Placement rules, on find_host against a real SQLite database (in memory)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,58 @@ import pytest
 
 from common.config import SchedulerConfig
 from common.errors import ApiError
-from scheduler.placement import FreeGpu, HostCapacity, Resources, place, resources_for
+from scheduler.db import Database
+from scheduler.placement import Resources, find_host, refresh_hosts, reserve, resources_for
 
 CONFIG = SchedulerConfig(cpus_per_gpu=4, memory_mb_per_gpu=16384, memory_mb_per_cpu=4096)
-
-
-def host(name: str, free: int, *, cpus_free: int = 32, first_index: int = 0) -> HostCapacity:
-    gpus = tuple(FreeGpu(f"{name}-{i}", i) for i in range(first_index, first_index + free))
-    return HostCapacity(id=name, cpus_free=cpus_free, free_gpus=gpus)
+NOW = 1_000_000.0
 
 
 def gpus(n: int) -> Resources:
     return resources_for(n, None, CONFIG)
+
+
+@pytest.fixture
+async def db():
+    database = Database(":memory:")
+    await database.open()
+    # GPUs are reserved here without notebook rows.
+    database.conn.execute("PRAGMA foreign_keys=OFF")
+    yield database
+    await database.close()
+
+
+async def add_host(
+    db: Database, name: str, free: int, *, cpus: int = 32, indexes: list[int] | None = None
+) -> None:
+    async with db.transaction() as tx:
+        await tx.run(
+            "INSERT INTO hosts (id, agent_url, cpus, memory_mb, state, last_heartbeat, "
+            "registered_at) VALUES (?, 'http://x', ?, 1, 'ready', ?, ?)",
+            (name, cpus, NOW, NOW),
+        )
+        for i in indexes if indexes is not None else range(free):
+            await tx.run(
+                "INSERT INTO gpus (uuid, host_id, idx, model, memory_total_mb) "
+                "VALUES (?, ?, ?, 'A100', 1)",
+                (f"{name}-{i}", name, i),
+            )
+        await refresh_hosts(tx, {name})
+
+
+async def place(db: Database, res: Resources, **kw: object):
+    async with db.transaction() as tx:
+        return await find_host(tx, res, now=NOW, fresh_within_s=30, **kw)
+
+
+async def take(db: Database, res: Resources, notebook: str):
+    """Place and reserve, as a run does."""
+    async with db.transaction() as tx:
+        chosen = await find_host(tx, res, now=NOW, fresh_within_s=30)
+        if chosen is not None:
+            await reserve(tx, chosen, notebook)
+            await refresh_hosts(tx, {chosen.host})
+        return chosen
 
 
 def test_defaults() -> None:
@@ -32,63 +72,61 @@ def test_defaults() -> None:
     assert err.value.code == "invalid_request" and "$.cpu" in err.value.message
 
 
-def test_best_fit_leaves_fewest_gpus_over() -> None:
-    hosts = [host("a", 4), host("b", 2), host("c", 3)]
-    assert place(hosts, gpus(2)).host == "b"
-    assert place(hosts, gpus(3)).host == "c"
-    assert place(hosts, gpus(4)).host == "a"
+async def test_best_fit_leaves_fewest_gpus_over(db: Database) -> None:
+    for name, free in (("a", 4), ("b", 2), ("c", 3)):
+        await add_host(db, name, free)
+    assert (await place(db, gpus(2))).host == "b"
+    assert (await place(db, gpus(3))).host == "c"
+    assert (await place(db, gpus(4))).host == "a"
+    assert (await place(db, gpus(1), strategy="spread")).host == "a"
 
 
-def test_ties_go_to_the_lowest_host_id() -> None:
-    assert place([host("z", 2), host("m", 2), host("q", 2)], gpus(1)).host == "m"
+async def test_ties_go_to_the_lowest_host_id(db: Database) -> None:
+    for name in ("z", "m", "q"):
+        await add_host(db, name, 2)
+    assert (await place(db, gpus(1))).host == "m"
 
 
-def test_last_host_preferred_when_it_fits() -> None:
-    hosts = [host("a", 4), host("b", 1)]
-    assert place(hosts, gpus(1), last_host="a").host == "a"
-    assert place(hosts, gpus(2), last_host="b").host == "a"  # b does not fit
-    assert place(hosts, gpus(1), last_host="gone").host == "b"
+async def test_last_host_preferred_when_it_fits(db: Database) -> None:
+    await add_host(db, "a", 4)
+    await add_host(db, "b", 1)
+    assert (await place(db, gpus(1), last_host="a")).host == "a"
+    assert (await place(db, gpus(2), last_host="b")).host == "a"  # b does not fit
+    assert (await place(db, gpus(1), last_host="gone")).host == "b"
 
 
-def test_lowest_index_gpus_are_picked() -> None:
-    h = HostCapacity("a", 8, (FreeGpu("g5", 5), FreeGpu("g1", 1), FreeGpu("g3", 3)))
-    assert place([h], gpus(2)).gpus == ("g1", "g3")
+async def test_lowest_index_gpus_are_picked(db: Database) -> None:
+    await add_host(db, "a", 3, indexes=[5, 1, 3])
+    assert (await place(db, gpus(2))).gpus == ("a-1", "a-3")
 
 
-def test_no_capacity_names_the_most_free() -> None:
-    with pytest.raises(ApiError) as err:
-        place([host("a", 1), host("b", 0)], gpus(2))
-    assert err.value.code == "no_capacity" and err.value.status == 503
-    assert err.value.message == "no host has 2 free GPUs (most free on one host: 1)"
-    with pytest.raises(ApiError) as err:
-        place([], gpus(1))
-    assert "no ready host" in err.value.message
+async def test_no_room_is_none(db: Database) -> None:
+    assert await place(db, gpus(1)) is None  # no host at all
+    await add_host(db, "a", 1)
+    await add_host(db, "b", 0)
+    assert await place(db, gpus(2)) is None
 
 
-def test_cpu_notebooks_use_free_cpus() -> None:
-    hosts = [host("a", 4, cpus_free=8), host("b", 0, cpus_free=3)]
+async def test_cpu_notebooks_use_free_cpus(db: Database) -> None:
+    await add_host(db, "a", 4, cpus=8)
+    await add_host(db, "b", 0, cpus=3)
     cpu3 = resources_for(0, 3, CONFIG)
-    assert place(hosts, cpu3).host == "b"
-    assert place(hosts, cpu3).gpus == ()
-    assert place(hosts, resources_for(0, 5, CONFIG)).host == "a"
-    with pytest.raises(ApiError) as err:
-        place(hosts, resources_for(0, 9, CONFIG))
-    assert err.value.message == "no host has 9 free CPUs (most free on one host: 8)"
+    chosen = await place(db, cpu3)
+    assert (chosen.host, chosen.gpus) == ("b", ())
+    assert (await place(db, resources_for(0, 5, CONFIG))).host == "a"
+    assert await place(db, resources_for(0, 9, CONFIG)) is None
 
 
-def test_never_two_notebooks_on_one_gpu() -> None:
-    """Placing one request after another, consuming what each took, never reuses a GPU."""
-    hosts = {name: host(name, n) for name, n in [("a", 3), ("b", 5), ("c", 2)]}
+async def test_never_two_notebooks_on_one_gpu(db: Database) -> None:
+    """Placing one request after another, reserving what each took, never reuses a GPU."""
+    for name, free in (("a", 3), ("b", 5), ("c", 2)):
+        await add_host(db, name, free)
     taken: list[str] = []
-    for wanted in itertools.cycle([2, 1, 3]):
-        try:
-            chosen = place(list(hosts.values()), gpus(wanted))
-        except ApiError:
+    for n, wanted in enumerate(itertools.cycle([2, 1, 3])):
+        chosen = await take(db, gpus(wanted), f"nb{n}")
+        if chosen is None:
             break
         assert len(chosen.gpus) == wanted
         taken.extend(chosen.gpus)
-        old = hosts[chosen.host]
-        left = tuple(g for g in old.free_gpus if g.uuid not in chosen.gpus)
-        hosts[chosen.host] = HostCapacity(old.id, old.cpus_free, left)
     assert len(taken) == len(set(taken))
     assert len(taken) >= 8
