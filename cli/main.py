@@ -21,6 +21,9 @@ from common.config import ConfigError
 from common.errors import ApiError
 from common.states import SETTLED, NotebookState
 
+#: The state each of ``notebook start`` / ``stop`` ends in, which ``--wait`` waits for.
+_SETTLES_IN = {"start": "RUNNING", "stop": "STOPPED"}
+
 
 def _connection_options() -> argparse.ArgumentParser:
     """``--url``/``--token``, accepted before or after the subcommand (people type both)."""
@@ -102,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = nbs.add_parser(action, help=text)
         p.add_argument("id")
+        if action in _SETTLES_IN:
+            p.add_argument(
+                "--wait",
+                action="store_true",
+                help=f"wait until the notebook is {_SETTLES_IN[action]}",
+            )
+            p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
         add_output(p)
 
     backup = nbs.add_parser("backup", help="a notebook's workspace snapshots")
@@ -140,9 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_output(run_in)
 
-    wait = nbs.add_parser("wait", help="wait until a notebook reaches a state")
+    wait = nbs.add_parser(
+        "wait", help="wait until a notebook reaches a state: wait ID [STATE] (default RUNNING)"
+    )
     wait.add_argument("id")
-    wait.add_argument("--state", default="RUNNING", type=str.upper)
+    wait.add_argument("state", nargs="?", type=str.upper, help="e.g. RUNNING, STOPPED")
+    wait.add_argument("--state", dest="state_option", type=str.upper, help="same as STATE")
     wait.add_argument("--timeout", type=float, default=600.0)
     add_output(wait)
 
@@ -204,8 +217,11 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
     if action == "get":
         _show(client.call("GET", f"/v1/notebooks/{args.id}", wire.Notebook), args.output)
         return 0
-    if action in ("start", "stop"):
+    if action in _SETTLES_IN:
         nb = client.call("POST", f"/v1/notebooks/{args.id}/{action}", wire.Notebook)
+        if args.wait:
+            target = NotebookState(_SETTLES_IN[action])
+            return _wait(client, nb.id, target, args.timeout, args.output)
         _show(nb, args.output)
         return 0
     if action == "delete":
@@ -240,12 +256,23 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
     if action == "exec":
         return _exec(client, args)
     if action == "wait":
-        try:
-            target = NotebookState(args.state)
-        except ValueError:
-            raise ApiError("invalid_request", f"--state {args.state!r} is not a notebook state")
-        return _wait(client, args.id, target, args.timeout, args.output)
+        return _wait(client, args.id, _wait_target(args), args.timeout, args.output)
     raise AssertionError(action)
+
+
+def _wait_target(args: argparse.Namespace) -> NotebookState:
+    """``wait ID STATE`` and ``wait ID --state STATE`` are the same; both at once must agree."""
+    given = [s for s in (args.state, args.state_option) if s is not None]
+    if len(set(given)) > 1:
+        raise BadArguments(
+            f"notebook wait: STATE {args.state} and --state {args.state_option} disagree"
+        )
+    name = given[0] if given else NotebookState.RUNNING.value
+    try:
+        return NotebookState(name)
+    except ValueError:
+        states = ", ".join(s.value for s in NotebookState)
+        raise BadArguments(f"notebook wait: {name!r} is not a notebook state ({states})")
 
 
 def _print_stream(chunks) -> None:

@@ -155,3 +155,62 @@ def test_bad_label_on_run_is_a_usage_error_naming_the_flag(server, capsys, label
     err = capsys.readouterr().err
     assert "--label" in err and names in err
     assert server.calls == []
+
+
+@pytest.mark.parametrize("argv", [["q1", "stopped"], ["q1", "--state", "STOPPED"]])
+def test_wait_takes_the_state_as_an_argument_or_an_option(server, capsys, argv) -> None:
+    stopped = dict(NOTEBOOK, id="q1", state="STOPPED", state_reason="stopped by user")
+    server.replies[("GET", "/v1/notebooks/q1")] = [(200, dict(NOTEBOOK, id="q1")), (200, stopped)]
+    assert main(["notebook", "wait", *argv, "--timeout", "60", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "STOPPED"
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["q1", "RUNNING", "--state", "STOPPED"], "STATE RUNNING and --state STOPPED disagree"),
+        (["q1", "asleep"], "'ASLEEP' is not a notebook state (QUEUED, STARTING"),
+    ],
+)
+def test_wait_with_a_bad_state_is_a_usage_error(server, capsys, argv, says) -> None:
+    assert main(["notebook", "wait", *argv]) == 2
+    assert says in capsys.readouterr().err
+    assert server.calls == []
+
+
+def test_stop_wait_follows_the_notebook_to_stopped(server, capsys) -> None:
+    stopping = dict(NOTEBOOK, id="q1", state="STOPPING", state_reason="stopped by user")
+    stopped = dict(stopping, state="STOPPED")
+    server.replies[("POST", "/v1/notebooks/q1/stop")] = (202, stopping)
+    server.replies[("GET", "/v1/notebooks/q1")] = [(200, stopping), (200, stopped)]
+    assert main(["notebook", "stop", "q1", "--wait", "--timeout", "60"]) == 0
+    captured = capsys.readouterr()
+    assert "STOPPING" in captured.err and "STOPPED" in captured.out
+    assert [c[:2] for c in server.calls] == [
+        ("POST", "/v1/notebooks/q1/stop"),
+        ("GET", "/v1/notebooks/q1"),
+        ("GET", "/v1/notebooks/q1"),
+    ]
+
+
+def test_start_wait_goes_through_the_queue_to_running(server, capsys) -> None:
+    server.replies[("POST", "/v1/notebooks/q1/start")] = (202, queued(2))
+    server.replies[("GET", "/v1/notebooks/q1")] = [(200, queued(1)), (200, dict(NOTEBOOK, id="q1"))]
+    assert main(["notebook", "start", "q1", "--wait", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "RUNNING"
+
+
+def test_stop_wait_that_ends_elsewhere_exits_3(server, capsys) -> None:
+    failed = dict(NOTEBOOK, id="q1", state="FAILED", state_reason="volume push failed")
+    server.replies[("POST", "/v1/notebooks/q1/stop")] = (202, dict(failed, state="STOPPING"))
+    server.replies[("GET", "/v1/notebooks/q1")] = (200, failed)
+    assert main(["notebook", "stop", "q1", "--wait"]) == 3
+    assert "notebook q1 is FAILED, not STOPPED: volume push failed" in capsys.readouterr().err
+
+
+def test_stop_without_wait_returns_at_once(server, capsys) -> None:
+    stopping = dict(NOTEBOOK, id="q1", state="STOPPING")
+    server.replies[("POST", "/v1/notebooks/q1/stop")] = (202, stopping)
+    assert main(["notebook", "stop", "q1", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "STOPPING"
+    assert len(server.calls) == 1
