@@ -2,9 +2,10 @@
 
 Contract of :class:`ObjectStore`:
 
-* ``put_file(bucket, key, path, metadata)`` uploads a file (``path=None`` uploads an empty
-  object, used for symlinks); user metadata keys are lower-case ASCII, values ASCII.
-* ``get_file(bucket, key, dest)`` downloads into ``dest`` (created or truncated) and returns the
+* ``put_file(bucket, key, body, metadata)`` uploads an open binary file from its start
+  (``body=None`` uploads an empty object); user metadata keys are lower-case ASCII, values
+  ASCII. Callers open the file themselves (:mod:`agent.userfs`: never through a link).
+* ``get_file(bucket, key, out)`` downloads into the open binary file ``out`` and returns the
   object's user metadata.
 * ``list(bucket, prefix, metadata=False)`` returns every object under ``prefix`` with size and
   etag; with ``metadata=True`` also each object's user metadata (one HEAD per object).
@@ -27,7 +28,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,10 @@ class ObjectStore(Protocol):
     async def ensure_bucket(self, bucket: str) -> None: ...
 
     async def put_file(
-        self, bucket: str, key: str, path: str | None, metadata: dict[str, str]
+        self, bucket: str, key: str, body: BinaryIO | None, metadata: dict[str, str]
     ) -> None: ...
 
-    async def get_file(self, bucket: str, key: str, dest: str) -> dict[str, str]: ...
+    async def get_file(self, bucket: str, key: str, out: BinaryIO) -> dict[str, str]: ...
 
     async def list(self, bucket: str, prefix: str, metadata: bool = False) -> list[ObjectInfo]: ...
 
@@ -166,29 +167,28 @@ class S3ObjectStore:
                 raise StoreError(f"cannot create bucket {bucket}: {exc}") from exc
 
     async def put_file(
-        self, bucket: str, key: str, path: str | None, metadata: dict[str, str]
+        self, bucket: str, key: str, body: BinaryIO | None, metadata: dict[str, str]
     ) -> None:
         s3 = await self._s3()
         try:
-            if path is None:
+            if body is None:
                 await s3.put_object(Bucket=bucket, Key=key, Body=b"", Metadata=metadata)
                 return
             # Streamed from the open file; multipart upload for huge files is future work.
-            with open(path, "rb") as body:
-                await s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
+            body.seek(0)
+            await s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
         except OSError:
             raise
         except Exception as exc:
             raise StoreError(f"upload of s3://{bucket}/{key} failed: {exc}") from exc
 
-    async def get_file(self, bucket: str, key: str, dest: str) -> dict[str, str]:
+    async def get_file(self, bucket: str, key: str, out: BinaryIO) -> dict[str, str]:
         s3 = await self._s3()
         try:
             response = await s3.get_object(Bucket=bucket, Key=key)
-            with open(dest, "wb") as out:
-                async with response["Body"] as stream:
-                    while chunk := await stream.read(CHUNK):
-                        out.write(chunk)
+            async with response["Body"] as stream:
+                while chunk := await stream.read(CHUNK):
+                    out.write(chunk)
             return dict(response.get("Metadata") or {})
         except OSError:
             raise

@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -95,6 +95,9 @@ class NotebookRecord:
     running_since: float | None = None
     url: str | None = None
     last_error: str = ""
+    #: What the workspace restore had to say (an unreadable snapshot skipped), reported with
+    #: the RUNNING transition so it lands in the notebook's history.
+    start_notes: list[str] = field(default_factory=list)
     #: When the last checkpoint was tried (or the run began): the next is due an interval later.
     last_checkpoint: float | None = None
     #: A checkpoint was due but skipped while out of contact with the scheduler.
@@ -404,7 +407,8 @@ class Reconciler:
             port = info.host_port
             if port and await self.probe(self._editor_url(assignment, port)):
                 url = self.notebook_url(assignment, port)
-                self._set_state(record, S.RUNNING, "editor answers", url=url)
+                reason = "; ".join(["editor answers", *record.start_notes])
+                self._set_state(record, S.RUNNING, reason, url=url)
                 record.last_checkpoint = self.clock()
             elif self._timed_out(record):
                 await self.runtime.stop(notebook)
@@ -430,7 +434,7 @@ class Reconciler:
         source = assignment.restore_from
         try:
             with self._syncing(record) as progress:
-                await self.workspaces.prepare(
+                record.start_notes = await self.workspaces.prepare(
                     notebook,
                     assignment.initialized,
                     progress=progress,

@@ -45,6 +45,8 @@ from typing import Any, Protocol
 import aiodocker
 from aiodocker.exceptions import DockerError
 
+from agent import userfs
+
 log = logging.getLogger(__name__)
 
 PREFIX = "nbfleet-"
@@ -183,15 +185,10 @@ def parse_user(user: str) -> tuple[int, int]:
 
 
 def chown_tree(root: str, uid: int, gid: int) -> None:
-    """Make ``root`` and everything under it (symlinks themselves, never their targets) owned
-    by ``uid:gid``, creating ``root`` if needed, so the non-root editor can write its bind
-    mounts. Files already owned right are left alone."""
-    os.makedirs(root, exist_ok=True)
-    for directory, dirnames, filenames in os.walk(root):
-        for name in [directory, *(os.path.join(directory, n) for n in dirnames + filenames)]:
-            st = os.lstat(name)
-            if st.st_uid != uid or st.st_gid != gid:
-                os.lchown(name, uid, gid)
+    """Make ``root`` and everything under it owned by ``uid:gid`` so the non-root editor can
+    write its bind mounts; by directory descriptors, never following a link
+    (:func:`agent.userfs.chown_tree`)."""
+    userfs.chown_tree(root, uid, gid)
 
 
 def container_config(

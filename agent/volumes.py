@@ -32,14 +32,16 @@ import json
 import logging
 import os
 import shutil
-import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
+from agent import userfs
 from agent.objectstore import ObjectInfo, S3ObjectStore
 from agent.workspace.manifest import utf8
+from agent.workspace.packer import open_large
+from agent.workspace.scan import Scanned, ScanResult, scan
 from common import wire
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,10 @@ class VolumeStore(Protocol):
     """The part of :class:`agent.objectstore.ObjectStore` volumes use."""
 
     async def put_file(
-        self, bucket: str, key: str, path: str | None, metadata: dict[str, str]
+        self, bucket: str, key: str, body: BinaryIO | None, metadata: dict[str, str]
     ) -> None: ...
 
-    async def get_file(self, bucket: str, key: str, dest: str) -> dict[str, str]: ...
+    async def get_file(self, bucket: str, key: str, out: BinaryIO) -> dict[str, str]: ...
 
     async def list(self, bucket: str, prefix: str, metadata: bool = False) -> list[ObjectInfo]: ...
 
@@ -210,6 +212,28 @@ class VolumeSync:
         staging = target + ".pulling"
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
+        staging_fd = userfs.open_root(staging)
+        # Every directory and file of the pull is made relative to descriptors, O_NOFOLLOW and
+        # O_EXCL: nothing is written through a link or over an entry that is already there.
+        dirs = userfs.DirFds(staging_fd)
+        try:
+            await self._fetch_all(notebook, volume, store, objects, prefix, dirs, progress, index)
+        finally:
+            dirs.close()
+            os.close(staging_fd)
+        os.rename(staging, target)
+
+    async def _fetch_all(
+        self,
+        notebook: str,
+        volume: wire.Volume,
+        store: VolumeStore,
+        objects: list[ObjectInfo],
+        prefix: str,
+        dirs: userfs.DirFds,
+        progress: ProgressCallback | None,
+        index: int,
+    ) -> None:
         wanted: list[tuple[ObjectInfo, str]] = []
         refused = 0
         for info in objects:
@@ -217,7 +241,8 @@ class VolumeSync:
             if rel_key.endswith("/"):  # a "directory marker" some tools write
                 rel = safe_relative(rel_key.rstrip("/"))
                 if rel is not None:
-                    os.makedirs(os.path.join(staging, rel), exist_ok=True)
+                    with contextlib.suppress(userfs.Skipped, OSError):
+                        userfs.make_dirs(dirs, rel)
                 continue
             rel = safe_relative(rel_key)
             if rel is None:
@@ -239,18 +264,24 @@ class VolumeSync:
                 progress(done.progress("volumes-pull", describe(volume), self.clock()))
 
         async def fetch(info: ObjectInfo, rel: str) -> None:
-            dest = os.path.join(staging, rel)
-            if not _inside_plain_dirs(staging, rel):
+            parent, _ = userfs.split(rel)
+            try:
+                if parent:
+                    userfs.make_dirs(dirs, parent)
+                fd = userfs.create_file(dirs, rel)
+            except (userfs.Skipped, FileExistsError, NotADirectoryError) as exc:
                 log.warning(
-                    "notebook=%s volume %s: key %r clashes with another key; skipped",
+                    "notebook=%s volume %s: key %r clashes with another key (%s); skipped",
                     notebook,
                     describe(volume),
                     info.key,
+                    exc,
                 )
                 return
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            await store.get_file(volume.container, info.key, dest)
-            st = os.lstat(dest)
+            with os.fdopen(fd, "wb") as out:
+                await store.get_file(volume.container, info.key, out)
+                out.flush()
+                st = os.fstat(out.fileno())
             pulled[rel] = _Entry(st.st_size, st.st_mtime_ns, info.etag)
             done.add(info.size)
             report()
@@ -261,7 +292,6 @@ class VolumeSync:
             self.concurrency,
         )
         _write_manifest(self._manifest_path(notebook, index), pulled)
-        os.rename(staging, target)
         log.info(
             "notebook=%s volume %d (%s) pulled: %d files, %d bytes, %d keys refused",
             notebook,
@@ -308,7 +338,14 @@ class VolumeSync:
             self._remove_volume(notebook, index)
             return
         pulled = _read_manifest(self._manifest_path(notebook, index))
-        local = await asyncio.to_thread(_scan, directory)
+        tree = await asyncio.to_thread(_scan, directory)
+        local = {e.path: e for e in tree.entries if e.kind == "f"}
+        for skipped in tree.skipped:
+            log.warning(
+                "notebook=%s volume %s: not pushed: %s", notebook, describe(volume), skipped
+            )
+        # Read as the notebook's user (who owns the volume dir once its container ran).
+        owner = (tree.root_uid, tree.root_gid) if tree.root_uid != 0 else None
         prefix = key_prefix(volume)
         uploads = [
             (rel, entry)
@@ -323,12 +360,31 @@ class VolumeSync:
             if progress is not None:
                 progress(done.progress("volumes-push", describe(volume), self.clock()))
 
-        async def upload(rel: str, entry: _Entry) -> None:
-            path = os.path.join(directory, rel)
-            # Never follow a link that replaced the file since the scan.
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+        async def upload(rel: str, entry: Scanned) -> None:
+            try:
+                fd, before = await asyncio.to_thread(open_large, directory, entry, owner)
+            except userfs.Skipped as exc:
+                # Swapped for a link, a FIFO or another file since the scan: never read.
+                log.warning(
+                    "notebook=%s volume %s: not pushed: %s", notebook, describe(volume), exc
+                )
                 return
-            await store.put_file(volume.container, prefix + rel.replace(os.sep, "/"), path, {})
+            key = prefix + rel.replace(os.sep, "/")
+            with os.fdopen(fd, "rb") as body:
+                for attempt in range(userfs.READ_RETRIES + 1):
+                    await store.put_file(volume.container, key, body, {})
+                    after = os.fstat(body.fileno())
+                    if userfs.same_version(before, after):
+                        break
+                    before = after
+                    if attempt == userfs.READ_RETRIES:
+                        log.warning(
+                            "notebook=%s volume %s: %s kept changing while uploaded; its last "
+                            "upload stays",
+                            notebook,
+                            describe(volume),
+                            rel,
+                        )
             done.add(entry.size)
             report()
 
@@ -419,45 +475,19 @@ async def _bounded(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) ->
             raise result
 
 
-def _inside_plain_dirs(root: str, rel: str) -> bool:
-    """True when every existing component of ``rel``'s parents is a real directory and the
-    file itself is not already a directory (keys ``a`` and ``a/b`` clash)."""
-    path = root
-    parts = rel.split(os.sep)
-    for part in parts[:-1]:
-        path = os.path.join(path, part)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return True
-        if not stat.S_ISDIR(st.st_mode):
-            return False
-    try:
-        return not stat.S_ISDIR(os.lstat(os.path.join(path, parts[-1])).st_mode)
-    except FileNotFoundError:
-        return True
+def _scan(root: str) -> ScanResult:
+    """Everything under ``root`` (never following a link, see :func:`agent.workspace.scan.scan`).
 
-
-def _scan(root: str) -> dict[str, _Entry]:
-    """Regular files under ``root`` (never following symlinks) → size and mtime.
-
-    A name that is not UTF-8 cannot be an S3 key: the push fails naming it (and the host copy
-    is kept) rather than skipping it, since the volume dir is removed after a push."""
-    found: dict[str, _Entry] = {}
-    for directory, _dirnames, filenames in os.walk(root, followlinks=False):
-        for name in filenames:
-            path = os.path.join(directory, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                rel = os.path.relpath(path, root)
-                if not utf8(rel):
-                    raise ValueError(
-                        f"file name {os.fsencode(rel)!r} is not UTF-8, so it cannot be an S3 "
-                        "object key; rename it and stop the notebook again"
-                    )
-                found[rel] = _Entry(st.st_size, st.st_mtime_ns, "")
-        # os.walk lists symlinks to dirs among dirnames but does not descend them.
-    return found
+    A file name that is not UTF-8 cannot be an S3 key: the push fails naming it (and the host
+    copy is kept) rather than skipping it, since the volume dir is removed after a push."""
+    tree = scan(root)
+    for entry in tree.entries:
+        if entry.kind == "f" and not utf8(entry.path):
+            raise ValueError(
+                f"file name {os.fsencode(entry.path)!r} is not UTF-8, so it cannot be an S3 "
+                "object key; rename it and stop the notebook again"
+            )
+    return tree
 
 
 def _write_manifest(path: str, entries: dict[str, _Entry]) -> None:

@@ -3,7 +3,7 @@
 ::
 
     nbfleet-agent workspace push DIR --bucket B --prefix P [--kind manual] [--json]
-    nbfleet-agent workspace restore DIR --bucket B --prefix P [--snapshot ID] [--json]
+    nbfleet-agent workspace restore DIR --bucket B --prefix P [--snapshot ID] [--allow-older]
     nbfleet-agent workspace list --bucket B --prefix P [--json]
     nbfleet-agent workspace gc --bucket B --prefix P [--grace-s 3600] [--json]
 
@@ -63,6 +63,12 @@ def add_parser(commands: Any) -> None:
             action.add_argument("--keep-daily", type=int, default=None)
         if name == "restore":
             action.add_argument("--snapshot", default=None, help="snapshot id (default: newest)")
+            action.add_argument(
+                "--allow-older",
+                action="store_true",
+                help="when the newest snapshots' manifests do not decode, restore the newest "
+                "readable one (named on stderr) instead of failing",
+            )
         if name == "gc":
             action.add_argument("--grace-s", type=float, default=retention.GRACE_S)
 
@@ -128,7 +134,9 @@ async def _push(
 ) -> tuple[dict, str]:
     """JSON: ``snapshot`` (SnapshotInfo fields), ``unchanged``, ``files``, ``bytes``,
     ``uploaded_bytes``, ``uploaded_objects``, ``reused_objects``, ``read_files``,
-    ``read_bytes``, ``skipped_special``, ``kept``, ``seconds``."""
+    ``read_bytes``, ``skipped_special``, ``skipped`` and ``unstable`` (paths, see
+    :class:`~agent.workspace.engine.PushResult`), ``kept``, ``seconds``. Every skipped or
+    still-changing path is also named on stderr."""
     started = time.monotonic()
     result = await engine.push(
         store,
@@ -148,6 +156,14 @@ async def _push(
             keep_last=args.keep_last if args.keep_last is not None else 5,
             keep_daily=args.keep_daily if args.keep_daily is not None else 7,
         )
+    for skipped in result.skipped:
+        print(f"nbfleet-agent workspace push: not saved: {skipped}", file=sys.stderr)
+    for path in result.unstable:
+        print(
+            f"nbfleet-agent workspace push: {path!r} kept changing while read; "
+            "its last complete read was saved",
+            file=sys.stderr,
+        )
     seconds = time.monotonic() - started
     summary = result.summary()
     summary["bytes"] = summary.pop("logical_bytes")
@@ -165,8 +181,10 @@ async def _push(
 async def _restore(
     store: S3ObjectStore, args: argparse.Namespace, prefix: str, index_dir: str, concurrency: int
 ) -> tuple[dict, str]:
-    """JSON: ``snapshot`` (SnapshotInfo fields or null), ``files``, ``dirs``, ``symlinks``,
-    ``bytes``, ``downloaded_bytes``, ``requests``, ``seconds``."""
+    """JSON: ``snapshot`` (SnapshotInfo fields), ``files``, ``dirs``, ``symlinks``,
+    ``bytes``, ``downloaded_bytes``, ``requests``, ``hard_links``, ``skipped_snapshots``,
+    ``seconds``. A prefix without a snapshot, or whose newest manifest does not decode (unless
+    ``--allow-older``), fails naming the prefix and the unreadable snapshot."""
     started = time.monotonic()
     target = args.dir.rstrip("/")
     if os.path.isdir(target) and not os.path.islink(target) and not os.listdir(target):
@@ -179,7 +197,10 @@ async def _restore(
         snapshot=args.snapshot,
         concurrency=concurrency,
         index_dir=index_dir,
+        allow_older=args.allow_older,
     )
+    for skipped in result.skipped_snapshots:
+        print(f"nbfleet-agent workspace restore: skipped unreadable {skipped}", file=sys.stderr)
     seconds = time.monotonic() - started
     info = result.snapshot
     summary = {
@@ -190,10 +211,12 @@ async def _restore(
         "bytes": result.bytes,
         "downloaded_bytes": result.downloaded_bytes,
         "requests": result.requests,
+        "hard_links": result.hard_links,
+        "skipped_snapshots": result.skipped_snapshots,
         "seconds": round(seconds, 3),
     }
     line = (
-        f"restored {info.id if info else '(no snapshot: empty)'}: {result.files} files, "
+        f"restored {info.id if info else '(nothing)'}: {result.files} files, "
         f"{_size(result.bytes)}, downloaded {_size(result.downloaded_bytes)} in "
         f"{result.requests} requests, {seconds:.2f} s"
     )

@@ -39,12 +39,20 @@ from typing import Any
 import msgspec
 import zstandard
 
+from agent import userfs
 from agent.objectstore import AlreadyExists, ObjectStore
 from agent.workspace import manifest as mf
 from agent.workspace.manifest import CHUNK_SIZE, CHUNKS, IDX_SUFFIX, PACKS, SNAPSHOTS, Blob
-from agent.workspace.packer import build_pack, read_chunk
+from agent.workspace.packer import (
+    ChunkRead,
+    Version,
+    build_pack,
+    open_large,
+    read_chunk,
+    version_of,
+)
 from agent.workspace.progress import ProgressCallback, Reporter
-from agent.workspace.scan import LocalIndex, Scanned, index_row, scan
+from agent.workspace.scan import LocalIndex, Scanned, ScanResult, index_row, scan
 from common.wire import SnapshotInfo
 
 log = logging.getLogger(__name__)
@@ -90,10 +98,16 @@ class PushResult:
     uploaded_bytes: int
     #: Packs and chunks an interrupted push had finished, reused instead of uploaded again.
     reused_objects: int
+    #: How many entries were not saved (``len(skipped)``).
     skipped_special: int
     seconds: float
     #: Snapshot ids retention kept (filled in by the caller that applied retention).
     kept: list[str] = field(default_factory=list)
+    #: ``"path: why"`` for every entry not saved: FIFOs, sockets and devices, and paths that
+    #: were swapped for a link or another file between the scan and the read.
+    skipped: list[str] = field(default_factory=list)
+    #: Files that kept changing while read: the snapshot holds their last complete read.
+    unstable: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
@@ -128,8 +142,11 @@ async def load_manifest(
 
 async def newest_readable(
     store: ObjectStore, bucket: str, prefix: str, ids: list[str] | None = None
-) -> tuple[str | None, mf.Manifest | None, bytes]:
-    """The newest snapshot whose manifest decodes, skipping (and naming) any that do not."""
+) -> tuple[str | None, mf.Manifest | None, bytes, list[str]]:
+    """The newest snapshot whose manifest decodes: ``(id, manifest, bytes, skipped)``, where
+    ``skipped`` names the newer ones that do not decode (``"id: why"``); id and manifest are
+    ``None`` when none decodes or there is none."""
+    skipped: list[str] = []
     for snapshot_id in reversed(
         ids if ids is not None else await snapshot_ids(store, bucket, prefix)
     ):
@@ -137,9 +154,10 @@ async def newest_readable(
             manifest, data = await load_manifest(store, bucket, prefix, snapshot_id)
         except CorruptManifest as exc:
             log.warning("prefix=%s %s; using the snapshot before it", prefix, exc)
+            skipped.append(str(exc))
             continue
-        return snapshot_id, manifest, data
-    return None, None, b""
+        return snapshot_id, manifest, data, skipped
+    return None, None, b"", skipped
 
 
 async def run_all(jobs: Iterable[Awaitable[None]]) -> None:
@@ -154,9 +172,23 @@ async def run_all(jobs: Iterable[Awaitable[None]]) -> None:
         raise
 
 
-def _scan_with_index(directory: str, index: LocalIndex) -> tuple[list[Scanned], int]:
+def _scan_with_index(directory: str, index: LocalIndex) -> ScanResult:
     index.load()
     return scan(directory)
+
+
+def _hard_links(scanned: list[Scanned]) -> dict[str, str]:
+    """Each further path of a file with several links in the tree → the first such path."""
+    first: dict[tuple[int, int], str] = {}
+    links: dict[str, str] = {}
+    for entry in scanned:
+        if entry.kind == "f" and entry.nlink > 1:
+            key = (entry.dev, entry.ino)
+            if key in first:
+                links[entry.path] = first[key]
+            else:
+                first[key] = entry.path
+    return links
 
 
 async def push(
@@ -186,7 +218,8 @@ async def push(
     except BaseException:
         await asyncio.gather(scanning, return_exceptions=True)
         raise
-    scanned, skipped = await scanning
+    tree = await scanning
+    scanned = tree.entries
     if parent_id is None and create_bucket:
         await store.ensure_bucket(bucket)
     parent: mf.Manifest | None = None
@@ -199,68 +232,86 @@ async def push(
         except CorruptManifest as exc:
             log.warning("prefix=%s %s; using the snapshot before it", prefix, exc)
             ids = await snapshot_ids(store, bucket, prefix)
-            parent_id, parent, parent_bytes = await newest_readable(
+            parent_id, parent, parent_bytes, _ = await newest_readable(
                 store, bucket, prefix, [i for i in ids if i < parent_id]
             )
     known: dict[str, Blob] = dict(parent.blobs) if parent is not None else {}
 
+    links = _hard_links(scanned)
     chunks_of: dict[str, tuple[str, ...]] = {}
-    sizes: dict[str, int] = {}
+    versions: dict[str, Version] = {}
     small: list[Scanned] = []
     large: list[Scanned] = []
     for entry in scanned:
-        if entry.kind != "f":
+        if entry.kind != "f" or entry.path in links:
             continue
         if entry.size == 0:
             chunks_of[entry.path] = ()
             continue
         hit = index.lookup(entry)
-        if hit is not None and all(cid in known for cid in hit):
+        if hit is not None and all(cid in known for cid in hit if cid):
             chunks_of[entry.path] = tuple(hit)
         elif entry.size <= CHUNK_SIZE:
             small.append(entry)
         else:
             large.append(entry)
 
-    job = _Uploads(store, bucket, prefix, directory, known, concurrency)
+    # The notebook's user owns the workspace once a container ran in it: read as that user.
+    owner = (tree.root_uid, tree.root_gid) if tree.root_uid != 0 else None
+    job = _Uploads(store, bucket, prefix, directory, known, concurrency, owner)
+    job.skipped.extend(tree.skipped)
+    root = (tree.root_mode, tree.root_mtime_ns)
     if parent is not None and not small and not large:
-        entries = _entries(scanned, chunks_of, sizes)
-        if entries == parent.entries:
-            return _unchanged(parent, job, skipped, started)
+        entries = _entries(scanned, chunks_of, versions, links)
+        if entries == parent.entries and root == (parent.root_mode, parent.root_mtime_ns):
+            return _unchanged(parent, job, started)
 
     reporter = Reporter(progress, progress_phase)
     reporter.total(len(small) + len(large), sum(e.size for e in small) + sum(e.size for e in large))
     if small or large:
         await job.discover(need_chunks=bool(large))
         await run_all(
-            [job.pack(batch, chunks_of, sizes, reporter) for batch in _batches(small)]
-            + [job.chunked(entry, chunks_of, reporter) for entry in large]
+            [job.pack(batch, chunks_of, versions, reporter) for batch in _batches(small)]
+            + [job.chunked(entry, chunks_of, versions, reporter) for entry in large]
         )
-    entries = _entries(scanned, chunks_of, sizes)
-    rows = _index_rows(scanned, chunks_of, sizes)
-    if parent is not None and entries == parent.entries:
+    entries = _entries(scanned, chunks_of, versions, links)
+    rows = _index_rows(scanned, chunks_of, versions, set(job.unstable))
+    if (
+        parent is not None
+        and entries == parent.entries
+        and root == (parent.root_mode, parent.root_mtime_ns)
+    ):
         # Re-read (recently modified) but identical: the parent still describes the tree.
         await loop.run_in_executor(executor(), index.save, parent.id, parent_bytes, rows)
-        return _unchanged(parent, job, skipped, started)
+        return _unchanged(parent, job, started)
     blobs: dict[str, Blob] = {}
     for entry in entries:
         for cid in entry.chunks:
-            if cid not in blobs:
+            if cid and cid not in blobs:
                 blobs[cid] = job.added.get(cid) or job.orphans.get(cid) or known[cid]
-    manifest_bytes, info = await _commit(store, bucket, prefix, kind, entries, blobs)
+    manifest_bytes, info = await _commit(store, bucket, prefix, kind, entries, blobs, root)
 
     await loop.run_in_executor(executor(), index.save, info.id, manifest_bytes, rows)
     reporter.emit(force=True)
-    return _result(info, job, skipped, started, unchanged=False)
+    if job.skipped or job.unstable:
+        log.warning(
+            "prefix=%s snapshot %s: %d entries not saved (%s), %d files still changing while "
+            "read, their last complete read saved (%s)",
+            prefix,
+            info.id,
+            len(job.skipped),
+            "; ".join(job.skipped[:5]) + (" ..." if len(job.skipped) > 5 else ""),
+            len(job.unstable),
+            ", ".join(job.unstable[:5]) + (" ..." if len(job.unstable) > 5 else ""),
+        )
+    return _result(info, job, started, unchanged=False)
 
 
-def _unchanged(parent: mf.Manifest, job: _Uploads, skipped: int, started: float) -> PushResult:
-    return _result(parent.info(), job, skipped, started, unchanged=True)
+def _unchanged(parent: mf.Manifest, job: _Uploads, started: float) -> PushResult:
+    return _result(parent.info(), job, started, unchanged=True)
 
 
-def _result(
-    info: SnapshotInfo, job: _Uploads, skipped: int, started: float, *, unchanged: bool
-) -> PushResult:
+def _result(info: SnapshotInfo, job: _Uploads, started: float, *, unchanged: bool) -> PushResult:
     return PushResult(
         snapshot=info,
         unchanged=unchanged,
@@ -271,23 +322,35 @@ def _result(
         uploaded_objects=job.uploaded_objects,
         uploaded_bytes=job.uploaded_bytes,
         reused_objects=0 if unchanged else job.reused_objects,
-        skipped_special=skipped,
+        skipped_special=len(job.skipped),
         seconds=time.monotonic() - started,
+        skipped=list(job.skipped),
+        unstable=list(job.unstable),
     )
 
 
 def _index_rows(
-    scanned: list[Scanned], chunks_of: dict[str, tuple[str, ...]], sizes: dict[str, int]
+    scanned: list[Scanned],
+    chunks_of: dict[str, tuple[str, ...]],
+    versions: dict[str, Version],
+    unstable: set[str],
 ) -> dict[str, tuple[int, int, int, int, list[str]]]:
+    """Index rows: a file read now is recorded with the version read (never one that kept
+    changing, so it is read again next time); a file not read, with what the scan saw."""
     now_ns = time.time_ns()
     rows: dict[str, tuple[int, int, int, int, list[str]]] = {}
     for entry in scanned:
-        if entry.kind == "f" and entry.path in chunks_of:
-            if sizes.get(entry.path, entry.size) != entry.size:
-                continue
-            row = index_row(entry, list(chunks_of[entry.path]), now_ns)
-            if row is not None:
-                rows[entry.path] = row
+        if entry.kind != "f" or entry.path not in chunks_of or entry.path in unstable:
+            continue
+        version = versions.get(entry.path)
+        if version is not None:
+            size, mtime_ns, ctime_ns, ino, _mode = version
+            seen = Scanned(entry.path, "f", entry.mode, mtime_ns, size, ino, ctime_ns)
+        else:
+            seen = entry
+        row = index_row(seen, list(chunks_of[entry.path]), now_ns)
+        if row is not None:
+            rows[entry.path] = row
     return rows
 
 
@@ -298,11 +361,18 @@ async def _commit(
     kind: mf.Kind,
     entries: list[mf.Entry],
     blobs: dict[str, Blob],
+    root: tuple[int, int],
 ) -> tuple[bytes, SnapshotInfo]:
     loop = asyncio.get_running_loop()
     for _attempt in range(3):
         manifest = mf.Manifest(
-            id=mf.new_snapshot_id(), created_at=time.time(), kind=kind, entries=entries, blobs=blobs
+            id=mf.new_snapshot_id(),
+            created_at=time.time(),
+            kind=kind,
+            entries=entries,
+            blobs=blobs,
+            root_mode=root[0],
+            root_mtime_ns=root[1],
         )
         data = await loop.run_in_executor(executor(), mf.encode, manifest)
         info = manifest.info()
@@ -321,17 +391,26 @@ async def _commit(
 
 
 def _entries(
-    scanned: list[Scanned], chunks_of: dict[str, tuple[str, ...]], sizes: dict[str, int]
+    scanned: list[Scanned],
+    chunks_of: dict[str, tuple[str, ...]],
+    versions: dict[str, Version],
+    links: dict[str, str],
 ) -> list[mf.Entry]:
+    """The manifest's entries: a file read now as it was read (size is the bytes read), a file
+    not read as the scan saw it, a further hard link as its first path's content."""
     entries: list[mf.Entry] = []
     for e in scanned:
         if e.kind == "f":
-            chunks = chunks_of.get(e.path)
-            if chunks is None:  # vanished while we read
+            first = links.get(e.path, "")
+            chunks = chunks_of.get(first or e.path)
+            if chunks is None:  # vanished, replaced or skipped while we read
                 continue
-            entries.append(
-                mf.Entry(e.path, "f", e.mode, e.mtime_ns, sizes.get(e.path, e.size), "", chunks)
-            )
+            version = versions.get(first or e.path)
+            if version is not None:
+                size, mtime_ns, _ctime_ns, _ino, mode = version
+            else:
+                size, mtime_ns, mode = e.size, e.mtime_ns, e.mode
+            entries.append(mf.Entry(e.path, "f", mode, mtime_ns, size, "", chunks, link=first))
         elif e.kind == "d":
             entries.append(mf.Entry(e.path, "d", e.mode, e.mtime_ns))
         else:
@@ -365,9 +444,13 @@ class _Uploads:
         directory: str,
         known: dict[str, Blob],
         concurrency: int,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         self.store, self.bucket, self.prefix, self.directory = store, bucket, prefix, directory
         self.known = known
+        self.owner = owner
+        self.skipped: list[str] = []
+        self.unstable: list[str] = []
         self.added: dict[str, Blob] = {}
         self.orphans: dict[str, Blob] = {}
         self.listed_chunks: dict[str, int] = {}
@@ -427,7 +510,7 @@ class _Uploads:
         self,
         batch: list[Scanned],
         chunks_of: dict[str, tuple[str, ...]],
-        sizes: dict[str, int],
+        versions: dict[str, Version],
         reporter: Reporter,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -435,12 +518,14 @@ class _Uploads:
         stored = _Either(self.known, self.orphans)
         async with self.cpu:
             build = await loop.run_in_executor(
-                executor(), build_pack, self.directory, batch, stored, key
+                executor(), build_pack, self.directory, batch, stored, key, self.owner
             )
-        for entry, cid, size in zip(batch, build.cids, build.sizes, strict=True):
-            if cid is not None:
+        for entry, cid, version in zip(batch, build.cids, build.versions, strict=True):
+            if cid is not None and version is not None:
                 chunks_of[entry.path] = (cid,)
-                sizes[entry.path] = size
+                versions[entry.path] = version
+        self.skipped.extend(build.skipped)
+        self.unstable.extend(build.unstable)
         self.read_files += len(batch)
         self.read_bytes += build.bytes_read
         if build.blobs:
@@ -450,12 +535,47 @@ class _Uploads:
         reporter.add(len(batch), build.bytes_read)
 
     async def chunked(
-        self, entry: Scanned, chunks_of: dict[str, tuple[str, ...]], reporter: Reporter
+        self,
+        entry: Scanned,
+        chunks_of: dict[str, tuple[str, ...]],
+        versions: dict[str, Version],
+        reporter: Reporter,
     ) -> None:
+        """A large file, chunk by chunk in parallel from one descriptor. When its size, mtime or
+        ctime moved during the read it is read again (:data:`agent.userfs.READ_RETRIES`
+        times); the last complete read is kept either way, as long as the bytes actually read
+        (a chunk the shrunk file no longer reached is short, and later ones are dropped)."""
         loop = asyncio.get_running_loop()
-        path = os.path.join(self.directory, entry.path)
-        count = -(-entry.size // CHUNK_SIZE)
-        cids: list[str] = [""] * count
+        try:
+            fd, before = await loop.run_in_executor(
+                executor(), open_large, self.directory, entry, self.owner
+            )
+        except userfs.Skipped as exc:
+            self.skipped.append(str(exc))
+            return
+        try:
+            attempts = 0
+            while True:
+                attempts += 1
+                cids, size = await self._read_chunks(fd, before.st_size, reporter)
+                after = await loop.run_in_executor(executor(), os.fstat, fd)
+                stable = userfs.same_version(before, after) and size == after.st_size
+                if stable or attempts > userfs.READ_RETRIES:
+                    break
+                before = after
+        finally:
+            os.close(fd)
+        if not stable:
+            self.unstable.append(entry.path)
+        chunks_of[entry.path] = tuple(cids)
+        versions[entry.path] = version_of(after, size)
+        self.read_files += 1
+        reporter.add(1, 0)
+
+    async def _read_chunks(self, fd: int, size: int, reporter: Reporter) -> tuple[list[str], int]:
+        loop = asyncio.get_running_loop()
+        count = -(-size // CHUNK_SIZE)
+        reads: list[ChunkRead | None] = [None] * count
         # Only chunks a snapshot references are skipped unread: one an interrupted push left
         # behind is compressed again, so it is reused only if it has exactly the stored size
         # (a store may keep a truncated object from a killed PUT).
@@ -463,17 +583,15 @@ class _Uploads:
 
         async def one(index: int) -> None:
             async with self.chunk_slots:
-                try:
-                    read = await loop.run_in_executor(
-                        executor(), read_chunk, path, index, CHUNK_SIZE, stored
-                    )
-                except FileNotFoundError:
-                    return
-                cids[index] = read.cid
-                self.read_bytes += read.raw
+                read = await loop.run_in_executor(
+                    executor(), read_chunk, fd, index, CHUNK_SIZE, size, stored
+                )
+                reads[index] = read
                 cid = read.cid
+                if cid:
+                    self.read_bytes += read.raw
                 if read.stored is None:
-                    pass  # a snapshot already references it
+                    pass  # a hole, or a snapshot already references it
                 elif cid in self.added:
                     pass  # another file of this push has the same chunk
                 elif self.listed_chunks.get(cid) == len(read.stored):
@@ -485,10 +603,17 @@ class _Uploads:
             reporter.add(0, read.raw)
 
         await run_all(one(i) for i in range(count))
-        if all(cids):
-            chunks_of[entry.path] = tuple(cids)
-        self.read_files += 1
-        reporter.add(1, 0)
+        cids: list[str] = []
+        total = 0
+        for index, read in enumerate(reads):
+            assert read is not None
+            if read.raw == 0:
+                break  # the file ended before this chunk
+            cids.append(read.cid)
+            total += read.raw
+            if read.raw < min(CHUNK_SIZE, size - index * CHUNK_SIZE):
+                break  # it ended inside this one
+        return cids, total
 
 
 class _Either:

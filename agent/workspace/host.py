@@ -38,6 +38,7 @@ import shutil
 import time
 
 from agent.objectstore import ObjectStore
+from agent.userfs import DirFds, create_file, open_root
 from agent.workspace import retention
 from agent.workspace.engine import PushResult, latest_snapshot_id
 from agent.workspace.engine import push as engine_push
@@ -114,11 +115,14 @@ class HostWorkspaces:
         progress: ProgressCallback | None = None,
         source_notebook: str | None = None,
         snapshot: str | None = None,
-    ) -> None:
+    ) -> list[str]:
         """Make ``/workspace`` and ``/data`` ready. Raises :class:`MarkerMissing` (after removing
-        the just-restored dir, which holds nothing new) or the store's error."""
+        the just-restored dir, which holds nothing new) or the store's error. Returns notes for
+        the notebook's state history: a restore that had to skip an unreadable newer snapshot
+        says which one it restored instead."""
         directory = self.workspace_dir(notebook)
         restored = False
+        notes: list[str] = []
         if os.path.isdir(directory) and source_notebook is None:
             newer = await self.written_elsewhere(notebook)
             if newer is not None:
@@ -134,22 +138,25 @@ class HostWorkspaces:
                     aside,
                 )
         if not os.path.isdir(directory):
-            await self.restore(
+            result = await self.restore(
                 notebook, source_notebook=source_notebook, snapshot=snapshot, progress=progress
             )
             restored = True
-        marker = os.path.join(directory, MARKER)
-        if not os.path.lexists(marker):
-            if initialized:
-                if restored:
-                    await asyncio.to_thread(shutil.rmtree, directory, True)
-                raise MarkerMissing(
-                    f"workspace marker {MARKER} is missing from the "
-                    f"{'restored' if restored else 'host'} workspace although the notebook has "
-                    "started before; refusing to start it with an empty workspace"
+            if result.skipped_snapshots and result.snapshot is not None:
+                notes.append(
+                    f"restored older snapshot {result.snapshot.id}: skipped unreadable "
+                    + "; ".join(result.skipped_snapshots)
                 )
-            await asyncio.to_thread(_touch, marker)
+        if not await asyncio.to_thread(_ensure_marker, directory, create=not initialized):
+            if restored:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise MarkerMissing(
+                f"workspace marker {MARKER} is missing from the "
+                f"{'restored' if restored else 'host'} workspace although the notebook has "
+                "started before; refusing to start it with an empty workspace"
+            )
         await asyncio.to_thread(os.makedirs, self.scratch(notebook), exist_ok=True)
+        return notes
 
     async def restore(
         self,
@@ -175,6 +182,11 @@ class HostWorkspaces:
             progress=progress,
             # Seeding the index only makes sense for the prefix this dir will push to.
             index_dir=self.index_dir if own else None,
+            # A notebook's first start has no snapshot yet (and one that started before without
+            # any fails on its missing marker); an unreadable newest snapshot falls back to the
+            # one before it, and prepare() puts that in the notebook's history.
+            allow_empty=snapshot is None,
+            allow_older=snapshot is None,
         )
         log.info(
             "notebook=%s workspace restored from %s snapshot %s: %d files, %d dirs, "
@@ -294,9 +306,26 @@ class HostWorkspaces:
         return len(keys)
 
 
-def _touch(path: str) -> None:
-    with open(path, "a"):
-        pass
+def _ensure_marker(directory: str, *, create: bool) -> bool:
+    """Whether the workspace has its marker (any entry by that name counts, a link too: it is
+    never followed); with ``create``, one is made when missing, never through a link or over
+    anything the user put there."""
+    root_fd = open_root(directory)
+    try:
+        try:
+            os.stat(MARKER, dir_fd=root_fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            if not create:
+                return False
+        with DirFds(root_fd) as dirs:
+            try:
+                os.close(create_file(dirs, MARKER))
+            except FileExistsError:  # made meanwhile: it is there
+                pass
+        return True
+    finally:
+        os.close(root_fd)
 
 
 def _rmtree(path: str) -> None:

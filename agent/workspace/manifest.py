@@ -64,6 +64,9 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
     #: need not be UTF-8, and msgpack strings must be. In memory, paths are always the
     #: ``surrogateescape`` strings ``os`` functions take.
     raw: bool = False
+    #: For a file: the path of an earlier file entry it is a hard link of (same inode when
+    #: pushed); it then has that entry's chunks and is restored as a link to it.
+    link: str = ""
 
 
 class Manifest(msgspec.Struct):
@@ -74,6 +77,9 @@ class Manifest(msgspec.Struct):
     blobs: dict[str, Blob]
     chunk_size: int = CHUNK_SIZE
     format: int = FORMAT
+    #: The workspace directory's own mode and mtime (``-1``: not recorded, older manifests).
+    root_mode: int = -1
+    root_mtime_ns: int = -1
 
     def info(self) -> SnapshotInfo:
         files = logical = 0
@@ -118,11 +124,19 @@ def utf8(name: str) -> bool:
     return True
 
 
+def _names_utf8(entry: Entry) -> bool:
+    return utf8(entry.path) and utf8(entry.target) and utf8(entry.link)
+
+
 def _portable(entry: Entry) -> Entry:
-    if utf8(entry.path) and utf8(entry.target):
+    if _names_utf8(entry):
         return entry
     return msgspec.structs.replace(
-        entry, path=_to_hex(entry.path), target=_to_hex(entry.target), raw=True
+        entry,
+        path=_to_hex(entry.path),
+        target=_to_hex(entry.target),
+        link=_to_hex(entry.link),
+        raw=True,
     )
 
 
@@ -130,12 +144,16 @@ def _native(entry: Entry) -> Entry:
     if not entry.raw:
         return entry
     return msgspec.structs.replace(
-        entry, path=_from_hex(entry.path), target=_from_hex(entry.target), raw=False
+        entry,
+        path=_from_hex(entry.path),
+        target=_from_hex(entry.target),
+        link=_from_hex(entry.link),
+        raw=False,
     )
 
 
 def encode(manifest: Manifest) -> bytes:
-    if not all(utf8(e.path) and utf8(e.target) for e in manifest.entries):
+    if not all(_names_utf8(e) for e in manifest.entries):
         manifest = msgspec.structs.replace(
             manifest, entries=[_portable(e) for e in manifest.entries]
         )
@@ -199,12 +217,22 @@ def info_from_metadata(snapshot_id: str, meta: dict[str, str]) -> SnapshotInfo |
 
 def check_paths(entries: list[Entry]) -> None:
     """Raise :class:`UnsafePath` naming the first path that is absolute, empty, has a ``.`` or
-    ``..`` component, repeats, or lies below a symlink of the manifest (writing it would follow
-    the link out of the workspace)."""
+    ``..`` component, repeats, lies below a symlink of the manifest (writing it would follow
+    the link out of the workspace), or is a hard link of anything but an earlier file."""
     links = {entry.path for entry in entries if entry.kind == "l"}
     seen: set[str] = set()
+    files: set[str] = set()
     for entry in entries:
         path = entry.path
+        if entry.link:
+            # A hard link names a plain file restored before it (so it is inside the tree).
+            if entry.kind != "f" or entry.link not in files:
+                raise UnsafePath(
+                    f"manifest path {path!r} is a hard link of {entry.link!r}, which is not an "
+                    "earlier file of the manifest; refusing to restore"
+                )
+        elif entry.kind == "f":
+            files.add(path)
         # A backslash is an ordinary filename character on Linux, not a separator: refusing it
         # would make a workspace holding such a file unrestorable.
         if not path or path.startswith("/") or "\x00" in path:

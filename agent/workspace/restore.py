@@ -1,10 +1,14 @@
 """Restoring a snapshot into a fresh directory.
 
 ``await restore(store, bucket, prefix, directory, snapshot=None, ...) -> RestoreResult``
-restores ``snapshot`` (default: the newest; none at all gives an empty directory) into
-``<directory>.restoring`` and renames that to ``directory``, which must not exist. The manifest
+restores ``snapshot`` (default: the newest; none at all is an error unless ``allow_empty``, an
+unreadable newest manifest unless ``allow_older``) into ``<directory>.restoring`` and renames
+that to ``directory``, which must not exist; a failed restore leaves neither behind. The manifest
 is checked first: an absolute path, a ``..`` component or a path below one of its symlinks
 refuses the whole restore with :class:`~agent.workspace.manifest.UnsafePath` naming the path.
+
+Holes of sparse files (chunks recorded as ``""``) are neither downloaded nor written, hard links
+are made as links to their first path, and the directory gets its own recorded mode and mtime.
 
 Downloads run ``concurrency`` at a time: a chunk is one GET; the blobs needed from a pack are
 sorted by offset and neighbours (gaps up to :data:`COALESCE_GAP`) are fetched as one ranged GET
@@ -23,16 +27,18 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.objectstore import NotFound, ObjectStore
 from agent.workspace import manifest as mf
 from agent.workspace.engine import (
+    CorruptManifest,
     cpu_slots,
     executor,
     load_manifest,
     newest_readable,
     run_all,
+    snapshot_ids,
 )
 from agent.workspace.manifest import Blob
 from agent.workspace.packer import unpack
@@ -48,7 +54,12 @@ Target = tuple[str, int, bool]
 
 
 class SnapshotNotFound(Exception):
-    pass
+    """No snapshot to restore where one was needed: the message names the prefix."""
+
+
+class OlderSnapshotOnly(Exception):
+    """The newest snapshots' manifests do not decode and falling back was not allowed: the
+    message names each unreadable one."""
 
 
 @dataclass
@@ -61,6 +72,9 @@ class RestoreResult:
     downloaded_bytes: int = 0
     requests: int = 0
     seconds: float = 0.0
+    #: Newer snapshots skipped because their manifests do not decode (``"id: why"``).
+    skipped_snapshots: list[str] = field(default_factory=list)
+    hard_links: int = 0
 
 
 async def restore(
@@ -74,34 +88,98 @@ async def restore(
     progress: ProgressCallback | None = None,
     index_dir: str | None = None,
     progress_phase: str = "restore",
+    allow_empty: bool = False,
+    allow_older: bool = False,
 ) -> RestoreResult:
+    """Restore ``snapshot`` (default: the newest) into ``directory``, which must not exist.
+
+    No snapshot at all under ``prefix`` raises :class:`SnapshotNotFound` unless
+    ``allow_empty`` (a notebook's first start: an empty directory). When the newest manifests
+    do not decode, the newest readable one is restored only with ``allow_older`` (the skipped
+    ones are named in :attr:`RestoreResult.skipped_snapshots`); otherwise
+    :class:`OlderSnapshotOnly` is raised, and when none decodes at all,
+    :class:`~agent.workspace.engine.CorruptManifest`. Whatever fails, nothing is left behind:
+    neither ``directory`` nor its ``.restoring`` staging dir."""
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     directory = directory.rstrip("/")
     if os.path.lexists(directory):
         raise FileExistsError(f"restore target {directory} already exists")
     staging = directory + RESTORING_SUFFIX
+    try:
+        return await _restore(
+            store,
+            bucket,
+            prefix,
+            directory,
+            staging,
+            snapshot=snapshot,
+            concurrency=concurrency,
+            progress=progress,
+            index_dir=index_dir,
+            progress_phase=progress_phase,
+            allow_empty=allow_empty,
+            allow_older=allow_older,
+            started=started,
+        )
+    except BaseException:
+        # Shielded: a cancelled restore still removes its half-written staging dir.
+        await asyncio.shield(loop.run_in_executor(executor(), _remove, staging))
+        raise
+
+
+async def _restore(
+    store: ObjectStore,
+    bucket: str,
+    prefix: str,
+    directory: str,
+    staging: str,
+    *,
+    snapshot: str | None,
+    concurrency: int,
+    progress: ProgressCallback | None,
+    index_dir: str | None,
+    progress_phase: str,
+    allow_empty: bool,
+    allow_older: bool,
+    started: float,
+) -> RestoreResult:
+    loop = asyncio.get_running_loop()
     manifest = None
+    manifest_bytes = b""
+    skipped: list[str] = []
+    where = f"s3://{bucket}/{prefix}"
     if snapshot:
         snapshot_id: str | None = snapshot
     else:
-        # The newest snapshot that decodes: a manifest truncated by a killed PUT is skipped.
-        snapshot_id, manifest, manifest_bytes = await newest_readable(store, bucket, prefix)
-    if snapshot_id is None:
-        await loop.run_in_executor(executor(), _reset, staging)
-        await loop.run_in_executor(executor(), os.rename, staging, directory)
-        return RestoreResult(snapshot=None, seconds=time.monotonic() - started)
+        ids = await snapshot_ids(store, bucket, prefix)
+        # The newest snapshot that decodes: a manifest truncated by a killed PUT is skipped,
+        # and said so.
+        snapshot_id, manifest, manifest_bytes, skipped = await newest_readable(
+            store, bucket, prefix, ids
+        )
+        if snapshot_id is None:
+            if skipped:
+                raise CorruptManifest(f"no snapshot in {where} can be read: " + "; ".join(skipped))
+            if not allow_empty:
+                raise SnapshotNotFound(f"no snapshot in {where}")
+            await loop.run_in_executor(executor(), _reset, staging)
+            await loop.run_in_executor(executor(), os.rename, staging, directory)
+            return RestoreResult(snapshot=None, seconds=time.monotonic() - started)
+        if skipped and not allow_older:
+            raise OlderSnapshotOnly(
+                f"the newest snapshot of {where} cannot be read ({'; '.join(skipped)}); "
+                f"the newest readable one is {snapshot_id}: restore it by id, or allow older"
+            )
     try:
         if manifest is None:
             manifest, manifest_bytes = await load_manifest(store, bucket, prefix, snapshot_id)
     except NotFound:
-        raise SnapshotNotFound(
-            f"snapshot {snapshot_id} does not exist in s3://{bucket}/{prefix}"
-        ) from None
+        raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist in {where}") from None
     mf.check_paths(manifest.entries)
     targets = await loop.run_in_executor(executor(), _prepare, staging, manifest)
     ranges = _plan(manifest.blobs, targets)
-    result = RestoreResult(snapshot=manifest.info())
+    result = RestoreResult(snapshot=manifest.info(), skipped_snapshots=skipped)
     reporter = Reporter(progress, progress_phase)
     reporter.total(result.snapshot.files, result.snapshot.logical_bytes)  # type: ignore[union-attr]
     limit = asyncio.Semaphore(max(1, concurrency))
@@ -120,7 +198,7 @@ async def restore(
         reporter.add(files, nbytes)
 
     await run_all(fetch(*planned) for planned in ranges)
-    files = [entry for entry in manifest.entries if entry.kind == "f"]
+    files = [entry for entry in manifest.entries if entry.kind == "f" and not entry.link]
     step = max(1, -(-len(files) // cpu_slots()))
     await asyncio.gather(
         *(
@@ -128,8 +206,8 @@ async def restore(
             for i in range(0, len(files), step)
         )
     )
-    counts = await loop.run_in_executor(executor(), _finish, staging, manifest.entries)
-    result.files, result.dirs, result.symlinks, result.bytes = counts
+    counts = await loop.run_in_executor(executor(), _finish, staging, manifest)
+    result.files, result.dirs, result.symlinks, result.bytes, result.hard_links = counts
     await loop.run_in_executor(executor(), os.rename, staging, directory)
     if index_dir is not None:
         await loop.run_in_executor(
@@ -138,6 +216,11 @@ async def restore(
     reporter.emit(force=True)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _remove(path: str) -> None:
+    if os.path.lexists(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _reset(path: str) -> None:
@@ -156,16 +239,18 @@ def _prepare(staging: str, manifest: mf.Manifest) -> dict[str, list[Target]]:
         path = os.path.join(staging, entry.path)
         if entry.kind == "d":
             os.makedirs(path, exist_ok=True)
-        elif entry.kind == "f":
+        elif entry.kind == "f" and not entry.link:  # a hard link is made in _finish
             if not entry.chunks:
                 open(path, "wb").close()
-            elif len(entry.chunks) == 1:
+            elif len(entry.chunks) == 1 and entry.chunks[0]:
                 targets[entry.chunks[0]].append((entry.path, 0, True))
             else:
+                # Holes ("" chunks) are never written: the truncate leaves them sparse.
                 with open(path, "wb") as out:
                     out.truncate(entry.size)
                 for i, cid in enumerate(entry.chunks):
-                    targets[cid].append((entry.path, i * chunk_size, False))
+                    if cid:
+                        targets[cid].append((entry.path, i * chunk_size, False))
     return targets
 
 
@@ -251,15 +336,24 @@ def _umask() -> int:
     return 0o7777  # unknown: chmod every file
 
 
-def _finish(staging: str, entries: list[mf.Entry]) -> tuple[int, int, int, int]:
-    """Symlinks, then directory modes and mtimes (deepest first); returns the counts."""
-    files = dirs = links = nbytes = 0
+def _finish(staging: str, manifest: mf.Manifest) -> tuple[int, int, int, int, int]:
+    """Hard links, symlinks, then directory modes and mtimes (deepest first, the root last);
+    returns the counts (files, dirs, symlinks, bytes, hard links)."""
+    files = dirs = links = nbytes = hard = 0
     directories: list[mf.Entry] = []
     symlinks: list[mf.Entry] = []
-    for entry in entries:
+    for entry in manifest.entries:
         if entry.kind == "f":
             files += 1
-            nbytes += entry.size
+            if entry.link:
+                os.link(
+                    os.path.join(staging, entry.link),
+                    os.path.join(staging, entry.path),
+                    follow_symlinks=False,
+                )
+                hard += 1
+            else:
+                nbytes += entry.size
         elif entry.kind == "l":
             symlinks.append(entry)
         else:
@@ -275,7 +369,11 @@ def _finish(staging: str, entries: list[mf.Entry]) -> tuple[int, int, int, int]:
         os.chmod(path, entry.mode & 0o1777)
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
         dirs += 1
-    return files, dirs, links, nbytes
+    if manifest.root_mode >= 0:
+        os.chmod(staging, manifest.root_mode & 0o1777)
+    if manifest.root_mtime_ns >= 0:
+        os.utime(staging, ns=(manifest.root_mtime_ns, manifest.root_mtime_ns))
+    return files, dirs, links, nbytes, hard
 
 
 def _seed_index(

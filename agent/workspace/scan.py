@@ -1,8 +1,10 @@
 """Walking a workspace without following links, and the local index that spares re-reading it.
 
-:func:`scan` lists directories, regular files and symlinks with ``lstat`` semantics
-(``scandir`` entries, never ``follow_symlinks``), so a link to ``/etc/shadow`` is recorded as a
-link and its target is never opened. FIFOs, sockets and devices are skipped with a warning.
+:func:`scan` lists directories, regular files and symlinks by directory descriptors
+(:class:`agent.userfs.DirFds`: every directory opened ``O_NOFOLLOW`` relative to its parent,
+entries stat'ed with ``fstatat(AT_SYMLINK_NOFOLLOW)``), so a directory the user swaps for a link
+mid-walk is never entered and a link to ``/etc/shadow`` is recorded as a link, its target never
+opened. FIFOs, sockets and devices are skipped and named in :attr:`ScanResult.skipped`.
 
 :class:`LocalIndex` maps a path to ``(size, mtime_ns, inode, ctime_ns)`` and the content ids
 it had; a file whose four stat values all match is not read again. Entries whose mtime is within
@@ -16,10 +18,11 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
+from agent.userfs import DirFds, Skipped, open_root
 from agent.workspace.manifest import utf8
 
 log = logging.getLogger(__name__)
@@ -37,54 +40,116 @@ class Scanned:
     ino: int
     ctime_ns: int
     target: str = ""
+    dev: int = 0
+    nlink: int = 1
 
 
-def scan(directory: str) -> tuple[list[Scanned], int]:
-    """Every entry below ``directory`` (relative ``/`` paths, parents before children) and the
-    number of special files skipped."""
-    found: list[Scanned] = []
-    skipped = 0
-    stack = [("", directory)]
+@dataclass(slots=True)
+class ScanResult:
+    entries: list[Scanned]
+    #: ``"path: why"`` for every entry not saved (special files, directories that could not
+    #: be entered).
+    skipped: list[str] = field(default_factory=list)
+    #: The directory's own mode, mtime, owner and group.
+    root_mode: int = 0o755
+    root_mtime_ns: int = 0
+    root_uid: int = 0
+    root_gid: int = 0
+
+
+def scan(directory: str) -> ScanResult:
+    """Every entry below ``directory`` (relative ``/`` paths, sorted, so parents come before
+    children), what was skipped and why, and the directory's own attributes."""
+    root_fd = open_root(directory)
+    try:
+        root = os.fstat(root_fd)
+        result = ScanResult(
+            [],
+            root_mode=stat.S_IMODE(root.st_mode),
+            root_mtime_ns=root.st_mtime_ns,
+            root_uid=root.st_uid,
+            root_gid=root.st_gid,
+        )
+        with DirFds(root_fd) as dirs:
+            _walk(dirs, directory, result)
+    finally:
+        os.close(root_fd)
+    result.entries.sort(key=lambda entry: entry.path)
+    return result
+
+
+def _walk(dirs: DirFds, directory: str, result: ScanResult) -> None:
+    found = result.entries
+    stack: list[tuple[str, tuple[int, int] | None]] = [("", None)]
     while stack:
-        rel, absolute = stack.pop()
+        rel, expect = stack.pop()
         try:
-            iterator = os.scandir(absolute)
-        except FileNotFoundError:  # removed while we walked
+            fd = dirs.dir_fd(rel)
+        except Skipped as exc:
+            result.skipped.append(f"{rel}: {exc}")
             continue
-        with iterator:
-            for item in iterator:
-                path = rel + item.name
-                try:
-                    st = item.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                fmt = stat.S_IFMT(st.st_mode)
-                mode = stat.S_IMODE(st.st_mode)
-                if fmt == stat.S_IFREG:
-                    found.append(
-                        Scanned(
-                            path, "f", mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns
-                        )
-                    )
-                elif fmt == stat.S_IFDIR:
-                    found.append(Scanned(path, "d", mode, st.st_mtime_ns, 0, st.st_ino, 0))
-                    stack.append((path + "/", item.path))
-                elif fmt == stat.S_IFLNK:
+        if expect is not None:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != expect:
+                # Replaced by another directory since it was listed: walk it anyway (it is
+                # inside the workspace), the entry recorded for it may be slightly stale.
+                log.debug("workspace=%s directory %s replaced while scanned", directory, rel)
+        prefix = rel + "/" if rel else ""
+        # The listing is taken whole before any other descriptor is opened: DirEntry.stat
+        # uses ``fd`` itself, which the LRU of DirFds could otherwise close under it.
+        listed: list[tuple[str, os.stat_result]] = []
+        try:
+            with os.scandir(fd) as iterator:
+                for item in iterator:
                     try:
-                        target = os.readlink(item.path)
+                        listed.append((item.name, item.stat(follow_symlinks=False)))
                     except FileNotFoundError:
                         continue
-                    found.append(Scanned(path, "l", mode, st.st_mtime_ns, 0, st.st_ino, 0, target))
-                else:
-                    skipped += 1
-                    log.warning(
-                        "workspace=%s skipping special file %s (fifo, socket or device): "
-                        "it is not saved in snapshots",
-                        directory,
+            targets: dict[str, str] = {}
+            for name, st in listed:
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        targets[name] = os.readlink(name, dir_fd=fd)
+                    except OSError:  # replaced by something that is not a link: next scan
+                        continue
+        except OSError as exc:
+            result.skipped.append(f"{rel}: cannot be listed: {exc.strerror}")
+            continue
+        for name, st in listed:
+            path = prefix + name
+            fmt = stat.S_IFMT(st.st_mode)
+            mode = stat.S_IMODE(st.st_mode)
+            if fmt == stat.S_IFREG:
+                found.append(
+                    Scanned(
                         path,
+                        "f",
+                        mode,
+                        st.st_mtime_ns,
+                        st.st_size,
+                        st.st_ino,
+                        st.st_ctime_ns,
+                        "",
+                        st.st_dev,
+                        st.st_nlink,
                     )
-    found.sort(key=lambda entry: entry.path)
-    return found, skipped
+                )
+            elif fmt == stat.S_IFDIR:
+                found.append(Scanned(path, "d", mode, st.st_mtime_ns, 0, st.st_ino, 0))
+                stack.append((path, (st.st_dev, st.st_ino)))
+            elif fmt == stat.S_IFLNK:
+                if name in targets:
+                    found.append(
+                        Scanned(path, "l", mode, st.st_mtime_ns, 0, st.st_ino, 0, targets[name])
+                    )
+            else:
+                result.skipped.append(f"{path}: {stat.filemode(st.st_mode)[0]} special file")
+                log.warning(
+                    "workspace=%s skipping special file %s (fifo, socket or device): "
+                    "it is not saved in snapshots",
+                    directory,
+                    path,
+                )
 
 
 class _IndexFile(msgspec.Struct):

@@ -2,8 +2,10 @@
 
 Their shebang is ``/usr/bin/env python3``, which on a stock Debian machine is the system Python
 without nbfleet's dependencies (and under ``sudo`` always is). ``scripts/quickstart`` and
-``scripts/test`` make the venv (``.venv``, or ``NBFLEET_VENV``); a script started by any other
-interpreter replaces itself with the venv's before it imports anything of the project's.
+``scripts/test`` make the venv (``.venv``, or ``NBFLEET_VENV``); a script started by an
+interpreter outside any virtual environment replaces itself with the venv's before it imports
+anything of the project's. One started by another venv's python was asked for explicitly, and
+stays.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 def use_project_venv(repo: Path) -> None:
     venv = Path(os.environ.get("NBFLEET_VENV") or repo / ".venv")
     python = venv / "bin" / "python"
-    if Path(sys.prefix).resolve() == venv.resolve():
+    if sys.prefix != sys.base_prefix:  # already in a virtual environment: this one or chosen
         return
     if not python.exists():
         sys.exit(

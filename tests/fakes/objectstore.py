@@ -4,7 +4,8 @@
 answers again. ``down_after(k)`` lets ``k`` more calls through, then fails every call until
 ``down_for(0)``: an outage in the middle of a push. ``objects[(bucket, key)] = (body,
 metadata)``; ``modified[(bucket, key)]`` is the put time from ``clock`` (default
-``time.time``). ``calls`` counts calls by name; ``put_keys`` lists every key put, in order.
+``time.time``). ``calls`` counts calls by name; ``put_keys`` lists every key put, in order;
+``on_put(key)`` runs after each put.
 Conditional puts (``if_none_match``) of an existing key raise ``AlreadyExists``.
 """
 
@@ -14,6 +15,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import BinaryIO
 
 from agent.objectstore import AlreadyExists, NotFound, ObjectInfo, StoreError
 
@@ -28,6 +30,9 @@ class FakeObjectStore:
         self.clock = clock
         self._down = 0
         self._fail_after: int | None = None
+        #: Called with each key put, after it is stored: lets a test change the files a push is
+        #: reading at a precise moment (a user writing during a checkpoint).
+        self.on_put: Callable[[str], None] | None = None
 
     def down_for(self, calls: int) -> None:
         self._down = calls
@@ -53,20 +58,22 @@ class FakeObjectStore:
         self.objects[(bucket, key)] = (body, dict(metadata))
         self.modified[(bucket, key)] = self.clock()
         self.put_keys.append(key)
+        if self.on_put is not None:
+            self.on_put(key)
 
     async def ensure_bucket(self, bucket: str) -> None:
         self._enter("ensure_bucket")
         self.buckets.add(bucket)
 
     async def put_file(
-        self, bucket: str, key: str, path: str | None, metadata: dict[str, str]
+        self, bucket: str, key: str, body: BinaryIO | None, metadata: dict[str, str]
     ) -> None:
         self._enter("put_file")
-        body = b""
-        if path is not None:
-            with open(path, "rb") as source:
-                body = source.read()
-        self._store(bucket, key, body, metadata)
+        data = b""
+        if body is not None:
+            body.seek(0)
+            data = body.read()
+        self._store(bucket, key, data, metadata)
 
     async def put_bytes(
         self,
@@ -81,13 +88,12 @@ class FakeObjectStore:
             raise AlreadyExists(f"{key} already exists")
         self._store(bucket, key, bytes(data), metadata or {})
 
-    async def get_file(self, bucket: str, key: str, dest: str) -> dict[str, str]:
+    async def get_file(self, bucket: str, key: str, out: BinaryIO) -> dict[str, str]:
         self._enter("get_file")
         if (bucket, key) not in self.objects:
             raise NotFound(f"no such key {key}")
         body, metadata = self.objects[(bucket, key)]
-        with open(dest, "wb") as out:
-            out.write(body)
+        out.write(body)
         return dict(metadata)
 
     async def get_bytes(

@@ -7,6 +7,7 @@ import hashlib
 import os
 from collections import Counter
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -39,15 +40,17 @@ class FakeObjectStore:
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         return sorted(k for b, k in self.objects if b == bucket and k.startswith(prefix))
 
-    async def put_file(self, bucket: str, key: str, path: str | None, metadata) -> None:
+    async def put_file(self, bucket: str, key: str, body: BinaryIO | None, metadata) -> None:
         self._enter("put_file")
-        self.objects[(bucket, key)] = (Path(path).read_bytes() if path else b"", dict(metadata))
+        if body is not None:
+            body.seek(0)
+        self.objects[(bucket, key)] = (body.read() if body else b"", dict(metadata))
 
-    async def get_file(self, bucket: str, key: str, dest: str) -> dict[str, str]:
+    async def get_file(self, bucket: str, key: str, out: BinaryIO) -> dict[str, str]:
         self._enter("get_file")
         if (bucket, key) not in self.objects:
             raise StoreError(f"no such key {key}")
-        Path(dest).write_bytes(self.objects[(bucket, key)][0])
+        out.write(self.objects[(bucket, key)][0])
         return dict(self.objects[(bucket, key)][1])
 
     async def list(self, bucket: str, prefix: str, metadata: bool = False) -> list[ObjectInfo]:

@@ -13,7 +13,7 @@ from agent.workspace import engine
 from agent.workspace import manifest as mf
 from agent.workspace.manifest import CHUNK_SIZE
 from agent.workspace.packer import content_id
-from agent.workspace.restore import restore
+from agent.workspace.restore import OlderSnapshotOnly, SnapshotNotFound, restore
 from tests.fakes.objectstore import FakeObjectStore
 
 B = "bkt"
@@ -237,8 +237,14 @@ async def test_s3_down_mid_push_keeps_previous_snapshot_and_retry_resumes(tmp_pa
     assert tree(dest2) == tree(src)
 
 
-async def test_restore_of_nothing_gives_an_empty_dir(tmp_path: Path) -> None:
-    result = await restore(FakeObjectStore(), B, P, str(tmp_path / "ws"))
+async def test_restore_of_nothing_is_an_error_naming_the_prefix(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotNotFound, match="no snapshot in s3://bkt/nb1/workspace/"):
+        await restore(FakeObjectStore(), B, P, str(tmp_path / "ws"))
+    assert os.listdir(tmp_path) == []  # neither the target nor a .restoring
+
+
+async def test_restore_of_nothing_gives_an_empty_dir_when_allowed(tmp_path: Path) -> None:
+    result = await restore(FakeObjectStore(), B, P, str(tmp_path / "ws"), allow_empty=True)
     assert result.snapshot is None and os.listdir(tmp_path / "ws") == []
 
 
@@ -326,10 +332,18 @@ async def test_truncated_newest_manifest_is_skipped_by_push_and_restore(tmp_path
     # A killed push's manifest is newer than the last good one and older than the next push.
     broken_id = mf.new_snapshot_id(first.snapshot.created_at + 0.002)
     store._store(B, P + mf.SNAPSHOTS + broken_id, good[: len(good) // 2], {})
-    # restore falls back to the newest snapshot that decodes
+    # restore refuses to fall back silently: it names the unreadable one
     dest = tmp_path / "dest"
-    restored = await restore(store, B, P, str(dest))
+    with pytest.raises(OlderSnapshotOnly, match=f"{broken_id}.*does not decode"):
+        await restore(store, B, P, str(dest))
+    assert sorted(os.listdir(tmp_path)) == [
+        "index",
+        "src",
+    ]
+    # and falls back to the newest snapshot that decodes when allowed, naming the skipped one
+    restored = await restore(store, B, P, str(dest), allow_older=True)
     assert restored.snapshot.id == first.snapshot.id and tree(dest) == tree(src)
+    assert len(restored.skipped_snapshots) == 1 and broken_id in restored.skipped_snapshots[0]
     # and a push builds on it instead of failing forever
     write(src / "new.txt", "after the crash")
     await asyncio.sleep(0.01)
@@ -338,3 +352,133 @@ async def test_truncated_newest_manifest_is_skipped_by_push_and_restore(tmp_path
     dest2 = tmp_path / "dest2"
     await restore(store, B, P, str(dest2))
     assert (dest2 / "new.txt").read_text() == "after the crash"
+
+
+# ---------------------------------------------------- fidelity: links, root, holes
+
+
+async def test_hard_links_come_back_as_hard_links(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    write(src / "data" / "model.bin", os.urandom(50_000))
+    os.link(src / "data" / "model.bin", src / "model-link.bin")
+    os.link(src / "data" / "model.bin", src / "z" / "again.bin") if (
+        src / "z"
+    ).mkdir() is None else None
+    write(src / "other.bin", b"other")
+    age(src)
+    result = await push(store, src, tmp_path)
+    assert result.read_files == 2  # the linked content is read once
+    dest = tmp_path / "dest"
+    restored = await restore(store, B, P, str(dest))
+    assert restored.hard_links == 2
+    inodes = {
+        os.lstat(dest / p).st_ino for p in ("data/model.bin", "model-link.bin", "z/again.bin")
+    }
+    assert len(inodes) == 1 and os.lstat(dest / "model-link.bin").st_nlink == 3
+    assert tree(dest) == tree(src)
+
+
+async def test_the_workspace_roots_own_mode_and_mtime_come_back(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    make_tree(src)
+    os.chmod(src, 0o710)
+    os.utime(src, ns=(OLD_NS, OLD_NS))
+    await push(store, src, tmp_path)
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert os.stat(dest).st_mode & 0o7777 == 0o710
+    assert os.stat(dest).st_mtime_ns == OLD_NS
+    # a change of the root's mode alone is a change
+    os.chmod(src, 0o755)
+    assert not (await push(store, src, tmp_path)).unchanged
+
+
+async def test_a_sparse_file_is_neither_read_nor_stored_nor_written_where_it_has_holes(
+    tmp_path: Path,
+) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "empty-2g.img", "wb") as out:
+        out.truncate(2 << 30)  # 2 GiB, no data at all
+    head, tail = os.urandom(1000), os.urandom(3000)
+    with open(src / "mixed.img", "wb") as out:
+        out.write(head)
+        out.seek(5 * CHUNK_SIZE + 7)
+        out.write(tail)
+    result = await push(store, src, tmp_path)
+    assert result.read_bytes < 2 * CHUNK_SIZE  # the two chunks holding data, nothing of 2 GiB
+    assert sum(len(body) for body, _ in store.objects.values()) < CHUNK_SIZE
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    empty = os.stat(dest / "empty-2g.img")
+    assert empty.st_size == 2 << 30 and empty.st_blocks == 0
+    mixed = os.stat(dest / "mixed.img")
+    assert mixed.st_size == 5 * CHUNK_SIZE + 7 + len(tail)
+    assert mixed.st_blocks * 512 <= 2 * CHUNK_SIZE + 65536  # holes stay holes
+    with open(dest / "mixed.img", "rb") as restored:
+        assert restored.read(len(head)) == head
+        assert restored.read(CHUNK_SIZE) == bytes(CHUNK_SIZE)
+        restored.seek(5 * CHUNK_SIZE + 7)
+        assert restored.read() == tail
+
+
+# ---------------------------------------------------- a file written while a push reads it
+
+
+async def test_a_large_file_truncated_mid_push_is_stored_as_it_was_read_again(
+    tmp_path: Path,
+) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    original = os.urandom(3 * CHUNK_SIZE)
+    write(src / "train.log", original)
+
+    def truncate_once(key: str) -> None:
+        if key.startswith(P + mf.CHUNKS) and store.on_put is not None:
+            store.on_put = None
+            os.truncate(src / "train.log", 1_000_000)
+
+    store.on_put = truncate_once
+    result = await push(store, src, tmp_path)
+    assert result.unstable == []  # read again after the change, then stable
+    [entry] = [
+        e for e in mf.decode(store.objects[(B, P + mf.SNAPSHOTS + result.snapshot.id)][0]).entries
+    ]
+    assert entry.size == 1_000_000
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    assert (dest / "train.log").read_bytes() == original[:1_000_000]  # no zeros never there
+
+
+async def test_a_file_that_never_stops_changing_keeps_its_last_complete_read(
+    tmp_path: Path,
+) -> None:
+    store = FakeObjectStore()
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "growing.bin", os.urandom(CHUNK_SIZE + 10))
+    write(src / "small.txt", "steady")
+
+    def append(key: str) -> None:
+        if key.startswith(P + mf.CHUNKS):
+            with open(src / "growing.bin", "ab") as out:
+                out.write(os.urandom(100))
+
+    store.on_put = append
+    result = await push(store, src, tmp_path)
+    store.on_put = None
+    assert result.unstable == ["growing.bin"]
+    manifest = mf.decode(store.objects[(B, P + mf.SNAPSHOTS + result.snapshot.id)][0])
+    entry = next(e for e in manifest.entries if e.path == "growing.bin")
+    dest = tmp_path / "dest"
+    await restore(store, B, P, str(dest))
+    restored = (dest / "growing.bin").read_bytes()
+    assert len(restored) == entry.size
+    assert restored == (src / "growing.bin").read_bytes()[: entry.size]  # a real prefix
+    # a file that kept changing is not trusted by the index: the next push reads it again
+    again = await push(store, src, tmp_path)
+    assert again.read_files >= 1 and not again.unchanged
