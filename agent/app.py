@@ -8,6 +8,8 @@ scheduler client, clock, editor probe); :func:`build_agent` supplies the real on
 * assignments: long-polls ``/v1/agents/assignments`` and runs a reconcile tick on every answer;
 * reconcile: a tick every ``reconcile_interval_s`` (exits, editor readiness, timeouts);
 * report: flushes the outbox; usage: queues billed minutes every ``usage_interval_s``;
+* disk: measures each running notebook's workspace disk use every ``disk_usage_interval_s``
+  (:mod:`agent.disk`, in a worker thread);
 * spool: writes what the outbox holds to ``state_dir/outbox.json`` when it changed, so reports
   and minutes survive an agent restart during a scheduler outage (read back at construction).
 
@@ -21,10 +23,12 @@ HTTP, on ``listen``:
 * ``POST /v1/notebooks/{id}/exec`` (signed; ``ExecRequest`` → ``ExecResult``): a command run
   in the notebook's container as its user, stdout and stderr combined, capped at 1 MiB; past
   its timeout it is killed and answered with exit code 124 and a note. 404 without a
-  container, 409 when the container is not running;
+  container, 409 when the container is not running, 415 for a body not declared JSON;
 * ``/notebooks/{id}/...``: the editor proxy (:mod:`agent.proxy`), HTTP and WebSocket.
 
-Heartbeats carry the proxy's activity of notebooks with traffic since the last one.
+Heartbeats carry the proxy's activity of notebooks with traffic since the last one, the free
+and total bytes of the filesystem holding ``workspaces_dir``, and workspace disk use measured
+since the last acknowledged heartbeat.
 Stopping the agent never stops notebooks: they are adopted at the next start.
 """
 
@@ -40,6 +44,7 @@ from importlib import metadata
 from aiohttp import web
 
 from agent.client import Backoff, SchedulerClient
+from agent.disk import WorkspaceMeter, filesystem_space
 from agent.gpus import GpuInventory, NvmlInventory
 from agent.objectstore import ObjectStore, S3ObjectStore
 from agent.proxy import EditorProxy
@@ -59,6 +64,7 @@ from common import wire
 from common.auth import Verifier
 from common.config import AgentConfig, split_hostport
 from common.errors import ApiError
+from common.http_server import decode_json, handler_args
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +172,7 @@ class Agent:
         self.proxy = EditorProxy(
             self.reconciler.editor, Authorizer(client.authorize), self.activity
         )
+        self.workspace_meter = WorkspaceMeter(clock)
         self.heartbeat_interval_s = 10.0
         #: When the scheduler last answered a heartbeat or a register (agent clock).
         self.last_contact = clock()
@@ -181,6 +188,7 @@ class Agent:
             Loop("report", self.outbox.tick, lambda: 0.5),
             Loop("usage", self.usage_tick, lambda: config.usage_interval_s),
             Loop("spool", self.outbox.save, lambda: SPOOL_INTERVAL_S),
+            Loop("disk", self.disk_tick, lambda: config.disk_usage_interval_s),
         ]
 
     # ------------------------------------------------------------ lifecycle
@@ -199,6 +207,7 @@ class Agent:
         log.info("host=%s agent started, serving %s", self.host_id, self.agent_url)
 
     async def stop(self) -> None:
+        self.workspace_meter.close()
         for loop in self.loops:
             await loop.stop()
         await self.reconciler.close()
@@ -271,11 +280,14 @@ class Agent:
             return
         snapshot = await self.inventory.snapshot()
         activity = self.activity.pending()
+        workspaces = self.workspace_meter.pending()
         reply = await self.client.heartbeat(
             wire.Heartbeat(
                 gpus=snapshot.gpus,
                 containers=self.reconciler.container_ids(),
                 activity=activity,
+                disk=await self.disk_space(),
+                workspaces=workspaces,
             )
         )
         self.heartbeat_interval_s = reply.heartbeat_interval_s
@@ -283,6 +295,7 @@ class Agent:
         if reply.known:
             self.activity.acknowledge(activity)
             self.activity.prune(set(self.reconciler.assignments))
+            self.workspace_meter.acknowledge(workspaces)
         else:
             log.warning(
                 "host=%s scheduler does not know this host; registering again", self.host_id
@@ -303,10 +316,36 @@ class Agent:
     async def usage_tick(self) -> None:
         self.outbox.record_usage(self.reconciler.running(), self.clock())
 
+    async def disk_space(self) -> wire.DiskSpace | None:
+        """The workspace filesystem's space; in a thread, since a hung filesystem would
+        otherwise stop the event loop. ``None`` (not reported) when it cannot be read."""
+        try:
+            return await asyncio.to_thread(filesystem_space, self.config.workspaces_dir)
+        except OSError as exc:
+            log.warning(
+                "host=%s free space of %s not read (%s); heartbeats go without it until it can be",
+                self.host_id,
+                self.config.workspaces_dir,
+                exc,
+            )
+            return None
+
+    async def disk_tick(self) -> None:
+        """Measure the workspace disk use of the notebooks RUNNING here."""
+        dirs = {
+            notebook: self.workspaces.workspace_dir(notebook)
+            for notebook, _, _ in self.reconciler.running()
+        }
+        await self.workspace_meter.measure(dirs)
+
     # ------------------------------------------------------------ HTTP
 
     def web_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(
+            middlewares=[self._errors],
+            # Malformed requests: one rate-limited warning, not an ERROR traceback each.
+            handler_args=handler_args(f"host={self.host_id} agent"),
+        )
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/notebooks/{id}/logs", self._logs)
         app.router.add_post("/v1/notebooks/{id}/exec", self._exec)
@@ -405,7 +444,7 @@ class Agent:
         body = await request.read()
         self.verifier.verify(request.method, request.raw_path, request.headers, body)
         notebook = request.match_info["id"]
-        ask = wire.decode(body, wire.ExecRequest)
+        ask = decode_json(request, body, wire.ExecRequest)
         assignment = self.reconciler.assignments.get(notebook)
         try:
             result = await self.runtime.exec(

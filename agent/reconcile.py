@@ -49,6 +49,7 @@ from agent.report import Outbox, billed_minutes
 from agent.runtime import (
     ContainerExists,
     ContainerInfo,
+    ContainerLimits,
     ContainerRuntime,
     ContainerSpec,
     ImageUnavailable,
@@ -468,6 +469,7 @@ class Reconciler:
             public_host=UPSTREAM_HOST,
             nvidia_runtime=self.config.nvidia_runtime,
             extra_mounts=mounts,
+            limits=ContainerLimits.from_config(self.config),
         )
         try:
             info = await self.runtime.create_and_start(spec)

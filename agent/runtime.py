@@ -30,6 +30,12 @@ Contract of :class:`ContainerRuntime`:
 Security settings of every container: the framework's non-root user, all capabilities dropped,
 ``no-new-privileges``, ``/tmp`` on tmpfs, the editor port published on ``public_host`` only
 (the agent sets loopback, so its proxy is the only way in).
+
+Limits of every container (:class:`ContainerLimits`, from the agent config), so one notebook
+cannot take the host down for the others: CPUs and memory clamped to the host, a PID limit,
+an open-files limit (``nofile``), and ``/dev/shm`` sized from the memory limit. A dockerd that
+may not raise ``nofile`` above its own hard limit fails the start; the container is then made
+again without it (it keeps dockerd's limit), with a warning, and so are later ones.
 """
 
 from __future__ import annotations
@@ -39,13 +45,14 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import aiodocker
 from aiodocker.exceptions import DockerError
 
 from agent import userfs
+from common.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,44 @@ class ExecOutput:
     timed_out: bool = False
 
 
+MIB = 1024 * 1024
+#: Docker's own /dev/shm size: no notebook gets less.
+DOCKER_SHM_MB = 64
+
+
+@dataclass(frozen=True)
+class ContainerLimits:
+    """What one container may take besides CPUs and memory; 0 leaves Docker's default (none).
+    The defaults are :class:`AgentConfig`'s (why each: there)."""
+
+    pids: int = 4096
+    nofile: int = 65536
+    shm_fraction: float = 0.5
+    shm_max_mb: int = 65536
+    #: One /dev/shm size for every notebook (the operator's override); 0: from memory.
+    shm_size_mb: int = 0
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> ContainerLimits:
+        return cls(
+            pids=config.pids_limit,
+            nofile=config.nofile_limit,
+            shm_fraction=config.shm_fraction,
+            shm_max_mb=config.shm_max_mb,
+            shm_size_mb=config.shm_size_mb,
+        )
+
+    def shm_bytes(self, memory_mb: int) -> int:
+        """/dev/shm for a container limited to ``memory_mb``: ``shm_size_mb`` when set, else
+        ``shm_fraction`` of the memory, at most ``shm_max_mb``; never below Docker's 64 MB."""
+        if self.shm_size_mb > 0:
+            return self.shm_size_mb * MIB
+        wanted = int(memory_mb * self.shm_fraction)
+        if self.shm_max_mb > 0:
+            wanted = min(wanted, self.shm_max_mb)
+        return max(DOCKER_SHM_MB, wanted) * MIB
+
+
 @dataclass
 class ContainerSpec:
     notebook: str
@@ -113,6 +158,7 @@ class ContainerSpec:
     nvidia_runtime: bool = False
     #: Data volumes: (host dir, mount path, read only), bound after /workspace and /data.
     extra_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
 
 
 @dataclass
@@ -199,9 +245,12 @@ def container_config(
     memory_mb: int | None = None,
     network: str = "",
 ) -> dict[str, Any]:
-    """The Docker create body for ``spec`` (separate from the API call so it can be tested)."""
+    """The Docker create body for ``spec`` (separate from the API call so it can be tested).
+    ``cpus`` and ``memory_mb`` are the host's (limits are clamped to them)."""
     cpus = host_cpus() if cpus is None else cpus
     memory_mb = host_memory_mb() if memory_mb is None else memory_mb
+    # What the container may use: /dev/shm is sized from it (no memory limit: the host's).
+    memory_limit_mb = min(spec.memory_mb, memory_mb) if spec.memory_mb > 0 else memory_mb
     parse_user(spec.user)
     port_key = f"{spec.editor_port}/tcp"
     env = dict(spec.env)
@@ -226,7 +275,13 @@ def container_config(
     if spec.cpu > 0:
         host_config["NanoCpus"] = min(spec.cpu, cpus) * 1_000_000_000
     if spec.memory_mb > 0:
-        host_config["Memory"] = min(spec.memory_mb, memory_mb) * 1024 * 1024
+        host_config["Memory"] = memory_limit_mb * MIB
+    limits = spec.limits
+    host_config["ShmSize"] = limits.shm_bytes(memory_limit_mb)
+    if limits.pids > 0:
+        host_config["PidsLimit"] = limits.pids
+    if limits.nofile > 0:
+        host_config["Ulimits"] = [{"Name": "nofile", "Soft": limits.nofile, "Hard": limits.nofile}]
     if spec.gpus and spec.nvidia_runtime:
         host_config["DeviceRequests"] = [
             {"Driver": "nvidia", "DeviceIDs": list(spec.gpus), "Capabilities": [["gpu"]]}
@@ -292,6 +347,8 @@ class DockerRuntime:
         self._url = url or None
         self.host_id = host_id
         self._docker: aiodocker.Docker | None = None
+        #: dockerd refused to raise ``nofile``: containers are made without it from then on.
+        self.nofile_refused = False
 
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
@@ -304,6 +361,8 @@ class DockerRuntime:
             self._docker = None
 
     async def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
+        if self.nofile_refused:
+            spec = _without_nofile(spec)
         container_config(spec, host_id=self.host_id)  # refuses a bad spec before any change
         uid, gid = parse_user(spec.user)
         await asyncio.to_thread(chown_tree, spec.workspace_dir, uid, gid)
@@ -335,7 +394,24 @@ class DockerRuntime:
         except BaseException:
             await self._remove_network(spec.notebook)
             raise
-        await container.start()
+        try:
+            await container.start()
+        except DockerError as exc:
+            if spec.limits.nofile <= 0 or not _rlimit_refused(exc):
+                raise
+            self.nofile_refused = True
+            log.warning(
+                "host=%s dockerd may not raise the open-files limit to %d (%s); notebook "
+                "containers keep dockerd's own limit from now on. Set nofile_limit in the agent "
+                "config to at most dockerd's hard limit (or give dockerd CAP_SYS_RESOURCE)",
+                self.host_id,
+                spec.limits.nofile,
+                exc.message,
+            )
+            await container.delete(force=True, v=True)
+            config = container_config(_without_nofile(spec), host_id=self.host_id, network=network)
+            container = await docker.containers.create(config, name=name)
+            await container.start()
         info = await self.inspect(spec.notebook)
         if info is None:
             raise NoSuchContainer(f"container {name} vanished right after it started")
@@ -523,6 +599,17 @@ class DockerRuntime:
             return ExecOutput(124, bytes(output), truncated, timed_out=True)
         exit_code = details.get("ExitCode")
         return ExecOutput(-1 if exit_code is None else exit_code, bytes(output), truncated)
+
+
+def _without_nofile(spec: ContainerSpec) -> ContainerSpec:
+    return replace(spec, limits=replace(spec.limits, nofile=0))
+
+
+def _rlimit_refused(exc: DockerError) -> bool:
+    """The OCI runtime could not set a resource limit (runc: "error setting rlimit type 7:
+    operation not permitted"; crun: "setrlimit `RLIMIT_NOFILE`: Operation not permitted")."""
+    message = exc.message.lower()
+    return "rlimit" in message and "not permitted" in message
 
 
 def _kill(pid: int | None, notebook: str) -> None:

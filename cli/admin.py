@@ -59,7 +59,9 @@ def add_admin_parser(top) -> None:
 
     host = adm.add_parser("host", help="GPU hosts")
     hosts = host.add_subparsers(dest="action", required=True)
-    add_output(hosts.add_parser("list", help="hosts, their state, free GPUs and CPUs"))
+    add_output(
+        hosts.add_parser("list", help="hosts, their state, free GPUs, CPUs and workspace disk")
+    )
     for action, text in HOST_ACTIONS.items():
         p = hosts.add_parser(action, help=text)
         p.add_argument("host")
@@ -145,14 +147,19 @@ def _host(client: Client, args: argparse.Namespace) -> int:
         if fmt == "json":
             output.print_json(items)
         else:
-            output.table(output.HOST_HEADERS, output.host_rows(items), numeric={5})
+            output.table(output.HOST_HEADERS, output.host_rows(items), numeric={6})
+            notes = output.host_notes(items)
+            if notes:
+                print("\n" + "\n".join(notes))
         return 0
     host = client.call("POST", f"/v1/admin/hosts/{args.host}/{args.action}", wire.Host)
     if fmt == "json":
         output.print_json(host)
         return 0
     line = f"host {host.id}: {host.state}"
-    if host.state == "draining":
+    if host.state == "ready" and host.placement_blocked:
+        line += f", but no new notebooks: {host.placement_blocked}"
+    elif host.state == "draining":
         line += f" ({host.notebooks} notebook(s) still leaving)"
     elif host.state == "cordoned":
         line += " (no new notebooks"

@@ -156,6 +156,16 @@ def activity(nb: wire.Notebook, now: float | None = None) -> str:
     return f"last request {ago(nb.last_activity_at, now)}, {size(nb.proxied_bytes)} proxied"
 
 
+def disk_use(nb: wire.Notebook, now: float | None = None) -> str | None:
+    """What the workspace takes on the disk of the host running it; ``None`` off a host."""
+    if nb.host is None:
+        return None
+    if nb.workspace_used_bytes is None or nb.workspace_used_at is None:
+        return f"not measured yet on {nb.host}"
+    used = size(nb.workspace_used_bytes)
+    return f"{used} on {nb.host} (measured {ago(nb.workspace_used_at, now)})"
+
+
 NOTEBOOK_HEADERS = ["ID", "NAME", "STATE", "FRAMEWORK/EDITOR", "RESOURCES", "HOST", "SINCE"]
 
 
@@ -195,6 +205,7 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
             if nb.workspace
             else "no backup yet",
         ),
+        ("Disk use", disk_use(nb)),
         ("Labels", labels),
         (
             "Volumes",
@@ -208,6 +219,7 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
         ("Billed", f"{nb.billed_minutes} min"),
         ("Created", when(nb.created_at)),
     ]
+    fields = [(key, value) for key, value in fields if value is not None]
     if nb.progress is not None:
         fields.insert(4, ("Progress", progress(nb.progress)))
     if nb.forked_from is not None:
@@ -298,19 +310,50 @@ def host_gpus(h: wire.Host) -> str:
     return ", ".join(f"{model} {free}/{total}" for model, free, total in models)
 
 
-HOST_HEADERS = ["HOST", "STATE", "FLAVOR", "GPUS FREE", "CPUS FREE", "NOTEBOOKS", "HEARTBEAT"]
+def host_disk(h: wire.Host) -> str:
+    """Free/total of the workspace disk, ``412.3 GB/1.9 TB``; ``-`` when not reported."""
+    if h.disk is None:
+        return "-"
+    return f"{size(h.disk.free_bytes)}/{size(h.disk.total_bytes)}"
+
+
+def host_state(h: wire.Host) -> str:
+    """A ready host that takes no new notebooks anyway says so (why: :func:`host_notes`)."""
+    if h.state == "ready" and h.placement_blocked:
+        return "ready (blocked)"
+    return h.state
+
+
+HOST_HEADERS = [
+    "HOST",
+    "STATE",
+    "FLAVOR",
+    "GPUS FREE",
+    "CPUS FREE",
+    "DISK FREE",
+    "NOTEBOOKS",
+    "HEARTBEAT",
+]
 
 
 def host_rows(items: Sequence[wire.Host], now: float | None = None) -> list[list[Any]]:
     return [
         [
             h.id,
-            h.state,
+            host_state(h),
             h.flavor or "-",
             host_gpus(h),
             f"{h.cpus_free}/{h.cpus}",
+            host_disk(h),
             h.notebooks,
             ago(h.last_heartbeat, now),
         ]
         for h in items
+    ]
+
+
+def host_notes(items: Sequence[wire.Host]) -> list[str]:
+    """One line per host that takes no new notebooks for a reason besides its state."""
+    return [
+        f"{h.id}: no new notebooks: {h.placement_blocked}" for h in items if h.placement_blocked
     ]

@@ -122,6 +122,13 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     free_storage_days: float = 30.0
     #: How often the scheduler's background loop runs (queue, timeouts, lost hosts).
     loop_interval_s: float = 1.0
+    #: A host whose workspace filesystem has less free than the larger of these takes no new
+    #: notebooks (they queue, or go elsewhere) until space is freed: a start restores the whole
+    #: workspace there, and the notebooks already running keep writing. 5% leaves big disks
+    #: room for those to grow; 10 GB (the free storage tier of one notebook) is the floor on
+    #: small disks. Both 0: placement ignores disk space.
+    min_free_disk_pct: Annotated[float, Meta(ge=0, le=100)] = 5.0
+    min_free_disk_gb: Annotated[float, Meta(ge=0)] = 10.0
     quota: QuotaDefaults = msgspec.field(default_factory=QuotaDefaults)
     flavors: dict[str, FlavorSpec] = {}
     catalog: Catalog = msgspec.field(default_factory=Catalog)
@@ -164,6 +171,29 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     #: The catalog flavor this host offers, and labels shown to operators.
     flavor: str = ""
     labels: dict[str, str] = {}
+    #: Per-container limits, so one notebook cannot take the host down for the others
+    #: (0: Docker's default, i.e. none).
+    #: Processes and threads (a fork bomb stops here). 4096 holds an editor, its kernels, a
+    #: DataLoader's workers with their threads and a parallel build, while eight notebooks
+    #: still leave room in a kernel.pid_max of 32768 (the default on many distributions).
+    pids_limit: Annotated[int, Meta(ge=0)] = 4096
+    #: Open files per process (``ulimit -n``, soft and hard). Linux's usual 1024 is too few for
+    #: PyTorch's DataLoader (a descriptor per shared tensor) and editors' file watchers;
+    #: dockerd otherwise hands containers its own limit (often 2^20 or more), which lets one
+    #: process pin a large part of the host's open files and makes programs that close every
+    #: possible descriptor at start slow. If dockerd may not raise its own hard limit (it lacks
+    #: CAP_SYS_RESOURCE, e.g. rootless), containers keep dockerd's limit and the agent warns.
+    nofile_limit: Annotated[int, Meta(ge=0)] = 65536
+    #: ``/dev/shm`` (Docker's 64 MB default breaks PyTorch DataLoaders with workers):
+    #: ``shm_fraction`` of the notebook's memory limit, at most ``shm_max_mb``, never below
+    #: 64 MB. Pages in /dev/shm count against the container's memory limit, so this is a
+    #: ceiling, not a reservation. ``shm_size_mb`` > 0 sets one size for every notebook.
+    shm_fraction: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    shm_max_mb: Annotated[int, Meta(ge=0)] = 65536
+    shm_size_mb: Annotated[int, Meta(ge=0)] = 0
+    #: Each running notebook's workspace disk use is measured (a walk of its host dir, in a
+    #: worker thread) at most this often, and reported with the heartbeats.
+    disk_usage_interval_s: Annotated[float, Meta(gt=0)] = 60.0
 
 
 class ClientConfig(Struct, forbid_unknown_fields=True):

@@ -15,6 +15,7 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,  # the path exists but not with this method
     "conflict": 409,  # the resource's current state does not allow the action
     "payload_too_large": 413,
+    "unsupported_media_type": 415,  # a JSON endpoint got a body not declared application/json
     "no_capacity": 503,  # no host can take the notebook right now
     "upstream_unavailable": 502,  # the agent that should answer could not be reached
     "internal": 500,

@@ -21,13 +21,17 @@ from common.states import NotebookState
 # ---------------------------------------------------------------- constrained scalars
 
 #: Label keys and values follow Kubernetes' rules closely enough for selectors to be unambiguous.
-LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")]
-LabelValue = Annotated[str, Meta(pattern=r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")]
-EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
-EnvValue = Annotated[str, Meta(max_length=4096)]
-Name = Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+LabelKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?\Z")]
+LabelValue = Annotated[str, Meta(pattern=r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?\Z")]
+#: ``\Z``, not ``$`` (which also matches before a final newline). A NUL byte cannot be passed
+#: to a process (environment or argument), so it is refused at the door, naming the field.
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
+EnvValue = Annotated[str, Meta(max_length=4096, pattern=r"^[^\x00]*\Z")]
+#: One argument of a command run in a container.
+Argument = Annotated[str, Meta(pattern=r"^[^\x00]*\Z")]
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")]
 CatalogKey = Annotated[str, Meta(min_length=1, max_length=64)]
-HostId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$")]
+HostId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})\Z")]
 #: A request for more than this is a typo, not a wish; per-project quotas sit well below.
 GpuCount = Annotated[int, Meta(ge=0, le=16)]
 CpuCount = Annotated[int, Meta(ge=0, le=256)]
@@ -38,11 +42,11 @@ Desired = Literal["running", "stopped", "deleted"]
 # ---------------------------------------------------------------- user API
 
 #: S3 bucket names (3-63 chars, lower case, digits, dots, hyphens).
-BucketName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+BucketName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")]
 #: A prefix inside a bucket: relative, no ``..`` segment, no leading slash.
-ObjectPrefix = Annotated[str, Meta(pattern=r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]{0,512}$")]
+ObjectPrefix = Annotated[str, Meta(pattern=r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]{0,512}\Z")]
 #: An absolute path inside the container, outside the system directories.
-MountPath = Annotated[str, Meta(pattern=r"^(?!.*/\.{1,2}(/|$))(?!.*//)/[A-Za-z0-9._/-]{1,255}$")]
+MountPath = Annotated[str, Meta(pattern=r"^(?!.*/\.{1,2}(/|$))(?!.*//)/[A-Za-z0-9._/-]{1,255}\Z")]
 Permission = Literal["ro", "rw", "rwd"]
 
 
@@ -191,6 +195,10 @@ class Notebook(Struct):
     #: agent last reported them.
     last_activity_at: float | None = None
     proxied_bytes: int = 0
+    #: Disk the workspace takes on its host (allocated blocks of its host dir), as the agent
+    #: last measured it (every minute or so) and when; ``None`` when it holds no host.
+    workspace_used_bytes: int | None = None
+    workspace_used_at: float | None = None
 
 
 class NotebookList(Struct):
@@ -387,6 +395,14 @@ class HostGpuModel(Struct):
     free: int
 
 
+class DiskSpace(Struct):
+    """A filesystem's size. ``free_bytes`` is what unprivileged users may still write (the
+    notebooks run as such), so it leaves out the blocks reserved for root."""
+
+    free_bytes: Annotated[int, Meta(ge=0)]
+    total_bytes: Annotated[int, Meta(ge=0)]
+
+
 class Host(Struct):
     id: str
     #: ``ready``; ``cordoned`` (no new placements); ``draining`` (cordoned, notebooks still
@@ -407,6 +423,11 @@ class Host(Struct):
     gpu_models: list[HostGpuModel] = []
     #: Notebooks holding resources or work on the host (STARTING to DELETING).
     notebooks: int = 0
+    #: The filesystem holding the host's workspaces, as its last heartbeat reported it.
+    disk: DiskSpace | None = None
+    #: Why no new notebooks are placed here although the host may be ready (its workspace
+    #: disk is nearly full); empty when nothing but its state stops them.
+    placement_blocked: str = ""
 
 
 class HostList(Struct):
@@ -459,12 +480,29 @@ class NotebookActivity(Struct):
     bytes_out: int
 
 
+class WorkspaceUse(Struct, forbid_unknown_fields=True):
+    """Disk one running notebook's workspace takes on the host: allocated blocks of its host
+    dir (symlinks not followed, hard links counted once), as measured at ``measured_at``."""
+
+    notebook: str
+    used_bytes: Annotated[int, Meta(ge=0)]
+    measured_at: float
+
+
 class Heartbeat(Struct, forbid_unknown_fields=True):
+    """Every field has a default, so a heartbeat of an older agent decodes (the scheduler
+    must be upgraded first: it refuses fields it does not know)."""
+
     gpus: list[GpuInfo] = []
     #: Notebook ids whose containers exist on the host, for the scheduler's bookkeeping.
     containers: list[str] = []
     #: Editor proxy activity of notebooks with traffic since the last heartbeat.
     activity: list[NotebookActivity] = []
+    #: The filesystem holding ``workspaces_dir``; placement avoids a host whose disk is
+    #: nearly full. ``None``: not measured.
+    disk: DiskSpace | None = None
+    #: Workspace disk use of running notebooks measured since the last acknowledged heartbeat.
+    workspaces: list[WorkspaceUse] = []
 
 
 class AuthorizeRequest(Struct, forbid_unknown_fields=True):
@@ -486,7 +524,7 @@ class ExecRequest(Struct, forbid_unknown_fields=True):
     """``POST /v1/notebooks/{id}/exec`` (operator): run ``command`` in the notebook's
     container as its user."""
 
-    command: Annotated[list[str], Meta(min_length=1)]
+    command: Annotated[list[Argument], Meta(min_length=1)]
     timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
 
 

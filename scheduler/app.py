@@ -17,6 +17,7 @@ from aiohttp import web
 
 from common.auth import Verifier, token_digest
 from common.config import SchedulerConfig
+from common.http_server import handler_args
 from scheduler.access import ProxyActivity
 from scheduler.agent_client import AgentClient
 from scheduler.agents import AgentService
@@ -80,7 +81,12 @@ def create_app(
         snapshots=SnapshotService(db, clock, progress),
         activity=activity,
     )
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[errors],
+        # Malformed requests: one rate-limited warning, not an ERROR traceback each.
+        handler_args=handler_args("scheduler"),
+    )
     app[CONTEXT] = context
     # Heartbeat writes, lost hosts, the runtime limit, restarts and the queue; proxy activity.
     app[LOOPS] = [maintenance, ActivityFlush(activity)]

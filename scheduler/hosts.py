@@ -4,7 +4,10 @@
 database write) and written in one transaction per loop tick (:meth:`flush`), so a large fleet
 costs one write per second, not one per heartbeat. The interval given to agents grows with the
 fleet so the fleet stays within ``heartbeat_budget_per_s``; the TTL is ``heartbeat_misses``
-intervals.
+intervals. Besides liveness and GPU metrics they bring the free and total bytes of the host's
+workspace disk (placement skips a host below :class:`scheduler.placement.DiskFloor`, and the
+listing says so) and the workspace disk use of its running notebooks (kept on the notebook
+while the host holds it).
 
 **Lost hosts** (:meth:`mark_lost`): a host silent for longer than the TTL is marked ``lost``; its
 notebooks go to ERROR with reason "host lost" (billed up to its last heartbeat) and its GPUs
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from common import wire
 from common.config import SchedulerConfig
@@ -32,12 +36,24 @@ from common.states import ON_HOST, NotebookState
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database, Tx, WriteBehind
 from scheduler.lifecycle import change_state, stop_by_scheduler
+from scheduler.placement import DiskFloor
 
 log = logging.getLogger(__name__)
 
 S = NotebookState
 _ON_HOST = tuple(sorted(ON_HOST))
 _ON_HOST_MARKS = ", ".join("?" for _ in _ON_HOST)
+
+
+@dataclass
+class _Beat:
+    """What a host's heartbeats brought since the last flush: the latest of each figure, and
+    every notebook's latest workspace disk use (heartbeats carry only new measurements)."""
+
+    at: float
+    gpus: list[wire.GpuInfo]
+    disk: wire.DiskSpace | None
+    workspaces: dict[str, wire.WorkspaceUse] = field(default_factory=dict)
 
 
 class HostService(WriteBehind):
@@ -52,8 +68,8 @@ class HostService(WriteBehind):
         self.config = config
         self.board = board
         self.clock = clock
-        #: host → (time, GPU metrics) of its latest heartbeat not yet written.
-        self._pending: dict[str, tuple[float, list[wire.GpuInfo]]] = {}
+        #: host → what its heartbeats brought, not yet written.
+        self._pending: dict[str, _Beat] = {}
         #: Hosts known and not lost; a heartbeat from anything else is told to register.
         self._alive: set[str] = set()
         self._loaded = False
@@ -88,26 +104,50 @@ class HostService(WriteBehind):
             await self.load()
         known = host_id in self._alive
         if known:
-            self._pending[host_id] = (self.clock(), request.gpus)
+            earlier = self._pending.get(host_id)
+            beat = _Beat(self.clock(), request.gpus, request.disk)
+            if earlier is not None:
+                beat.workspaces = earlier.workspaces
+            for use in request.workspaces:
+                beat.workspaces[use.notebook] = use
+            self._pending[host_id] = beat
         else:
             log.info(
                 "host=%s heartbeat from an unknown or lost host; asking it to register", host_id
             )
         return wire.HeartbeatReply(known=known, heartbeat_interval_s=self.interval_s)
 
-    async def _write(self, tx: Tx, pending: dict[str, tuple[float, list[wire.GpuInfo]]]) -> None:
+    async def _write(self, tx: Tx, pending: dict[str, _Beat]) -> None:
         await tx.run_many(
-            "UPDATE hosts SET last_heartbeat = MAX(last_heartbeat, ?) WHERE id = ? "
-            "AND state != 'lost'",
-            ((at, host) for host, (at, _) in pending.items()),
+            "UPDATE hosts SET last_heartbeat = MAX(last_heartbeat, ?), disk_free_bytes = ?, "
+            "disk_total_bytes = ? WHERE id = ? AND state != 'lost'",
+            (
+                (
+                    beat.at,
+                    None if beat.disk is None else beat.disk.free_bytes,
+                    None if beat.disk is None else beat.disk.total_bytes,
+                    host,
+                )
+                for host, beat in pending.items()
+            ),
         )
         await tx.run_many(
             "UPDATE gpus SET memory_used_mb = ?, utilization_pct = ? "
             "WHERE uuid = ? AND host_id = ?",
             (
                 (g.memory_used_mb, g.utilization_pct, g.uuid, host)
-                for host, (_, gpus) in pending.items()
-                for g in gpus
+                for host, beat in pending.items()
+                for g in beat.gpus
+            ),
+        )
+        # Only for notebooks the host still holds: a late figure never outlives a stop.
+        await tx.run_many(
+            "UPDATE notebooks SET workspace_used_bytes = ?, workspace_used_at = ? "
+            "WHERE id = ? AND host_id = ? AND COALESCE(workspace_used_at, 0) <= ?",
+            (
+                (use.used_bytes, use.measured_at, use.notebook, host, use.measured_at)
+                for host, beat in pending.items()
+                for use in beat.workspaces.values()
             ),
         )
 
@@ -231,9 +271,13 @@ class HostService(WriteBehind):
                     notebook=g["notebook_id"],
                 )
             )
+        floor = DiskFloor.of(self.config)
         hosts = []
         for r in rows:
             state = _state(r["state"], bool(r["cordoned"]), bool(r["draining"]), r["notebooks"])
+            disk = None
+            if r["disk_free_bytes"] is not None and r["disk_total_bytes"] is not None:
+                disk = wire.DiskSpace(r["disk_free_bytes"], r["disk_total_bytes"])
             models: dict[str, list[int]] = {}
             for g in by_host.get(r["id"], []):
                 counts = models.setdefault(g.model, [0, 0])
@@ -258,6 +302,8 @@ class HostService(WriteBehind):
                         for m, (t, f) in sorted(models.items())
                     ],
                     notebooks=r["notebooks"],
+                    disk=disk,
+                    placement_blocked=floor.why(disk) if disk and floor.blocks(disk) else "",
                 )
             )
         return hosts

@@ -15,7 +15,7 @@ transaction and:
   ``max(reported, ceil((left_at - running_since) / 60))`` and clears ``running_since``
   (``billed_until`` moves ``left_at`` back, e.g. to a lost host's last heartbeat);
 * entering STOPPED, FAILED, ERROR or DELETED: frees the GPUs and the host (``host_id = NULL``,
-  ``last_host_id`` remembered);
+  ``last_host_id`` remembered) and forgets the workspace's disk use on that host;
 * bumps the assignment version of the host(s) involved, recomputes their capacity counters and
   wakes their long-polls on commit.
 """
@@ -86,6 +86,8 @@ async def change_state(
     if target in RELEASING:
         await release(tx, notebook["id"])
         columns["host_id"] = None
+        columns["workspace_used_bytes"] = None
+        columns["workspace_used_at"] = None
         host_after = None
     if host_after is not None:
         columns["last_host_id"] = host_after

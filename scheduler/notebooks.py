@@ -155,6 +155,7 @@ class NotebookService:
             fresh_within_s=self.ttl_s(),
             last_host=last_host,
             strategy=self.config.placement,
+            disk_floor=placement.DiskFloor.of(self.config),
         )
 
     async def _admit(self, tx: Tx, project: str, res: placement.Resources) -> None:
@@ -627,4 +628,6 @@ async def _view(
         unsecure_http=bool(row["unsecure_http"]),
         last_activity_at=row["last_activity_at"],
         proxied_bytes=row["proxied_bytes"],
+        workspace_used_bytes=row["workspace_used_bytes"],
+        workspace_used_at=row["workspace_used_at"],
     )

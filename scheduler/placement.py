@@ -6,8 +6,9 @@ and the reservation see the same data and are committed together with the notebo
 
 Rules (docs/design.md, Placement):
 
-* only hosts that are ``ready``, not cordoned, heard from within the heartbeat TTL, and of the
-  requested flavor when one is asked for;
+* only hosts that are ``ready``, not cordoned, heard from within the heartbeat TTL, of the
+  requested flavor when one is asked for, and whose workspace disk is not nearly full
+  (:class:`DiskFloor`; a host that never reported its disk is not held back);
 * ``gpu = N > 0``: hosts with at least N unreserved GPUs; the notebook's last host first if it
   fits, else, with ``placement = "binpack"`` (the default), the host left with the fewest free
   GPUs, so whole hosts stay free for big requests; with ``"spread"``, the host with the most.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common import wire
 from common.config import SchedulerConfig
 from common.errors import ApiError, invalid
 from scheduler.db import Tx
@@ -51,6 +53,51 @@ class Resources:
 class Placement:
     host: str
     gpus: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DiskFloor:
+    """Free space a host's workspace filesystem must keep for the host to take new notebooks:
+    the larger of ``min_free_pct`` of its size and ``min_free_gb``. A start restores a whole
+    workspace there, and the notebooks already on it keep writing; a host below the floor
+    takes none until space is freed, and requests queue or go elsewhere instead of failing.
+
+    The rule is here twice, for SQL (:meth:`sql`) and for views (:meth:`blocks`); keep them
+    alike."""
+
+    min_free_pct: float = 0.0
+    min_free_gb: float = 0.0
+
+    @classmethod
+    def of(cls, config: SchedulerConfig) -> DiskFloor:
+        return cls(min_free_pct=config.min_free_disk_pct, min_free_gb=config.min_free_disk_gb)
+
+    def min_free_bytes(self, total_bytes: int) -> float:
+        return max(self.min_free_gb * 1e9, total_bytes * self.min_free_pct / 100)
+
+    def blocks(self, disk: wire.DiskSpace | None) -> bool:
+        return disk is not None and disk.free_bytes < self.min_free_bytes(disk.total_bytes)
+
+    def sql(self) -> tuple[str, list[object]]:
+        """A condition on ``hosts`` that holds where the disk does not block placement."""
+        return (
+            "(disk_free_bytes IS NULL OR disk_total_bytes IS NULL OR "
+            "disk_free_bytes >= MAX(?, disk_total_bytes * ?))",
+            [self.min_free_gb * 1e9, self.min_free_pct / 100],
+        )
+
+    def why(self, disk: wire.DiskSpace) -> str:
+        """For operators: ``workspace disk nearly full (3.2 GB free of 500.0 GB; 25.0 GB must
+        stay free)``."""
+        return (
+            f"workspace disk nearly full ({_gb(disk.free_bytes)} free of "
+            f"{_gb(disk.total_bytes)}; {_gb(self.min_free_bytes(disk.total_bytes))} must stay "
+            "free)"
+        )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 def resources_for(
@@ -127,9 +174,12 @@ def _flavored(gpu: int | None, cpu: int | None, config: SchedulerConfig, flavor:
     )
 
 
-def _eligible(resources: Resources, *, now: float, fresh_within_s: float) -> tuple[str, list]:
-    where = "state = 'ready' AND cordoned = 0 AND last_heartbeat >= ?"
-    params: list[object] = [now - fresh_within_s]
+def _eligible(
+    resources: Resources, *, now: float, fresh_within_s: float, disk_floor: DiskFloor
+) -> tuple[str, list]:
+    room, params = disk_floor.sql()
+    where = f"state = 'ready' AND cordoned = 0 AND last_heartbeat >= ? AND {room}"
+    params = [now - fresh_within_s, *params]
     if resources.flavor is not None:
         where += " AND flavor = ?"
         params.append(resources.flavor)
@@ -144,9 +194,12 @@ async def find_host(
     fresh_within_s: float,
     last_host: str | None = None,
     strategy: str = "binpack",
+    disk_floor: DiskFloor,
 ) -> Placement | None:
     """Where ``resources`` fit right now, by the rules above, or ``None``."""
-    where, params = _eligible(resources, now=now, fresh_within_s=fresh_within_s)
+    where, params = _eligible(
+        resources, now=now, fresh_within_s=fresh_within_s, disk_floor=disk_floor
+    )
     free = "gpus_free" if resources.gpu > 0 else "cpus - cpus_used"
     wanted = resources.gpu if resources.gpu > 0 else resources.cpu
     order = f"{free} DESC, id" if strategy == "spread" else f"{free} ASC, id"

@@ -163,6 +163,7 @@ class Dispatcher:
                 fresh_within_s=self.fresh_within_s(),
                 last_host=row["last_host_id"],
                 strategy=self.config.placement,
+                disk_floor=placement.DiskFloor.of(self.config),
             )
             if chosen is None:
                 blocked.add(kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
+from common.http_server import read_json
 from scheduler.api.auth import require_admin
 from scheduler.api.context import ctx
 from scheduler.api.middleware import json_reply
@@ -13,7 +14,7 @@ from scheduler.api.usage import usage_report
 
 async def create_project(request: web.Request) -> web.Response:
     await require_admin(request)
-    body = wire.decode(await request.read(), wire.ProjectCreate)
+    body = await read_json(request, wire.ProjectCreate)
     return json_reply(await ctx(request).projects.create_project(body), 201)
 
 
@@ -24,7 +25,7 @@ async def list_projects(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     await require_admin(request)
-    body = wire.decode(await request.read(), wire.TokenCreate)
+    body = await read_json(request, wire.TokenCreate)
     return json_reply(await ctx(request).projects.create_token(body), 201)
 
 
@@ -35,7 +36,7 @@ async def get_project(request: web.Request) -> web.Response:
 
 async def set_quota(request: web.Request) -> web.Response:
     await require_admin(request)
-    body = wire.decode(await request.read(), wire.QuotaUpdate)
+    body = await read_json(request, wire.QuotaUpdate)
     context = ctx(request)
     project = await context.projects.set_quota(request.match_info["name"], body)
     context.maintenance.wake()  # a raised quota may let queued notebooks start

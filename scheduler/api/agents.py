@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
+from common.http_server import decode_json
 from scheduler import access
 from scheduler.agents import DEFAULT_WAIT_S, MAX_WAIT_S
 from scheduler.api.auth import is_admin_token, signed_agent
@@ -15,13 +16,15 @@ from scheduler.api.query import float_param, int_param
 
 async def register(request: web.Request) -> web.Response:
     host_id, body = await signed_agent(request)
-    reply = await ctx(request).agents.register(host_id, wire.decode(body, wire.AgentRegister))
+    registration = decode_json(request, body, wire.AgentRegister)
+    reply = await ctx(request).agents.register(host_id, registration)
     return json_reply(reply)
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     host_id, body = await signed_agent(request)
-    reply = await ctx(request).agents.heartbeat(host_id, wire.decode(body, wire.Heartbeat))
+    beat = decode_json(request, body, wire.Heartbeat)
+    reply = await ctx(request).agents.heartbeat(host_id, beat)
     return json_reply(reply)
 
 
@@ -35,27 +38,29 @@ async def assignments(request: web.Request) -> web.Response:
 
 async def transitions(request: web.Request) -> web.Response:
     host_id, body = await signed_agent(request)
-    batch = wire.decode(body, wire.TransitionBatch)
+    batch = decode_json(request, body, wire.TransitionBatch)
     results = await ctx(request).agents.apply_transitions(host_id, batch.items)
     return json_reply(wire.TransitionReply(items=results))
 
 
 async def usage(request: web.Request) -> web.Response:
     host_id, body = await signed_agent(request)
-    batch = wire.decode(body, wire.UsageBatch)
+    batch = decode_json(request, body, wire.UsageBatch)
     await ctx(request).agents.record_usage(host_id, batch.items)
     return json_reply(wire.Ack())
 
 
 async def snapshots(request: web.Request) -> web.Response:
     host_id, body = await signed_agent(request)
-    await ctx(request).snapshots.record(host_id, wire.decode(body, wire.SnapshotReport))
+    report = decode_json(request, body, wire.SnapshotReport)
+    await ctx(request).snapshots.record(host_id, report)
     return json_reply(wire.Ack())
 
 
 async def progress(request: web.Request) -> web.Response:
     host_id, body = await signed_agent(request)
-    await ctx(request).snapshots.report_progress(host_id, wire.decode(body, wire.ProgressReport))
+    report = decode_json(request, body, wire.ProgressReport)
+    await ctx(request).snapshots.report_progress(host_id, report)
     return json_reply(wire.Ack())
 
 
@@ -63,7 +68,7 @@ async def authorize(request: web.Request) -> web.Response:
     """May this token open this notebook's editor? Asked by the agent's proxy for a token it
     has not seen (recently); the answer names why not, for the person refused."""
     host_id, body = await signed_agent(request)
-    ask = wire.decode(body, wire.AuthorizeRequest)
+    ask = decode_json(request, body, wire.AuthorizeRequest)
     context = ctx(request)
     if is_admin_token(request, ask.token):
         return json_reply(access.admin_token_refused())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
+from common.http_server import read_json
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
 from scheduler.api.middleware import json_reply
@@ -19,7 +20,7 @@ def _service(request: web.Request) -> DatastoreService:
 
 async def create_datastore(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
-    body = wire.decode(await request.read(), wire.DatastoreCreate)
+    body = await read_json(request, wire.DatastoreCreate)
     return json_reply(await _service(request).create(principal.project, body), 201)
 
 

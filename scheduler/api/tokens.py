@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
+from common.http_server import read_json
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
 from scheduler.api.middleware import json_reply
@@ -13,7 +14,7 @@ from scheduler.api.middleware import json_reply
 
 async def create_token(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
-    body = wire.decode(await request.read(), wire.ProjectTokenCreate)
+    body = await read_json(request, wire.ProjectTokenCreate)
     return json_reply(await ctx(request).projects.create_project_token(principal, body), 201)
 
 

@@ -19,10 +19,25 @@ from scheduler.api.middleware import json_reply
 
 
 def parse_time(raw: str, name: str) -> float:
+    """Unix seconds of ``raw``; a 400 naming ``name`` unless it is a time a date can hold
+    (so never NaN or infinite: every later step, down to billing's minute arithmetic, may
+    rely on that)."""
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        pass
+        value = _iso_time(raw, name)
+    try:
+        dt.datetime.fromtimestamp(value, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise invalid(
+            f"invalid query parameter `{name}`: {raw!r} is not a finite time between the "
+            "years 1 and 9999",
+            field=name,
+        )
+    return value
+
+
+def _iso_time(raw: str, name: str) -> float:
     try:
         when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from common import __version__, wire
 from common.errors import ApiError, invalid
+from common.http_server import read_json
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
 from scheduler.api.editor import with_url
@@ -29,7 +30,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def create_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
-    body = wire.decode(await request.read(), wire.NotebookCreate)
+    body = await read_json(request, wire.NotebookCreate)
     notebook = await ctx(request).notebooks.create(
         principal.project, body, selector=principal.selector
     )
@@ -163,7 +164,7 @@ async def _write_quietly(response: web.StreamResponse, chunk: bytes) -> bool:
 async def exec_in_notebook(request: web.Request) -> web.Response:
     """Run a command in a RUNNING notebook's container (operator role), via its agent."""
     principal = await project_principal(request, operate=True)
-    body = wire.decode(await request.read(), wire.ExecRequest)
+    body = await read_json(request, wire.ExecRequest)
     notebook_id = request.match_info["id"]
     context = ctx(request)
     host_id, agent_url = await context.notebooks.exec_target(
@@ -218,7 +219,7 @@ async def notebook_backups(request: web.Request) -> web.Response:
 
 async def fork_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request, operate=True)
-    body = wire.decode(await request.read(), wire.NotebookFork)
+    body = await read_json(request, wire.NotebookFork)
     notebook = await ctx(request).notebooks.fork(
         principal.project, request.match_info["id"], body, principal.selector
     )

@@ -2,12 +2,15 @@
 
 ``harness`` gives a running scheduler with a fake clock, the admin token, helpers to create
 projects and tokens, and :class:`Agent` objects that sign their requests like a real agent.
+``agent_server`` is a real agent process (FakeRuntime, a fake scheduler) serving its own HTTP
+API on a loopback port, for what both servers must do alike.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,14 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from agent.app import Agent as AgentProcess
 from common.auth import sign
 from common.config import SchedulerConfig
 from scheduler.api.context import CONTEXT
 from scheduler.app import LOOPS, create_app
 from scheduler.secrets import ensure_admin_token, ensure_agent_secret
+from tests.fakes.runtime import FakeRuntime
+from tests.unit.test_agent_app import agent_config, agent_for, fake_scheduler, url_of
 
 START = 1_700_000_000.0
 
@@ -223,6 +229,8 @@ class Agent:
             data,
             now=self.harness.clock() if now is None else now,
         )
+        if data:
+            headers["Content-Type"] = "application/json"
         return await self.harness.call(method, path_qs, data=data or None, headers=headers)
 
     async def register(
@@ -313,3 +321,16 @@ async def host(harness: Harness) -> Agent:
     agent = harness.agent("h1")
     await agent.register(gpus=2)
     return agent
+
+
+@pytest.fixture
+async def agent_server(tmp_path: Path) -> AsyncIterator[AgentProcess]:
+    """Agent ``h1`` (secret ``tests.unit.test_agent_app.SECRET``) serving ``agent_url``."""
+    _, scheduler = await fake_scheduler()
+    agent = agent_for(agent_config(tmp_path, url_of(scheduler)), FakeRuntime())
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.stop()
+        await scheduler.close()

@@ -131,6 +131,7 @@ async def test_stale_and_replayed_agent_requests_are_401(harness: Harness) -> No
     headers = agent_headers = sign(
         agent.secret, "h1", "POST", "/v1/agents/heartbeat", body, now=harness.clock()
     )
+    headers["Content-Type"] = "application/json"
     first = await harness.call("POST", "/v1/agents/heartbeat", data=body, headers=headers)
     assert first.status == 200
     replay = await harness.call("POST", "/v1/agents/heartbeat", data=body, headers=agent_headers)

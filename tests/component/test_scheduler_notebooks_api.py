@@ -149,7 +149,13 @@ async def test_non_json_body_is_400(
     harness: Harness, project: Tokens, host: Agent, data: bytes
 ) -> None:
     before = harness.snapshot()
-    reply = await harness.call("POST", "/v1/notebooks", token=project.operator, data=data)
+    reply = await harness.call(
+        "POST",
+        "/v1/notebooks",
+        token=project.operator,
+        data=data,
+        headers={"Content-Type": "application/json"},
+    )
     assert reply.status == 400 and reply.code == "invalid_request", reply.text
     assert harness.snapshot() == before
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from common import wire
 from common.auth import Verifier
 from common.errors import ApiError
+from common.http_server import check_json_content_type
 from tests.component.conftest import Harness, Tokens
 
 
@@ -75,7 +76,12 @@ class FakeAgent:
             return response
 
         async def run(request: web.Request) -> web.Response:
-            asked = wire.decode(await checked(request), wire.ExecRequest)
+            body = await checked(request)
+            try:  # as the real agent does: a body not declared JSON is a 415
+                check_json_content_type(request.headers.get("Content-Type"))
+            except ApiError as exc:
+                raise web.HTTPUnsupportedMediaType(text=str(exc))
+            asked = wire.decode(body, wire.ExecRequest)
             status, answer = self.exec_replies.get(
                 asked.command[0],
                 (200, wire.ExecResult(exit_code=0, output=" ".join(asked.command) + "\n")),

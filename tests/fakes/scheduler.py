@@ -4,7 +4,8 @@
 acknowledged transitions land in ``sent``, usage in ``usage_items``.
 
 ``FakeScheduler``: the agent protocol over real HTTP (aiohttp app; run it with
-``aiohttp.test_utils.TestServer``), verifying signatures with ``common.auth.Verifier``. Tests set
+``aiohttp.test_utils.TestServer``), verifying signatures with ``common.auth.Verifier`` and
+refusing a body not declared JSON with 415, as the real scheduler does. Tests set
 ``assignments`` (and call ``bump()``), read ``registrations``, ``heartbeats``, ``transitions``
 and ``usage``; ``forget()`` makes the next heartbeat answer ``known=false``.
 ``POST /v1/agents/authorize`` allows the tokens in ``tokens`` (token → role) for every
@@ -22,6 +23,7 @@ from agent.client import SchedulerUnavailable
 from common import wire
 from common.auth import Verifier
 from common.errors import ApiError
+from common.http_server import check_json_content_type
 
 
 class FakeSink:
@@ -103,8 +105,11 @@ class FakeScheduler:
         body = await request.read()
         try:
             host = self.verifier.verify(request.method, request.raw_path, request.headers, body)
+            if body:  # as the real scheduler does: a body not declared JSON is a 415
+                check_json_content_type(request.headers.get("Content-Type"))
         except ApiError as exc:
-            raise web.HTTPUnauthorized(
+            refusal = web.HTTPUnsupportedMediaType if exc.status == 415 else web.HTTPUnauthorized
+            raise refusal(
                 text=wire.encode(wire.ErrorBody(exc.code, exc.message)).decode(),
                 content_type="application/json",
             )

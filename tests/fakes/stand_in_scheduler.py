@@ -28,6 +28,7 @@ import msgspec
 
 from common import wire
 from common.errors import ApiError
+from common.http_server import check_json_content_type
 
 NOT_FOUND = (404, {"code": "not_found", "message": "notebook nope does not exist"})
 
@@ -81,7 +82,15 @@ class StandInScheduler:
                     (self.command, self.path, self.headers.get("Authorization"), body)
                 )
                 url = urlsplit(self.path)
-                status, answer = stand_in._reply(self.command, url.path, parse_qs(url.query), body)
+                try:
+                    if body:  # as the real scheduler does: a body not declared JSON is a 415
+                        check_json_content_type(self.headers.get("Content-Type"))
+                except ApiError as exc:
+                    status, answer = exc.status, {"code": exc.code, "message": exc.message}
+                else:
+                    status, answer = stand_in._reply(
+                        self.command, url.path, parse_qs(url.query), body
+                    )
                 if isinstance(answer, Stream):
                     self._stream(status, answer)
                     return
@@ -167,7 +176,8 @@ def _quota(**changes: int) -> wire.Quota:
 
 class Fleet:
     """Two projects (``vision`` near its GPU quota with one notebook queued, ``nlp`` idle),
-    three hosts (an H100 host, a mixed H100/L4 host, a CPU host that reports no GPUs),
+    three hosts (an H100 host, a mixed H100/L4 host whose agent reports no disk figures, a
+    CPU host that reports no GPUs and whose workspace disk is nearly full),
     usage for ``vision`` over November 2026, and ``vision``'s own tokens (the caller's
     project): created ones are listed and can be deleted, a deleted one is 404."""
 
@@ -203,6 +213,7 @@ class Fleet:
                 labels={"rack": "r1"},
                 gpu_models=[wire.HostGpuModel(model=H100, total=8, free=6)],
                 notebooks=1,
+                disk=wire.DiskSpace(free_bytes=1_234_500_000_000, total_bytes=3_840_000_000_000),
             ),
             "gpu-b": wire.Host(
                 id="gpu-b",
@@ -234,6 +245,10 @@ class Fleet:
                 registered_at=1_790_000_000.0,
                 gpu_note="NVML: driver not loaded",
                 flavor="ai1-1-cpu",
+                disk=wire.DiskSpace(free_bytes=3_200_000_000, total_bytes=500_000_000_000),
+                placement_blocked=(
+                    "workspace disk nearly full (3.2 GB free of 500.0 GB; 25.0 GB must stay free)"
+                ),
             ),
         }
         self.tokens = {

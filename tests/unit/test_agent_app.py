@@ -129,6 +129,31 @@ async def test_registers_runs_assignment_and_reports(setup) -> None:
     )
 
 
+async def test_heartbeats_carry_disk_space_and_workspace_disk_use(setup) -> None:
+    scheduler, agent, runtime = setup
+    await eventually("a heartbeat", lambda: scheduler.heartbeats)
+    disk = scheduler.heartbeats[-1][1].disk
+    assert disk is not None and 0 < disk.free_bytes <= disk.total_bytes
+    scheduler.assignments = [assignment()]
+    scheduler.bump()
+    await eventually(
+        "RUNNING report", lambda: any(t.state == S.RUNNING for t in scheduler.transitions)
+    )
+    (Path(agent.config.workspaces_dir) / "nb1" / "data").write_bytes(b"x" * 100_000)
+    await agent.disk_tick()  # its loop runs every disk_usage_interval_s (a minute)
+    measured = agent.workspace_meter.get("nb1")
+    assert measured is not None and measured.used_bytes >= 100_000
+
+    def carried() -> bool:
+        return any(measured in hb.workspaces for _, hb in scheduler.heartbeats)
+
+    await eventually("a heartbeat carrying the workspace disk use", carried)
+    # Acknowledged: later heartbeats carry it no more, until it is measured again.
+    sent = len(scheduler.heartbeats)
+    await eventually("two more heartbeats", lambda: len(scheduler.heartbeats) >= sent + 2)
+    assert scheduler.heartbeats[-1][1].workspaces == []
+
+
 async def test_workspace_settings_come_from_the_agent_config(setup) -> None:
     _, agent, _ = setup
     assert (agent.workspaces.retention_last, agent.workspaces.retention_daily) == (3, 2)

@@ -186,9 +186,8 @@ async def test_followed_logs_need_the_signature_and_fall_back_to_kept_output(rig
 async def post_exec(rig: Rig, notebook: str, body: wire.ExecRequest | bytes) -> tuple[int, dict]:
     path = f"/v1/notebooks/{notebook}/exec"
     data = body if isinstance(body, bytes) else wire.encode(body)
-    async with rig.http.post(
-        rig.url + path, data=data, headers=rig.signed("POST", path, data)
-    ) as response:
+    headers = {**rig.signed("POST", path, data), "Content-Type": "application/json"}
+    async with rig.http.post(rig.url + path, data=data, headers=headers) as response:
         return response.status, await response.json()
 
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.reconcile import Reconciler
@@ -118,6 +119,16 @@ async def test_start_reports_running_with_url_and_creates_marker(rig: Rig) -> No
     assert spec.user == "1000:1000" and spec.gpus == ["GPU-1"]
     assert (rig.workspace("nb1") / MARKER).exists()
     assert rig.reconciler.running() == [("nb1", 1, rig.clock.now)]
+
+
+async def test_containers_get_the_limits_of_the_agent_config(rig: Rig) -> None:
+    rig.reconciler.config = msgspec.structs.replace(
+        rig.reconciler.config, pids_limit=128, nofile_limit=2048, shm_size_mb=256
+    )
+    rig.assign(assignment())
+    await rig.tick()
+    limits = rig.runtime.specs["nb1"].limits
+    assert (limits.pids, limits.nofile, limits.shm_size_mb) == (128, 2048, 256)
 
 
 async def test_slow_editor_stays_starting_until_it_answers(rig: Rig) -> None:

@@ -1,6 +1,8 @@
 """The CLI against a stand-in scheduler on loopback: request shape, output, errors, exit codes."""
 
 import json
+import re
+import time
 
 import pytest
 
@@ -183,3 +185,33 @@ def test_get_shows_progress_and_workspace_size(server, capsys):
     out = capsys.readouterr().out
     assert "restoring workspace 40% (412 of 1,030 files, 40.1 MB of 100.2 MB)" in out
     assert "100.2 MB in 1,030 files, 30.0 MB stored (backup s9" in out
+    assert "Disk use:           not measured yet on host-a\n" in out
+
+
+def test_get_shows_the_workspace_disk_use_on_the_host_next_to_the_stored_size(server, capsys):
+    nb = dict(
+        NOTEBOOK,
+        workspace={
+            "id": "s9",
+            "created_at": 1.0,
+            "kind": "checkpoint",
+            "files": 1030,
+            "logical_bytes": 100_200_000,
+            "stored_bytes": 30_000_000,
+        },
+        workspace_used_bytes=1_234_000_000,
+        workspace_used_at=time.time() - 125,
+    )
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, nb)
+    assert main(["notebook", "get", "6f1c"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("Workspace:"))
+    assert "30.0 MB stored" in lines[at]
+    assert re.fullmatch(r"Disk use: +1\.2 GB on host-a \(measured 2m ago\)", lines[at + 1])
+
+
+def test_get_of_a_notebook_off_any_host_shows_no_disk_use(server, capsys):
+    nb = dict(NOTEBOOK, state="STOPPED", host=None, url=None)
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, nb)
+    assert main(["notebook", "get", "6f1c"]) == 0
+    assert "Disk use" not in capsys.readouterr().out

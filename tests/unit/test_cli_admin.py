@@ -143,14 +143,37 @@ def test_host_list(server, capsys) -> None:
         "FLAVOR",
         "GPUS FREE",
         "CPUS FREE",
+        "DISK FREE",
         "NOTEBOOKS",
         "HEARTBEAT",
     ]
-    assert table["gpu-a"][:5] == ["ready", "h100-1-gpu", "H100 6/8", "72/96", "1"]
-    assert re.fullmatch(r"\d+s ago", table["gpu-a"][5])
-    assert table["gpu-b"][:5] == ["cordoned", "mixed", "H100 0/2, L4 0/2", "64/64", "2"]
-    assert re.fullmatch(r"\d+m ago", table["gpu-b"][5])
+    assert table["gpu-a"][:6] == ["ready", "h100-1-gpu", "H100 6/8", "72/96", "1.2 TB/3.8 TB", "1"]
+    assert re.fullmatch(r"\d+s ago", table["gpu-a"][6])
+    # An agent that reports no disk figures.
+    assert table["gpu-b"][:6] == ["cordoned", "mixed", "H100 0/2, L4 0/2", "64/64", "-", "2"]
+    assert re.fullmatch(r"\d+m ago", table["gpu-b"][6])
     assert table["cpu-1"][2:4] == ["- (NVML: driver not loaded)", "28/32"]
+
+
+def test_host_list_says_which_hosts_take_no_notebooks_for_want_of_disk(server, capsys) -> None:
+    assert main(["admin", "host", "list"]) == 0
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert table["cpu-1"][0] == "ready (blocked)"
+    assert table["cpu-1"][4] == "3.2 GB/500.0 GB"
+    assert table["gpu-a"][0] == "ready"
+    notes = out.split("\n\n", 1)[1].splitlines()
+    assert notes == [
+        "cpu-1: no new notebooks: workspace disk nearly full (3.2 GB free of 500.0 GB; "
+        "25.0 GB must stay free)"
+    ]
+
+
+def test_host_list_without_blocked_hosts_has_no_notes(server, capsys) -> None:
+    server.fleet.hosts["cpu-1"].placement_blocked = ""
+    assert main(["admin", "host", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "no new notebooks" not in out and "\n\n" not in out
 
 
 def test_host_list_json(server, capsys) -> None:
@@ -158,6 +181,9 @@ def test_host_list_json(server, capsys) -> None:
     hosts = json.loads(capsys.readouterr().out)
     assert [h["id"] for h in hosts] == ["gpu-a", "gpu-b", "cpu-1"]
     assert hosts[0]["gpu_models"] == [{"model": "H100", "total": 8, "free": 6}]
+    assert hosts[2]["disk"] == {"free_bytes": 3_200_000_000, "total_bytes": 500_000_000_000}
+    assert hosts[2]["placement_blocked"].startswith("workspace disk nearly full")
+    assert hosts[1]["disk"] is None
 
 
 @pytest.mark.parametrize(
@@ -167,6 +193,12 @@ def test_host_list_json(server, capsys) -> None:
         ("drain", "cpu-1", "host cpu-1: cordoned (no new notebooks)"),
         ("cordon", "gpu-a", "host gpu-a: cordoned (no new notebooks; the 1 on it keep running)"),
         ("uncordon", "gpu-b", "host gpu-b: ready"),
+        (
+            "uncordon",
+            "cpu-1",
+            "host cpu-1: ready, but no new notebooks: workspace disk nearly full (3.2 GB free "
+            "of 500.0 GB; 25.0 GB must stay free)",
+        ),
     ],
 )
 def test_host_state_changes_print_the_new_state(server, capsys, action, host, printed) -> None:

@@ -143,3 +143,41 @@ def test_snapshot_and_progress_reports_roundtrip():
     assert roundtrip(report) == report
     progress = wire.ProgressReport("nb", 2, wire.Progress("restore", 4, 10, 400, 1000, 1.0))
     assert roundtrip(progress) == progress
+
+
+def test_a_heartbeat_of_an_older_agent_decodes_without_disk_figures():
+    old = wire.decode(b'{"gpus":[],"containers":["nb1"]}', wire.Heartbeat)
+    assert old.disk is None and old.workspaces == []
+    new = wire.Heartbeat(
+        disk=wire.DiskSpace(free_bytes=10, total_bytes=100),
+        workspaces=[wire.WorkspaceUse(notebook="nb1", used_bytes=4096, measured_at=1.0)],
+    )
+    assert roundtrip(new) == new
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b'{"disk":{"free_bytes":-1,"total_bytes":1}}', "$.disk.free_bytes"),
+        (b'{"workspaces":[{"notebook":"n","used_bytes":-5,"measured_at":1}]}', "used_bytes"),
+    ],
+)
+def test_negative_disk_figures_are_refused(body, field):
+    with pytest.raises(ApiError) as err:
+        wire.decode(body, wire.Heartbeat)
+    assert field in err.value.message
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("name", "train\n"),
+        ("labels", {"team\n": "cv"}),
+        ("labels", {"team": "cv\n"}),
+        ("envvars", {"SEED\n": "1"}),
+    ],
+)
+def test_a_trailing_newline_is_not_a_valid_name(field: str, value: object) -> None:
+    body = {"framework": "conda", "editor": "jupyterlab", field: value}
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(msgspec.json.encode(body), type=wire.NotebookCreate)

@@ -8,8 +8,16 @@ import pytest
 
 from common.config import SchedulerConfig
 from common.errors import ApiError
+from common.wire import DiskSpace
 from scheduler.db import Database
-from scheduler.placement import Resources, find_host, refresh_hosts, reserve, resources_for
+from scheduler.placement import (
+    DiskFloor,
+    Resources,
+    find_host,
+    refresh_hosts,
+    reserve,
+    resources_for,
+)
 
 CONFIG = SchedulerConfig(cpus_per_gpu=4, memory_mb_per_gpu=16384, memory_mb_per_cpu=4096)
 NOW = 1_000_000.0
@@ -48,6 +56,7 @@ async def add_host(
 
 
 async def place(db: Database, res: Resources, **kw: object):
+    kw.setdefault("disk_floor", DiskFloor.of(CONFIG))
     async with db.transaction() as tx:
         return await find_host(tx, res, now=NOW, fresh_within_s=30, **kw)
 
@@ -55,7 +64,9 @@ async def place(db: Database, res: Resources, **kw: object):
 async def take(db: Database, res: Resources, notebook: str):
     """Place and reserve, as a run does."""
     async with db.transaction() as tx:
-        chosen = await find_host(tx, res, now=NOW, fresh_within_s=30)
+        chosen = await find_host(
+            tx, res, now=NOW, fresh_within_s=30, disk_floor=DiskFloor.of(CONFIG)
+        )
         if chosen is not None:
             await reserve(tx, chosen, notebook)
             await refresh_hosts(tx, {chosen.host})
@@ -130,3 +141,53 @@ async def test_never_two_notebooks_on_one_gpu(db: Database) -> None:
         taken.extend(chosen.gpus)
     assert len(taken) == len(set(taken))
     assert len(taken) >= 8
+
+
+async def set_disk(db: Database, name: str, free_gb: float | None, total_gb: float | None) -> None:
+    async with db.transaction() as tx:
+        await tx.run(
+            "UPDATE hosts SET disk_free_bytes = ?, disk_total_bytes = ? WHERE id = ?",
+            (
+                None if free_gb is None else int(free_gb * 1e9),
+                None if total_gb is None else int(total_gb * 1e9),
+                name,
+            ),
+        )
+
+
+async def test_a_host_whose_workspace_disk_is_nearly_full_is_skipped(db: Database) -> None:
+    # Defaults: keep free the larger of 5% and 10 GB.
+    await add_host(db, "a", 1)
+    await add_host(db, "b", 4)
+    await set_disk(db, "a", 24.9, 500)  # 5% of 500 GB is 25 GB
+    await set_disk(db, "b", 25.0, 500)
+    assert (await place(db, gpus(1))).host == "b"  # a fits best, but its disk is full
+    assert (await place(db, gpus(1), last_host="a")).host == "b"
+    await set_disk(db, "b", 9.9, 100)  # 5% is 5 GB; the 10 GB floor holds
+    assert await place(db, gpus(1)) is None
+    await set_disk(db, "b", None, None)  # an agent that does not report its disk
+    assert (await place(db, gpus(1))).host == "b"
+    # Both thresholds 0: disk space is not looked at.
+    assert (await place(db, gpus(1), disk_floor=DiskFloor())).host == "a"
+
+
+@pytest.mark.parametrize(
+    "free_gb, total_gb, blocked",
+    [(24.9, 500, True), (25.0, 500, False), (9.9, 100, True), (10.0, 100, False)],
+)
+async def test_the_floor_in_python_and_in_sql_agree(
+    db: Database, free_gb: float, total_gb: float, blocked: bool
+) -> None:
+    floor = DiskFloor.of(CONFIG)
+    assert floor.blocks(DiskSpace(int(free_gb * 1e9), int(total_gb * 1e9))) is blocked
+    await add_host(db, "a", 1)
+    await set_disk(db, "a", free_gb, total_gb)
+    assert (await place(db, gpus(1)) is None) is blocked
+
+
+def test_the_reason_names_free_total_and_floor() -> None:
+    floor = DiskFloor(min_free_pct=5, min_free_gb=10)
+    assert floor.why(DiskSpace(3_200_000_000, 500_000_000_000)) == (
+        "workspace disk nearly full (3.2 GB free of 500.0 GB; 25.0 GB must stay free)"
+    )
+    assert not floor.blocks(None)
