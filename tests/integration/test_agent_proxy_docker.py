@@ -48,10 +48,18 @@ def container_ip(notebook: str) -> str:
 
 
 def docker0_address() -> str:
-    """An address of this host that is not loopback (Docker's default bridge gateway)."""
+    """An address of this host that is not loopback (Docker's default bridge gateway). Some
+    dockerd starts leave the gateway out of the bridge's IPAM config: then docker0's own."""
     gateway = docker("network", "inspect", "bridge", "--format", "{{json .IPAM.Config}}")
     assert gateway.returncode == 0, gateway.stderr
-    return json.loads(gateway.stdout)[0]["Gateway"]
+    for config in json.loads(gateway.stdout) or []:
+        if config.get("Gateway"):
+            return config["Gateway"]
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and " inet " in shown.stdout, shown.stderr or shown.stdout
+    return shown.stdout.split(" inet ", 1)[1].split("/", 1)[0]
 
 
 @dataclass
