@@ -163,3 +163,80 @@ async def test_kill_9_mid_push_keeps_previous_snapshot_and_resume_reuploads_noth
         )
     )
     assert tree(final) == tree(ws)
+
+
+def fail(process: subprocess.Popen[str]) -> str:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, f"exit {process.returncode}, expected 1: {out} {err}"
+    return err
+
+
+async def test_restore_of_a_missing_or_unreadable_snapshot_is_an_error_not_an_empty_dir(
+    s3: S3Server, store: S3ObjectStore, tmp_path: Path
+) -> None:
+    bucket, prefix = f"it-{uuid.uuid4().hex[:12]}", "nbr/workspace/"
+    await store.ensure_bucket(bucket)
+    state = tmp_path / "state"
+    where = ["--bucket", bucket, "--prefix", prefix]
+
+    # nothing under the prefix: a failure naming it, and nothing left on disk
+    err = fail(cli(s3, state, "restore", str(tmp_path / "none"), *where))
+    assert f"no snapshot in s3://{bucket}/{prefix}" in err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none.restoring").exists()
+
+    # the only manifest does not decode: a failure naming it
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("first")
+    first = finish(cli(s3, state, "push", str(ws), *where))["snapshot"]["id"]
+    key = prefix + "snapshots/" + first
+    good = await store.get_bytes(bucket, key)
+    await store.delete(bucket, [key])
+    broken = first[:-1] + ("0" if first[-1] != "0" else "1")
+    await store.put_bytes(bucket, prefix + "snapshots/" + broken, good[: len(good) // 2])
+    err = fail(cli(s3, state, "restore", str(tmp_path / "only-broken"), *where))
+    assert broken in err and "does not decode" in err
+    assert not (tmp_path / "only-broken.restoring").exists()
+
+    # a readable older one and an unreadable newest: loud, and only with --allow-older
+    await store.put_bytes(bucket, key, good)
+    newest = engine.mf.new_snapshot_id(time.time() + 60)
+    await store.put_bytes(bucket, prefix + "snapshots/" + newest, good[:10])
+    err = fail(cli(s3, state, "restore", str(tmp_path / "r1"), *where))
+    assert newest in err and first in err and "allow older" in err
+    restore = cli(s3, state, "restore", str(tmp_path / "r2"), *where, "--allow-older")
+    out, err = restore.communicate(timeout=300)
+    assert restore.returncode == 0, err
+    assert json.loads(out)["snapshot"]["id"] == first
+    assert f"skipped unreadable manifest of snapshot {newest}" in err
+    assert (tmp_path / "r2" / "a.txt").read_text() == "first"
+
+
+async def test_holes_hard_links_and_root_mode_round_trip_through_s3(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    bucket, prefix = f"it-{uuid.uuid4().hex[:12]}", "nbf/workspace/"
+    state = tmp_path / "state"
+    where = ["--bucket", bucket, "--prefix", prefix]
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.chmod(ws, 0o751)
+    with open(ws / "disk.img", "wb") as out:
+        out.truncate(1 << 30)  # 1 GiB, all hole
+        out.seek(300 * MiB)
+        out.write(b"data in the middle")
+    (ws / "weights.bin").write_bytes(os.urandom(MiB))
+    os.link(ws / "weights.bin", ws / "weights-link.bin")
+    pushed = finish(cli(s3, state, "push", str(ws), *where))
+    assert pushed["read_bytes"] < 10 * MiB  # one 8 MiB chunk of disk.img and weights.bin
+    dest = tmp_path / "dest"
+    restored = finish(cli(s3, tmp_path / "state2", "restore", str(dest), *where))
+    assert restored["hard_links"] == 1
+    assert os.stat(dest).st_mode & 0o777 == 0o751
+    image = os.stat(dest / "disk.img")
+    assert image.st_size == 1 << 30 and image.st_blocks * 512 <= 9 * MiB
+    with open(dest / "disk.img", "rb") as source:
+        source.seek(300 * MiB)
+        assert source.read(18) == b"data in the middle"
+    assert os.stat(dest / "weights.bin").st_ino == os.stat(dest / "weights-link.bin").st_ino
+    assert (dest / "weights.bin").read_bytes() == (ws / "weights.bin").read_bytes()

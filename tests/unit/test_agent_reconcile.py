@@ -14,6 +14,7 @@ from agent.reconcile import Reconciler
 from agent.report import Outbox
 from agent.runtime import ContainerInfo
 from agent.workspace import engine
+from agent.workspace import manifest as mf
 from agent.workspace.host import MARKER, HostWorkspaces
 from common.config import AgentConfig
 from common.states import NotebookState as S
@@ -242,6 +243,28 @@ async def test_restart_restores_workspace_from_object_store(rig: Rig) -> None:
     assert (rig.workspace("nb1") / "data.csv").read_text() == "a,b\n"
     assert rig.reported()[-1] == ("RUNNING", "editor answers")
     assert rig.sink.sent[-1].generation == 2
+
+
+async def test_an_unreadable_newest_snapshot_is_skipped_and_named_in_the_history(
+    rig: Rig,
+) -> None:
+    rig.assign(assignment())
+    await rig.tick()
+    (rig.workspace("nb1") / "data.csv").write_text("a,b\n")
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await rig.tick()
+    # a killed push left a truncated manifest newer than the good one
+    [good_key] = rig.store.keys(BUCKET, "nb1/workspace/snapshots/")
+    good_id = good_key.rsplit("/", 1)[1]
+    broken = mf.new_snapshot_id(mf.snapshot_time(good_id) + 5)
+    body = rig.store.objects[(BUCKET, good_key)][0]
+    rig.store._store(BUCKET, f"nb1/workspace/snapshots/{broken}", body[:7], {})
+    rig.assign(assignment(generation=2, initialized=True))
+    await rig.tick()
+    assert (rig.workspace("nb1") / "data.csv").read_text() == "a,b\n"
+    state, reason = rig.reported()[-1]
+    assert state == "RUNNING" and reason.startswith("editor answers; restored older snapshot")
+    assert good_id in reason and broken in reason and "does not decode" in reason
 
 
 async def test_initialized_workspace_without_marker_is_an_error(rig: Rig) -> None:
