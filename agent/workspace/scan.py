@@ -80,76 +80,65 @@ def scan(directory: str) -> ScanResult:
 
 def _walk(dirs: DirFds, directory: str, result: ScanResult) -> None:
     found = result.entries
-    stack: list[tuple[str, tuple[int, int] | None]] = [("", None)]
+    skipped = result.skipped
+    stack = [""]
     while stack:
-        rel, expect = stack.pop()
+        rel = stack.pop()
         try:
             fd = dirs.dir_fd(rel)
         except Skipped as exc:
-            result.skipped.append(f"{rel}: {exc}")
+            skipped.append(f"{rel}: {exc}")
             continue
-        if expect is not None:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != expect:
-                # Replaced by another directory since it was listed: walk it anyway (it is
-                # inside the workspace), the entry recorded for it may be slightly stale.
-                log.debug("workspace=%s directory %s replaced while scanned", directory, rel)
         prefix = rel + "/" if rel else ""
-        # The listing is taken whole before any other descriptor is opened: DirEntry.stat
-        # uses ``fd`` itself, which the LRU of DirFds could otherwise close under it.
-        listed: list[tuple[str, os.stat_result]] = []
+        # Nothing in this loop opens another directory: DirEntry.stat and readlink use ``fd``
+        # itself, which the LRU of DirFds could otherwise close under them.
         try:
             with os.scandir(fd) as iterator:
                 for item in iterator:
                     try:
-                        listed.append((item.name, item.stat(follow_symlinks=False)))
+                        st = item.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-            targets: dict[str, str] = {}
-            for name, st in listed:
-                if stat.S_ISLNK(st.st_mode):
-                    try:
-                        targets[name] = os.readlink(name, dir_fd=fd)
-                    except OSError:  # replaced by something that is not a link: next scan
-                        continue
+                    path = prefix + item.name
+                    fmt = stat.S_IFMT(st.st_mode)
+                    if fmt == stat.S_IFREG:
+                        found.append(
+                            Scanned(
+                                path,
+                                "f",
+                                stat.S_IMODE(st.st_mode),
+                                st.st_mtime_ns,
+                                st.st_size,
+                                st.st_ino,
+                                st.st_ctime_ns,
+                                "",
+                                st.st_dev,
+                                st.st_nlink,
+                            )
+                        )
+                    elif fmt == stat.S_IFDIR:
+                        mode = stat.S_IMODE(st.st_mode)
+                        found.append(Scanned(path, "d", mode, st.st_mtime_ns, 0, st.st_ino, 0))
+                        stack.append(path)
+                    elif fmt == stat.S_IFLNK:
+                        try:
+                            target = os.readlink(item.name, dir_fd=fd)
+                        except OSError:  # replaced by something else: seen by the next scan
+                            continue
+                        mode = stat.S_IMODE(st.st_mode)
+                        found.append(
+                            Scanned(path, "l", mode, st.st_mtime_ns, 0, st.st_ino, 0, target)
+                        )
+                    else:
+                        skipped.append(f"{path}: {stat.filemode(st.st_mode)[0]} special file")
+                        log.warning(
+                            "workspace=%s skipping special file %s (fifo, socket or device): "
+                            "it is not saved in snapshots",
+                            directory,
+                            path,
+                        )
         except OSError as exc:
-            result.skipped.append(f"{rel}: cannot be listed: {exc.strerror}")
-            continue
-        for name, st in listed:
-            path = prefix + name
-            fmt = stat.S_IFMT(st.st_mode)
-            mode = stat.S_IMODE(st.st_mode)
-            if fmt == stat.S_IFREG:
-                found.append(
-                    Scanned(
-                        path,
-                        "f",
-                        mode,
-                        st.st_mtime_ns,
-                        st.st_size,
-                        st.st_ino,
-                        st.st_ctime_ns,
-                        "",
-                        st.st_dev,
-                        st.st_nlink,
-                    )
-                )
-            elif fmt == stat.S_IFDIR:
-                found.append(Scanned(path, "d", mode, st.st_mtime_ns, 0, st.st_ino, 0))
-                stack.append((path, (st.st_dev, st.st_ino)))
-            elif fmt == stat.S_IFLNK:
-                if name in targets:
-                    found.append(
-                        Scanned(path, "l", mode, st.st_mtime_ns, 0, st.st_ino, 0, targets[name])
-                    )
-            else:
-                result.skipped.append(f"{path}: {stat.filemode(st.st_mode)[0]} special file")
-                log.warning(
-                    "workspace=%s skipping special file %s (fifo, socket or device): "
-                    "it is not saved in snapshots",
-                    directory,
-                    path,
-                )
+            skipped.append(f"{rel}: cannot be listed: {exc.strerror}")
 
 
 class _IndexFile(msgspec.Struct):
