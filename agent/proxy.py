@@ -9,7 +9,9 @@ Contract:
   not serve is 404; one that is assigned here but not RUNNING (or whose container is not up) is
   503 with ``Retry-After``. Auth comes first, so a stranger learns nothing about its state.
 * Unless the notebook is public (``Assignment.unsecure_http``) a request needs a project token:
-  ``Authorization: Bearer <t>``, or the cookie :data:`COOKIE` set by an earlier ``?token=<t>``.
+  ``Authorization: Bearer <t>`` or ``Authorization: token <t>`` (Jupyter clients' scheme),
+  ``?token=<t>`` (on a WebSocket URL too), or the cookie :data:`COOKIE` set by an earlier
+  ``?token=<t>`` on a page.
   A GET/HEAD carrying ``?token=`` is answered 303 to the same URL without ``token`` (other query
   parameters kept) with an HttpOnly, SameSite=Lax cookie scoped to ``/notebooks/{id}/``; other
   methods use it for that request only. The ``token`` query parameter is the proxy's: it is
@@ -48,7 +50,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -68,70 +70,27 @@ from agent.proxy_paths import (
     without_query_param,
 )
 from common.errors import ApiError
+from common.forwarding import (
+    MAX_WS_MESSAGE,
+    SKIP_AUTO_HEADERS,
+    WS_HANDSHAKE,
+    WS_HEARTBEAT_S,
+    end_to_end,
+    forwarded_for,
+    is_websocket,
+    raw_query,
+    relay,
+    websocket_protocols,
+)
 
 log = logging.getLogger(__name__)
 
 COOKIE = "nbfleet_token"
-#: Largest WebSocket message relayed (Jupyter outputs with images can be large).
-MAX_WS_MESSAGE = 128 * 1024 * 1024
-#: Pings towards the browser, so a vanished client does not hold the editor's socket forever.
-WS_HEARTBEAT_S = 30.0
 RETRY_AFTER_S = 5
-
-#: RFC 9110 7.6.1 connection-specific headers, never forwarded either way.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-    )
-)
-#: Set by aiohttp itself on the upstream WebSocket handshake.
-WS_HANDSHAKE = frozenset(
-    h.lower()
-    for h in (
-        "Sec-WebSocket-Key",
-        "Sec-WebSocket-Version",
-        "Sec-WebSocket-Extensions",
-        "Sec-WebSocket-Protocol",
-        "Sec-WebSocket-Accept",
-    )
-)
 #: What a token may look like: cookie-safe, so it can be stored as is.
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{1,512}$")
-#: Close codes that describe a connection, not something a peer may send in a close frame.
-UNSENDABLE_CLOSE = frozenset({1005, 1006, 1015})
-#: Headers aiohttp would add on its own; the browser's (or none) are forwarded instead.
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 Lookup = Callable[[str], Editor | None]
-
-
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    names = set()
-    for value in headers.getall("Connection", []):
-        names.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return names
-
-
-def _raw_query(request: web.Request) -> str:
-    """The query string as sent (``request.query_string`` is decoded)."""
-    return request.raw_path.partition("?")[2]
-
-
-def _is_websocket(request: web.Request) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in _connection_tokens(request.headers)
-    )
 
 
 # ---------------------------------------------------------------- pages
@@ -217,16 +176,16 @@ class EditorProxy:
                 f"Notebook {notebook} is not served by this host. Use the URL that "
                 "`nbfleet notebook get` shows.",
             )
-        query_token = query_param(_raw_query(request), QUERY_TOKEN)
+        query_token = query_param(raw_query(request), QUERY_TOKEN)
         if query_token is not None and query_token == editor.access_token:
             # The editor's own token, which JupyterLab's front end may add to its URLs (its
             # WebSockets): not a credential here; the proxy sends it in a header anyway.
             query_token = None
         if query_token is not None and request.method in ("GET", "HEAD"):
-            if not _is_websocket(request):
+            if not is_websocket(request):
                 return await self._login(request, editor, query_token)
         if not editor.unsecure_http:
-            token = self._credential(request, query_token)
+            token = self._credential(request, editor, query_token)
             if token is None:
                 return self._unauthenticated(request, editor)
             refusal = await self._authorize(request, editor, token)
@@ -241,15 +200,22 @@ class EditorProxy:
                 f"answering yet. Try again in a few seconds.",
                 **{"Retry-After": str(RETRY_AFTER_S)},
             )
-        if _is_websocket(request):
+        if is_websocket(request):
             return await self._websocket(request, editor)
         return await self._http_request(request, editor)
 
-    def _credential(self, request: web.Request, query_token: str | None) -> str | None:
+    def _credential(
+        self, request: web.Request, editor: Editor, query_token: str | None
+    ) -> str | None:
+        """The project token: ``Authorization: Bearer``, or ``token`` (Jupyter's own scheme,
+        which VS Code, ``@jupyterlab/services`` and other Jupyter clients send), else
+        ``?token=``, else the cookie. The editor's own token, which JupyterLab's page sends
+        back in the same header, is no credential here: the cookie is looked at instead."""
         authorization = request.headers.get("Authorization", "")
         scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+        value = value.strip()
+        if scheme.lower() in ("bearer", "token") and value and value != editor.access_token:
+            return value
         if query_token:
             return query_token
         return cookie_value(request.headers.get("Cookie", ""), COOKIE) or None
@@ -262,8 +228,8 @@ class EditorProxy:
             "Token needed",
             f"This notebook needs a project token. Open {here}?token=YOUR_TOKEN once in this "
             "browser (a cookie keeps you signed in), or send the header "
-            "'Authorization: Bearer YOUR_TOKEN'. An operator of the project creates one with "
-            "`nbfleet token create --role read`.",
+            "'Authorization: token YOUR_TOKEN' (or Bearer), as Jupyter clients do. An "
+            "operator of the project creates one with `nbfleet token create --role read`.",
             **{"WWW-Authenticate": 'Bearer realm="nbfleet"'},
         )
 
@@ -353,19 +319,13 @@ class EditorProxy:
 
     def _upstream_headers(self, request: web.Request, editor: Editor) -> CIMultiDict[str]:
         # Expect: the browser's 100-continue was answered here; the body streams on its own.
-        dropped = HOP_BY_HOP | _connection_tokens(request.headers)
-        dropped |= {"authorization", "cookie", "expect"}
-        headers: CIMultiDict[str] = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in dropped
-        )
+        headers = end_to_end(request.headers, {"authorization", "cookie", "expect"})
         cookies = strip_cookie(request.headers.get("Cookie", ""), COOKIE)
         if cookies:
             headers["Cookie"] = cookies
         if editor.access_token:
             headers["Authorization"] = f"token {editor.access_token}"
-        peer = request.remote or ""
-        earlier = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{earlier}, {peer}" if earlier else peer
+        forwarded_for(request, headers)
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
         if editor.strips_prefix:
@@ -436,12 +396,9 @@ class EditorProxy:
     def _response_headers(
         self, upstream: CIMultiDictProxy[str], request: web.Request, editor: Editor
     ) -> CIMultiDict[str]:
-        dropped = HOP_BY_HOP | _connection_tokens(upstream)
         headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in upstream.items():
+        for name, value in end_to_end(upstream).items():
             lname = name.lower()
-            if lname in dropped:
-                continue
             if lname == "location":
                 value = rewrite_location(value, editor, request.host)
             elif lname == "set-cookie":
@@ -458,12 +415,7 @@ class EditorProxy:
         for name in list(headers):
             if name.lower() in WS_HANDSHAKE:
                 del headers[name]
-        protocols = [
-            p.strip()
-            for value in request.headers.getall("Sec-WebSocket-Protocol", [])
-            for p in value.split(",")
-            if p.strip()
-        ]
+        protocols = websocket_protocols(request.headers)
         try:
             upstream = await self._http().ws_connect(
                 self._upstream_url(request, editor),
@@ -503,8 +455,8 @@ class EditorProxy:
         try:
             await client.prepare(request)
             await asyncio.gather(
-                self._relay(client, upstream, notebook, towards_editor=True),
-                self._relay(upstream, client, notebook, towards_editor=False),
+                relay(client, upstream, lambda n: self.activity.record(notebook, bytes_in=n)),
+                relay(upstream, client, lambda n: self.activity.record(notebook, bytes_out=n)),
             )
         finally:
             # Reached early only when the browser vanished (this handler is cancelled then).
@@ -512,48 +464,3 @@ class EditorProxy:
             if not client.closed:
                 await client.close(code=1001)
         return client
-
-    async def _relay(
-        self,
-        source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        notebook: str,
-        *,
-        towards_editor: bool,
-    ) -> None:
-        """Copy messages from ``source`` to ``sink`` until ``source`` closes, then close
-        ``sink`` with the same code and reason."""
-        while True:
-            msg = await source.receive()
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                data = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
-                if towards_editor:
-                    self.activity.record(notebook, bytes_in=len(data))
-                else:
-                    self.activity.record(notebook, bytes_out=len(data))
-                if sink.closed:
-                    continue  # its close is under way; drain until the source closes too
-                try:
-                    if msg.type == WSMsgType.TEXT:
-                        await sink.send_str(msg.data)
-                    else:
-                        await sink.send_bytes(msg.data)
-                except ConnectionError:
-                    pass  # the sink went away; its own relay closes us
-                continue
-            # CLOSE (a close frame), CLOSING / CLOSED (we are closing it), ERROR. The other
-            # side is closed first: answering a browser's close lets it drop the connection,
-            # which would cancel this handler before the editor heard the code.
-            if msg.type == WSMsgType.CLOSE:
-                code, reason = msg.data, msg.extra or ""
-            else:
-                code, reason = source.close_code, ""
-                if code is None or code in UNSENDABLE_CLOSE:
-                    code = 1001 if msg.type == WSMsgType.ERROR else 1000
-            if code is None or code in UNSENDABLE_CLOSE:
-                code = 1000
-            if not sink.closed:
-                await sink.close(code=code, message=reason.encode()[:123])
-            if msg.type == WSMsgType.CLOSE:
-                await source.close(code=code)
-            return

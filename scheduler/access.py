@@ -68,8 +68,8 @@ class EditorLocation:
 
 
 async def locate(db: Database, notebook_id: str) -> EditorLocation:
-    """One read, no transaction: this runs for every browser request that reaches the
-    scheduler, which is one per editor visit (the browser then stays on the agent)."""
+    """One keyed read, no transaction: this runs for every request to a notebook's stable URL
+    (the scheduler forwards each one)."""
     row = await db.query_one(
         "SELECT n.state, h.agent_url FROM notebooks n LEFT JOIN hosts h ON h.id = n.host_id "
         "WHERE n.id = ?",

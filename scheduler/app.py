@@ -113,6 +113,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await context.hosts.flush()
         await context.activity.flush()
         await context.agent_client.close()
+        await context.forwarder.close()
         await context.db.close()
 
 

@@ -15,6 +15,7 @@ from scheduler.agent_client import AgentClient
 from scheduler.agents import AgentService
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database
+from scheduler.forward import NotebookForwarder
 from scheduler.hosts import HostService
 from scheduler.loops.maintenance import Maintenance
 from scheduler.notebooks import NotebookService
@@ -40,6 +41,8 @@ class Context:
     maintenance: Maintenance
     #: Editor proxy activity from heartbeats, not written yet.
     activity: ProxyActivity
+    #: The routing tier at notebooks' stable URLs.
+    forwarder: NotebookForwarder = field(default_factory=NotebookForwarder)
     #: sha256 of the admin token, set at start-up from ``admin_token_file``.
     admin_digest: str = field(default="")
 

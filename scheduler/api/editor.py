@@ -1,8 +1,9 @@
-"""``/notebooks/{id}/...``: a notebook's stable URL, answered by a redirect to the agent that
-runs it now (see :mod:`scheduler.access` for the scheme).
+"""``/notebooks/{id}/...``: a notebook's stable URL, forwarded to the agent that runs it now
+(:mod:`scheduler.forward`; :mod:`scheduler.access` for where that is).
 
-Unauthenticated on purpose: the scheduler reveals nothing but the notebook's state, and the
-agent's proxy asks for the token. Answers are plain text, for a person in a browser.
+Not authenticated here on purpose: the agent's proxy checks the project token of every
+forwarded request, and a notebook that is not running only has its state told. Those answers
+are plain text, for a person in a browser.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def _text(status: int, text: str, **headers: str) -> web.Response:
 
 
 async def open_editor(request: web.Request) -> web.StreamResponse:
-    """``307`` to the same path and query on the agent of the host running the notebook."""
+    """Forward to the agent of the host running the notebook (path and query as sent); a
+    notebook that is not running is answered with its state and what to do."""
     notebook_id = request.match_info["id"]
     where = await locate(ctx(request).db, notebook_id)
     start = f"nbfleet notebook start {notebook_id}"
@@ -67,18 +69,12 @@ async def open_editor(request: web.Request) -> web.StreamResponse:
     if state is None or state == S.DELETED:
         return _text(404, f"notebook {notebook_id} does not exist")
     if where.agent_url is not None:
-        # The path keeps its encoding and the query (a ?token= included) as sent; a bare
-        # /notebooks/{id} gains its slash, where the editor serves.
-        path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
-        if path == editor_path(notebook_id).rstrip("/"):
-            path += "/"
-        if query:
-            path += "?" + query
-        return _text(
-            307,
-            f"notebook {notebook_id} is served by its host",
-            Location=where.agent_url.rstrip("/") + path,
-        )
+        if request.rel_url.raw_path == editor_path(notebook_id).rstrip("/"):
+            # A bare /notebooks/{id} gains its slash, where the editor serves (same origin).
+            query = request.rel_url.raw_query_string
+            location = editor_path(notebook_id) + ("?" + query if query else "")
+            return _text(307, f"notebook {notebook_id} is at {location}", Location=location)
+        return await ctx(request).forwarder.forward(request, notebook_id, where.agent_url)
     if state in (S.QUEUED, S.STARTING):
         return _text(
             503,

@@ -1,14 +1,20 @@
-"""A notebook's stable URL, ``{scheduler}/notebooks/{id}/``: redirected to the agent that runs
-it now, or answered with its state; and the URL the API shows for it."""
+"""A notebook's stable URL, ``{scheduler}/notebooks/{id}/``: forwarded (HTTP and WebSocket) to
+the agent that runs it now, against stand-in agents on loopback that echo what reached them;
+or answered with the notebook's state; and the URL the API shows for it."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
 
 from tests.component.conftest import Harness, Tokens
 
 AGENT_A = "http://gpu-a.example:8471"
-AGENT_B = "http://gpu-b.example:8471/"  # a trailing slash is not doubled
 
 
 @dataclass
@@ -20,7 +26,7 @@ class Answer:
 
 
 async def visit(harness: Harness, path: str, method: str = "GET", **headers: str) -> Answer:
-    """A browser's request, without following the redirect and without any API token."""
+    """A client's request, without following redirects and without any API token."""
     assert harness.client is not None
     async with harness.client.request(method, path, allow_redirects=False, headers=headers) as resp:
         return Answer(
@@ -28,56 +34,142 @@ async def visit(harness: Harness, path: str, method: str = "GET", **headers: str
         )
 
 
-async def running(harness: Harness, project: Tokens) -> str:
-    await harness.agent("a").register(gpus=1, agent_url=AGENT_A)
+class StandInAgent:
+    """An agent's proxy, reduced to what forwarding must preserve: HTTP answers echo method,
+    raw path, headers and body as JSON (status from ``?status=``); ``.../channels`` is a
+    WebSocket that echoes frames, offers the ``v1.kernel.websocket.jupyter.org`` subprotocol
+    and closes with 4001 on the text ``bye``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        app = web.Application()
+        app.router.add_route("*", "/notebooks/{tail:.*}", self.handle)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/channels") and request.headers.get("Upgrade"):
+            ws = web.WebSocketResponse(protocols=["v1.kernel.websocket.jupyter.org"])
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT and msg.data == "bye":
+                    await ws.close(code=4001, message=b"kernel gone")
+                elif msg.type == WSMsgType.TEXT:
+                    await ws.send_str(f"{self.name}:{msg.data}")
+                elif msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data[::-1])
+            return ws
+        if request.query.get("status") == "401":
+            return web.Response(status=401, text="Token needed", headers={"X-From": self.name})
+        body = await request.read()
+        echo = {
+            "agent": self.name,
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": {k: v for k, v in request.headers.items()},
+            "body": body.decode(errors="replace"),
+        }
+        response = web.json_response(echo, headers={"Set-Cookie": "x=1; Path=/notebooks/"})
+        return response
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[dict[str, StandInAgent]]:
+    found = {name: StandInAgent(name) for name in ("a", "b")}
+    for agent in found.values():
+        await agent.server.start_server()
+    yield found
+    for agent in found.values():
+        await agent.server.close()
+
+
+async def running(
+    harness: Harness, project: Tokens, agents: dict[str, StandInAgent] | None = None
+) -> str:
+    url = agents["a"].url if agents else AGENT_A
+    await harness.agent("a").register(gpus=1, agent_url=url)
     nb = (await project.run()).json
     assert nb["host"] == "a"
     await harness.agent("a").report(nb["id"], "RUNNING", url="http://gpu-a.example:40001/")
     return nb["id"]
 
 
-async def test_running_notebook_redirects_to_its_agent_keeping_path_and_query(
-    harness: Harness, project: Tokens
+async def echo(harness: Harness, path: str, method: str = "GET", **kw) -> tuple[int, dict]:
+    assert harness.client is not None
+    async with harness.client.request(method, path, allow_redirects=False, **kw) as resp:
+        return resp.status, {**json.loads(await resp.text()), "reply": dict(resp.headers)}
+
+
+async def test_a_running_notebooks_url_is_forwarded_to_its_agent_as_sent(
+    harness: Harness, project: Tokens, agents: dict[str, StandInAgent]
 ) -> None:
-    nb = await running(harness, project)
-    answer = await visit(harness, f"/notebooks/{nb}/lab/tree/a%20b.ipynb?token=nbf_x&reset=1")
-    assert answer.status == 307
-    # Same path (its encoding as sent) and query, ?token= included so the agent sets its cookie.
-    assert answer.location == f"{AGENT_A}/notebooks/{nb}/lab/tree/a%20b.ipynb?token=nbf_x&reset=1"
-    assert answer.headers["Cache-Control"] == "no-store"
-
-    root = await visit(harness, f"/notebooks/{nb}/")
-    assert (root.status, root.location) == (307, f"{AGENT_A}/notebooks/{nb}/")
-    bare = await visit(harness, f"/notebooks/{nb}?token=nbf_x")
-    assert (bare.status, bare.location) == (307, f"{AGENT_A}/notebooks/{nb}/?token=nbf_x")
-
-
-async def test_every_method_and_websocket_upgrades_are_redirected(
-    harness: Harness, project: Tokens
-) -> None:
-    nb = await running(harness, project)
-    target = f"{AGENT_A}/notebooks/{nb}/api/kernels"
-    for method in ("POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
-        answer = await visit(harness, f"/notebooks/{nb}/api/kernels", method)
-        assert (answer.status, answer.location) == (307, target), method
-    upgrade = await visit(
+    nb = await running(harness, project, agents)
+    path = f"/notebooks/{nb}/lab/tree/a%20b.ipynb?token=nbf_x&reset=1"
+    status, seen = await echo(
         harness,
-        f"/notebooks/{nb}/api/kernels/k1/channels",
-        Connection="Upgrade",
-        Upgrade="websocket",
-        **{"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+        path,
+        headers={
+            "Authorization": "token nbf_secret",
+            "Cookie": "nbfleet_token=nbf_c; _xsrf=1",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "dropped",
+            "Keep-Alive": "timeout=5",
+        },
     )
-    assert (upgrade.status, upgrade.location) == (307, f"{target}/k1/channels")
+    assert status == 200 and seen["agent"] == "a" and seen["method"] == "GET"
+    # Path (its encoding as sent) and query, ?token= included: the agent checks it.
+    assert seen["raw_path"] == path
+    sent = seen["headers"]
+    assert sent["Authorization"] == "token nbf_secret"
+    assert sent["Cookie"] == "nbfleet_token=nbf_c; _xsrf=1"
+    assert "X-Hop" not in sent and "Keep-Alive" not in sent
+    assert sent["Host"] == harness.client.make_url("/").host + f":{harness.client.port}"
+    assert sent["X-Forwarded-For"] == "127.0.0.1"
+    # What the agent answers comes back, its cookies included.
+    assert seen["reply"]["Set-Cookie"] == "x=1; Path=/notebooks/"
+
+    posted, seen = await echo(harness, f"/notebooks/{nb}/api/contents/x", "PUT", data=b"x" * 70_000)
+    assert posted == 200 and seen["method"] == "PUT" and seen["body"] == "x" * 70_000
+
+    refused = await visit(harness, f"/notebooks/{nb}/api/status?status=401")
+    assert (refused.status, refused.text) == (401, "Token needed")
+    assert refused.headers["X-From"] == "a"
+
+    bare = await visit(harness, f"/notebooks/{nb}?token=nbf_x")
+    assert (bare.status, bare.location) == (307, f"/notebooks/{nb}/?token=nbf_x")
+
+
+async def test_websockets_are_bridged_with_subprotocol_frames_and_close_code(
+    harness: Harness, project: Tokens, agents: dict[str, StandInAgent]
+) -> None:
+    nb = await running(harness, project, agents)
+    assert harness.client is not None
+    async with harness.client.ws_connect(
+        f"/notebooks/{nb}/api/kernels/k1/channels?token=nbf_x",
+        protocols=["v1.kernel.websocket.jupyter.org"],
+    ) as ws:
+        assert ws.protocol == "v1.kernel.websocket.jupyter.org"
+        await ws.send_str("21*2")
+        assert (await ws.receive_str(timeout=10)) == "a:21*2"
+        await ws.send_bytes(b"\x01\x02\x03")
+        assert (await ws.receive_bytes(timeout=10)) == b"\x03\x02\x01"
+        await ws.send_str("bye")
+        closing = await ws.receive(timeout=10)
+        assert closing.type == WSMsgType.CLOSE and closing.data == 4001
+        assert closing.extra == "kernel gone"
 
 
 async def test_the_url_follows_the_notebook_to_another_host(
-    harness: Harness, project: Tokens
+    harness: Harness, project: Tokens, agents: dict[str, StandInAgent]
 ) -> None:
-    nb = await running(harness, project)
+    nb = await running(harness, project, agents)
     url = (await project.get(nb))["url"]
     await project.action(nb, "stop")
     await harness.agent("a").report(nb, "STOPPED")
-    await harness.agent("b").register(gpus=1, agent_url=AGENT_B)
+    await harness.agent("b").register(gpus=1, agent_url=agents["b"].url + "/")
     cordoned = await harness.call("POST", "/v1/admin/hosts/a/cordon", token=harness.admin_token)
     assert cordoned.status == 200
     started = await project.action(nb, "start")
@@ -85,11 +177,19 @@ async def test_the_url_follows_the_notebook_to_another_host(
     await harness.agent("b").report(nb, "RUNNING", generation=2)
 
     assert (await project.get(nb))["url"] == url  # same URL, another host
+    status, seen = await echo(harness, f"/notebooks/{nb}/lab")
+    assert status == 200 and seen["agent"] == "b" and seen["raw_path"] == f"/notebooks/{nb}/lab"
+
+
+async def test_an_agent_that_does_not_answer_is_a_502_saying_so(
+    harness: Harness, project: Tokens
+) -> None:
+    await harness.agent("a").register(gpus=1, agent_url="http://127.0.0.1:9")  # nothing there
+    nb = (await project.run()).json["id"]
+    await harness.agent("a").report(nb, "RUNNING", url="http://127.0.0.1:9/")
     answer = await visit(harness, f"/notebooks/{nb}/lab")
-    assert (answer.status, answer.location) == (
-        307,
-        f"http://gpu-b.example:8471/notebooks/{nb}/lab",
-    )
+    assert answer.status == 502 and answer.headers["Retry-After"] == "5"
+    assert f"notebook {nb}: its host did not answer" in answer.text
 
 
 async def test_a_notebook_that_is_not_running_says_its_state_and_what_to_do(

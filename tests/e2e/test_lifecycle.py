@@ -20,8 +20,7 @@ def run_tiny(cluster, notebooks, *args):
 
 
 def fetch(url: str, token: str | None = None) -> tuple[int, bytes]:
-    """GET, following redirects (a notebook's URL leads to its agent's proxy, and urllib keeps
-    the Authorization header across the redirect)."""
+    """GET at a notebook's URL: the scheduler forwards it to the agent's proxy."""
     req = urllib.request.Request(url)
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")

@@ -28,6 +28,7 @@ from agent.proxy_paths import (
     upstream_path,
     without_query_param,
 )
+from common import forwarding
 from common.states import NotebookState as S
 from common.wire import AuthorizeReply, AuthorizeRequest, NotebookActivity
 from tests.fakes.inventory import FakeClock
@@ -234,7 +235,7 @@ async def test_no_token_is_401_saying_how_to_get_in(rig: Rig) -> None:
     assert response.status == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     text = await response.text()
-    assert "/notebooks/nb1/?token=" in text and "Authorization: Bearer" in text
+    assert "/notebooks/nb1/?token=" in text and "Authorization: token" in text
     assert response.headers["Content-Type"].startswith("text/plain")
 
     browser = await rig.get("/notebooks/nb1/lab", headers={"Accept": "text/html,*/*"})
@@ -277,6 +278,32 @@ async def test_bearer_token_reaches_the_editor_which_never_sees_it(rig: Rig) -> 
     assert READER not in json.dumps(headers)
     # The editor's own hop-by-hop headers stay on its side too.
     assert response.headers["X-Editor"] == "yes" and "X-Private" not in response.headers
+
+
+async def test_jupyters_token_scheme_is_a_credential_too(rig: Rig) -> None:
+    # What VS Code's Jupyter extension and @jupyterlab/services send.
+    for scheme in ("token", "Token", "bearer"):
+        response = await rig.get(
+            "/notebooks/nb1/api/kernels", headers={"Authorization": f"{scheme} {READER}"}
+        )
+        assert response.status == 200, scheme
+        assert (await response.json())["headers"]["Authorization"] == f"token {ACCESS}"
+    async with rig.client.ws_connect(
+        "/notebooks/nb1/ws", headers={"Authorization": f"token {READER}"}
+    ) as ws:
+        assert (await ws.receive_str(timeout=5)) == "hello from the editor"
+    refused = await rig.get("/notebooks/nb1/api", headers={"Authorization": f"token {OTHER}"})
+    assert refused.status == 403
+
+
+async def test_the_editors_own_token_in_the_header_is_not_a_credential(rig: Rig) -> None:
+    # JupyterLab's page sends its server token back as "Authorization: token ...": the
+    # browser's cookie is what counts then, and without one the proxy asks for a token.
+    own = {"Authorization": f"token {ACCESS}"}
+    assert (await rig.get("/notebooks/nb1/api/kernels", headers=own)).status == 401
+    with_cookie = {**own, "Cookie": f"{COOKIE}={GOOD}"}
+    assert (await rig.get("/notebooks/nb1/api/kernels", headers=with_cookie)).status == 200
+    assert [c.token for c in rig.auth.calls] == [GOOD]
 
 
 async def test_editor_under_its_base_url_gets_the_whole_path(rig: Rig) -> None:
@@ -632,3 +659,9 @@ async def test_authorizer_errors_are_shared_and_not_cached() -> None:
     with pytest.raises(SchedulerUnavailable):
         await authorizer.check("nb", "t")
     assert calls == 2
+
+
+def test_websocket_keepalive_tolerates_a_client_that_does_not_read_for_a_minute() -> None:
+    # aiohttp pings after WS_HEARTBEAT_S of silence and drops a client that has not answered
+    # within half of it: that half is how long a client may not read.
+    assert forwarding.WS_HEARTBEAT_S / 2 > 60
