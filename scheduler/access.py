@@ -2,12 +2,11 @@
 traffic the agents' editor proxies report.
 
 **The URL scheme.** A notebook's URL is ``{scheduler}/notebooks/{id}/``, the same for its whole
-life, whichever host it runs on. The scheduler does not carry editor traffic: a request for
-``/notebooks/{id}/{rest}?{query}`` is answered ``307`` to the same path and query on the agent
-of the host that runs the notebook now (``{agent_url}/notebooks/{id}/{rest}?{query}``), where
-the agent's proxy checks the token (asking :func:`authorize`) and forwards to the editor. A
-``?token=`` survives the redirect, so the agent can turn it into its cookie. A notebook that is
-not RUNNING answers with its state and what to do (:mod:`scheduler.api.editor`).
+life, whichever host it runs on. A request for ``/notebooks/{id}/{rest}?{query}`` is forwarded,
+as sent, to the same path and query on the agent of the host that runs the notebook now
+(``{agent_url}/notebooks/{id}/{rest}?{query}``, :mod:`scheduler.forward`), where the agent's
+proxy checks the token (asking :func:`authorize`) and forwards to the editor. A notebook that
+is not RUNNING answers with its state and what to do (:mod:`scheduler.api.editor`).
 
 **The editor's base URL.** ``{base_url}`` in an editor's ``command`` and ``url_path`` is
 ``/notebooks/{id}/``. ``Assignment.base_url`` is the prefix the editor itself serves under:

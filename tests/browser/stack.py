@@ -138,6 +138,39 @@ def require_docker_images(*images: str) -> None:
             )
 
 
+#: The Node client of test_jupyter_client.py: @jupyterlab/services at the version VS Code's
+#: Jupyter extension ships, installed from its package-lock.json by ``npm ci``.
+JUPYTER_CLIENT_DIR = Path(__file__).parent / "jupyter_client"
+
+
+def require_jupyter_client() -> str:
+    """The ``node`` that runs the Node Jupyter client, once its pinned packages are installed;
+    fails saying how to get what is missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail(
+            "the Jupyter client test needs Node.js 18 or newer: apt-get install nodejs npm "
+            "(scripts/test installs it)",
+            pytrace=False,
+        )
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+    if int(version.lstrip("v").split(".")[0] or 0) < 18:
+        pytest.fail(
+            f"{node} is Node.js {version}; the Jupyter client needs 18 or newer", pytrace=False
+        )
+    wanted = json.loads((JUPYTER_CLIENT_DIR / "package.json").read_text())["dependencies"]
+    for package, pinned in wanted.items():
+        installed = JUPYTER_CLIENT_DIR / "node_modules" / package / "package.json"
+        found = json.loads(installed.read_text())["version"] if installed.exists() else None
+        if found != pinned:
+            pytest.fail(
+                f"{package} {pinned} is not installed in {JUPYTER_CLIENT_DIR} "
+                f"(found {found}): run npm ci there (scripts/test does)",
+                pytrace=False,
+            )
+    return node
+
+
 def artifacts_dir() -> Path:
     """Where failing tests leave screenshots and timings land: ``NBFLEET_TEST_ARTIFACTS``,
     else ``.state/test-artifacts/browser`` in the checkout."""
