@@ -42,7 +42,6 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import html
 import logging
@@ -74,12 +73,12 @@ from common.forwarding import (
     MAX_WS_MESSAGE,
     SKIP_AUTO_HEADERS,
     WS_HANDSHAKE,
-    WS_HEARTBEAT_S,
+    bridge,
     end_to_end,
     forwarded_for,
     is_websocket,
     raw_query,
-    relay,
+    stream_back,
     websocket_protocols,
 )
 
@@ -372,25 +371,12 @@ class EditorProxy:
                     "It may be restarting; try again in a few seconds.",
                     **{"Retry-After": str(RETRY_AFTER_S)},
                 )
-            response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=self._response_headers(upstream.headers, request, editor),
+            return await stream_back(
+                request,
+                upstream,
+                self._response_headers(upstream.headers, request, editor),
+                lambda n: self.activity.record(notebook, bytes_out=n),
             )
-            try:
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    self.activity.record(notebook, bytes_out=len(chunk))
-                    await response.write(chunk)
-                await response.write_eof()
-            except (ConnectionError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # One side went away mid-body. Closing the browser's connection (instead of
-                # ending the body) is how it learns the body is incomplete.
-                log.info("notebook=%s %s cut short: %r", notebook, request.path, exc)
-                upstream.close()
-                if request.transport is not None:
-                    request.transport.close()
-            return response
         raise AssertionError("unreachable")
 
     def _response_headers(
@@ -445,22 +431,9 @@ class EditorProxy:
                 f"The editor of notebook {notebook} did not answer ({type(exc).__name__}).",
                 **{"Retry-After": str(RETRY_AFTER_S)},
             )
-        client = web.WebSocketResponse(
-            protocols=[upstream.protocol] if upstream.protocol else (),
-            autoclose=False,
-            autoping=True,
-            heartbeat=WS_HEARTBEAT_S,
-            max_msg_size=MAX_WS_MESSAGE,
+        return await bridge(
+            request,
+            upstream,
+            lambda n: self.activity.record(notebook, bytes_in=n),
+            lambda n: self.activity.record(notebook, bytes_out=n),
         )
-        try:
-            await client.prepare(request)
-            await asyncio.gather(
-                relay(client, upstream, lambda n: self.activity.record(notebook, bytes_in=n)),
-                relay(upstream, client, lambda n: self.activity.record(notebook, bytes_out=n)),
-            )
-        finally:
-            # Reached early only when the browser vanished (this handler is cancelled then).
-            await upstream.close(code=1001)
-            if not client.closed:
-                await client.close(code=1001)
-        return client

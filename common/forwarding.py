@@ -12,11 +12,15 @@ scheduler's routing of a notebook's stable URL (any client → the agent that ru
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+log = logging.getLogger(__name__)
 
 #: Largest WebSocket message relayed (Jupyter outputs with images can be large).
 MAX_WS_MESSAGE = 128 * 1024 * 1024
@@ -134,3 +138,57 @@ async def relay(
         if msg.type == WSMsgType.CLOSE:
             await source.close(code=code)
         return
+
+
+async def stream_back(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    headers: CIMultiDict[str],
+    on_data: Callable[[int], None] | None = None,
+) -> web.StreamResponse:
+    """Answer ``request`` with ``upstream``'s status, ``headers`` and body, piece by piece as it
+    arrives (``iter_chunks``: no join of what is buffered). When either side goes away
+    mid-body the client's connection is closed instead of ending the body: that is how it
+    learns the body is incomplete."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    try:
+        await response.prepare(request)
+        async for chunk, _ in upstream.content.iter_chunks():
+            if on_data is not None:
+                on_data(len(chunk))
+            await response.write(chunk)
+        await response.write_eof()
+    except (ConnectionError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.info("%s cut short: %r", request.path, exc)
+        upstream.close()
+        if request.transport is not None:
+            request.transport.close()
+    return response
+
+
+async def bridge(
+    request: web.Request,
+    upstream: aiohttp.ClientWebSocketResponse,
+    towards_upstream: Callable[[int], None] | None = None,
+    towards_client: Callable[[int], None] | None = None,
+) -> web.WebSocketResponse:
+    """Accept the client's WebSocket (with the subprotocol ``upstream`` agreed on) and relay
+    both ways until either side closes; pings a silent client (:data:`WS_HEARTBEAT_S`)."""
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        autoclose=False,
+        autoping=True,
+        heartbeat=WS_HEARTBEAT_S,
+        max_msg_size=MAX_WS_MESSAGE,
+    )
+    try:
+        await client.prepare(request)
+        await asyncio.gather(
+            relay(client, upstream, towards_upstream), relay(upstream, client, towards_client)
+        )
+    finally:
+        # Reached early only when the client vanished (the handler is cancelled then).
+        await upstream.close(code=1001)
+        if not client.closed:
+            await client.close(code=1001)
+    return client

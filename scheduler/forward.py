@@ -19,7 +19,6 @@ unbuffered; WebSocket frames are bridged both ways with their close codes
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -32,11 +31,11 @@ from common.forwarding import (
     MAX_WS_MESSAGE,
     SKIP_AUTO_HEADERS,
     WS_HANDSHAKE,
-    WS_HEARTBEAT_S,
+    bridge,
     end_to_end,
     forwarded_for,
     is_websocket,
-    relay,
+    stream_back,
     websocket_protocols,
 )
 
@@ -95,24 +94,7 @@ class NotebookForwarder:
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 return _unreachable(notebook, target, exc)
-            response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason, headers=end_to_end(upstream.headers)
-            )
-            try:
-                await response.prepare(request)
-                # Pieces as they arrived: iter_any() would join what is buffered, a copy of
-                # every byte that costs the scheduler a seventh of its time on big downloads.
-                async for chunk, _ in upstream.content.iter_chunks():
-                    await response.write(chunk)
-                await response.write_eof()
-            except (ConnectionError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # One side went away mid-body: closing the client's connection (instead of
-                # ending the body) is how it learns the body is incomplete.
-                log.info("notebook=%s %s cut short: %r", notebook, request.path, exc)
-                upstream.close()
-                if request.transport is not None:
-                    request.transport.close()
-            return response
+            return await stream_back(request, upstream, end_to_end(upstream.headers))
         raise AssertionError("unreachable")
 
     async def _websocket(
@@ -142,22 +124,7 @@ class NotebookForwarder:
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return _unreachable(notebook, target, exc)
-        client = web.WebSocketResponse(
-            protocols=[upstream.protocol] if upstream.protocol else (),
-            autoclose=False,
-            autoping=True,
-            heartbeat=WS_HEARTBEAT_S,
-            max_msg_size=MAX_WS_MESSAGE,
-        )
-        try:
-            await client.prepare(request)
-            await asyncio.gather(relay(client, upstream), relay(upstream, client))
-        finally:
-            # Reached early only when the client vanished (this handler is cancelled then).
-            await upstream.close(code=1001)
-            if not client.closed:
-                await client.close(code=1001)
-        return client
+        return await bridge(request, upstream)
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
