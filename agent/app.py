@@ -59,6 +59,7 @@ from agent.runtime import (
     host_memory_mb,
 )
 from agent.spool import Spool
+from agent.ssh import NotebookSshServer, SshTarget
 from agent.workspace.host import HostWorkspaces
 from common import wire
 from common.auth import Verifier
@@ -172,6 +173,17 @@ class Agent:
         self.proxy = EditorProxy(
             self.reconciler.editor, Authorizer(client.authorize), self.activity
         )
+        self.ssh: NotebookSshServer | None = None
+        if config.ssh_listen:
+            ssh_host, ssh_port = split_hostport(config.ssh_listen)
+            self.ssh = NotebookSshServer(
+                ssh_host,
+                ssh_port,
+                config.ssh_host_key_file or os.path.join(config.state_dir, "ssh_host_ed25519_key"),
+                self.ssh_target,
+                docker_url=config.docker_url,
+                on_activity=lambda notebook: self.activity.record(notebook),
+            )
         self.workspace_meter = WorkspaceMeter(clock)
         self.heartbeat_interval_s = 10.0
         #: When the scheduler last answered a heartbeat or a register (agent clock).
@@ -202,6 +214,8 @@ class Agent:
             os.makedirs(directory, exist_ok=True)
         await self.reconciler.adopt()
         await self._start_http()
+        if self.ssh is not None:
+            await self.ssh.start()
         for loop in self.loops:
             loop.start()
         log.info("host=%s agent started, serving %s", self.host_id, self.agent_url)
@@ -228,6 +242,8 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.ssh is not None:
+            await self.ssh.close()
         await self.proxy.close()
         await self.client.close()
         await self.store.close()
@@ -259,7 +275,28 @@ class Agent:
             gpu_note=snapshot.note,
             flavor=self.config.flavor,
             labels=dict(self.config.labels),
+            ssh_address=self.ssh_address(),
         )
+
+    def ssh_address(self) -> str:
+        """``host:port`` where users reach this agent's SSH server; "" when it has none."""
+        if self.ssh is None or not self.ssh.port:
+            return ""
+        host = self.config.ssh_public_host or self.config.public_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        return f"{host}:{self.ssh.port}"
+
+    def ssh_target(self, notebook: str) -> SshTarget | None:
+        """A notebook SSH may enter: running here, in its container, with keys."""
+        assignment = self.reconciler.assignments.get(notebook)
+        editor = self.reconciler.editor(notebook)
+        if assignment is None or editor is None or editor.port is None:
+            return None
+        keys = tuple(assignment.ssh_public_keys)
+        if not keys:
+            return None
+        return SshTarget(notebook, keys, assignment.user)
 
     async def register(self) -> None:
         reply = await self.client.register(await self.registration())

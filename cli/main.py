@@ -2,7 +2,8 @@
 
 Exit status: 0 on success, 1 when the scheduler refused or failed the request (its message is
 printed), 2 on a usage error, 3 when ``notebook wait`` saw the notebook settle in another state
-or ran out of time. ``notebook exec`` exits with the command's own exit status once it ran.
+or ran out of time. ``notebook exec`` exits with the command's own exit status once it ran;
+``notebook ssh`` becomes the system ``ssh``, whose exit status it is.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cli import admin, output, tokens, usage, volumes
+from cli import admin, output, ssh, tokens, usage, volumes
 from cli.args import BadArguments, add_output, label_pairs, pairs
 from cli.client import Client, client_config
 from common import wire
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label", action="append", type=label_pairs("--label"), default=[])
     run.add_argument("--envvar", action="append", type=pairs("--envvar"), default=[])
     volumes.add_volume_option(run)
+    ssh.add_key_option(
+        run,
+        "public key allowed to ssh in (a file like ~/.ssh/id_ed25519.pub, or the key line); "
+        "repeatable",
+    )
     run.add_argument("--wait", action="store_true", help="wait until the notebook is RUNNING")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
     add_output(run)
@@ -127,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--gpu", type=int, help="default: the source's resources")
     fork.add_argument("--cpu", type=int)
     fork.add_argument("--label", action="append", type=label_pairs("--label"), default=None)
+    ssh.add_key_option(fork, "public key allowed to ssh in (the source's are not copied)")
     add_output(fork)
 
     logs = nbs.add_parser("logs", help="print a notebook's container output")
@@ -158,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--state", dest="state_option", type=str.upper, help="same as STATE")
     wait.add_argument("--timeout", type=float, default=600.0)
     add_output(wait)
+
+    ssh.add_ssh_parsers(nbs)
 
     volumes.add_datastore_parser(top, add_output)
     tokens.add_token_parser(top)
@@ -200,6 +209,7 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
             flavor=args.flavor,
             restart_on_timeout=args.restart_on_timeout,
             unsecure_http=args.unsecure_http,
+            ssh_public_keys=ssh.keys_of(args),
         )
         nb = client.call("POST", "/v1/notebooks", wire.Notebook, body=body)
         if args.wait:
@@ -241,6 +251,7 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
             gpu=args.gpu,
             cpu=args.cpu,
             labels=None if args.label is None else dict(args.label),
+            ssh_public_keys=ssh.keys_of(args),
         )
         nb = client.call("POST", f"/v1/notebooks/{args.id}/fork", wire.Notebook, body=body)
         _show(nb, args.output)
@@ -257,6 +268,8 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
         return _exec(client, args)
     if action == "wait":
         return _wait(client, args.id, _wait_target(args), args.timeout, args.output)
+    if action in ssh.ACTIONS:
+        return ssh.cmd_ssh(client, args)
     raise AssertionError(action)
 
 
@@ -303,11 +316,11 @@ def _exec(client: Client, args: argparse.Namespace) -> int:
 
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``notebook exec ID [options] -- CMD...``: the command is everything after the first
+    """``notebook exec|ssh ID [options] -- CMD...``: the command is everything after the first
     ``--``, verbatim (its own options and ``--`` included), so argparse never sees it."""
     if "--" in argv:
         cut = argv.index("--")
-        if "exec" in argv[:cut]:
+        if "exec" in argv[:cut] or "ssh" in argv[:cut]:
             return argv[:cut], argv[cut + 1 :]
     return argv, []
 

@@ -166,6 +166,17 @@ def disk_use(nb: wire.Notebook, now: float | None = None) -> str | None:
     return f"{used} on {nb.host} (measured {ago(nb.workspace_used_at, now)})"
 
 
+def ssh_access(nb: wire.Notebook) -> str:
+    """The SSH address and how to use it, or why there is none."""
+    if nb.ssh is not None:
+        return f"{nb.ssh} (`nbfleet notebook ssh {nb.id}`)"
+    if not nb.ssh_keys:
+        return "- (no keys: `nbfleet notebook ssh-keys ID --ssh-public-keys FILE` while stopped)"
+    if nb.state != NotebookState.RUNNING:
+        return "- (while RUNNING)"
+    return f"- (host {nb.host} offers no SSH)"
+
+
 NOTEBOOK_HEADERS = ["ID", "NAME", "STATE", "FRAMEWORK/EDITOR", "RESOURCES", "HOST", "SINCE"]
 
 
@@ -194,6 +205,7 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
         ("GPUs", gpus),
         ("URL", nb.url or "-"),
         ("Access", access(nb)),
+        ("SSH", ssh_access(nb)),
         ("Activity", activity(nb)),
         (
             "Workspace",
@@ -229,6 +241,13 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         out.write(f"{key + ':':<{width + 1}} {value}\n")
+    if nb.ssh_keys:
+        out.write("\nSSH keys:\n")
+        table(
+            ["TYPE", "FINGERPRINT", "COMMENT"],
+            [[k.type, k.fingerprint, k.comment] for k in nb.ssh_keys],
+            out,
+        )
     if nb.history:
         out.write("\nHistory:\n")
         table(
@@ -332,6 +351,7 @@ HOST_HEADERS = [
     "CPUS FREE",
     "DISK FREE",
     "NOTEBOOKS",
+    "SSH",
     "HEARTBEAT",
 ]
 
@@ -346,6 +366,7 @@ def host_rows(items: Sequence[wire.Host], now: float | None = None) -> list[list
             f"{h.cpus_free}/{h.cpus}",
             host_disk(h),
             h.notebooks,
+            h.ssh_address or "-",
             ago(h.last_heartbeat, now),
         ]
         for h in items

@@ -142,6 +142,12 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8471"
     #: How the scheduler and users reach this host; editor ports are published on it.
     public_host: str = "127.0.0.1"
+    #: Where the agent serves SSH into its notebooks (``HOST:PORT``; "" turns SSH off). Users
+    #: reach it at ``ssh_public_host`` (default ``public_host``) and the bound port.
+    ssh_listen: str = ""
+    ssh_public_host: str = ""
+    #: The SSH host key (ed25519), made at first start; default ``state_dir``/ssh_host_ed25519_key.
+    ssh_host_key_file: str = ""
     #: Host directories: one per notebook for /workspace, one for /data scratch.
     workspaces_dir: str = "/var/lib/nbfleet/workspaces"
     scratch_dir: str = "/var/lib/nbfleet/scratch"

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta, Struct
 
+from common import ssh
 from common.errors import ApiError
 from common.states import NotebookState
 
@@ -36,6 +37,16 @@ HostId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})\Z")]
 GpuCount = Annotated[int, Meta(ge=0, le=16)]
 CpuCount = Annotated[int, Meta(ge=0, le=256)]
 Role = Literal["read", "operator"]
+#: One OpenSSH public key line, ``<type> <base64> [comment]`` (see :mod:`common.ssh`). The
+#: pattern checks its shape; the scheduler also decodes the base64 and checks the key inside
+#: (:func:`common.ssh.parse_public_key`), naming the same field.
+SshPublicKey = Annotated[str, Meta(max_length=ssh.MAX_KEY_LENGTH, pattern=ssh.KEY_PATTERN)]
+SshPublicKeys = Annotated[list[SshPublicKey], Meta(max_length=ssh.MAX_KEYS)]
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]{0,252}[A-Za-z0-9])?)"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+#: ``host:port`` (a name, an IPv4 address or a bracketed IPv6 one, ``[fd00::7]:22``, and a
+#: port 1-65535), or "" for none.
+HostPort = Annotated[str, Meta(max_length=262, pattern=rf"^({_HOST}:{_PORT})?\Z")]
 Desired = Literal["running", "stopped", "deleted"]
 
 
@@ -116,6 +127,27 @@ class NotebookCreate(Struct, forbid_unknown_fields=True):
     restart_on_timeout: bool = False
     #: The editor is public: the proxy lets anyone in without a token.
     unsecure_http: bool = False
+    #: Keys that may log in with SSH while the notebook runs (``ssh://<id>@host:port``).
+    #: Never returned by the API, which shows their fingerprints (``Notebook.ssh_keys``).
+    ssh_public_keys: SshPublicKeys = []
+
+
+class SshKeysUpdate(Struct, forbid_unknown_fields=True):
+    """``PUT /v1/notebooks/{id}/ssh-keys`` (operator): replaces the notebook's SSH keys; only
+    while it is STOPPED, FAILED or ERROR (a running notebook keeps the keys it started with).
+    An empty list removes them all."""
+
+    keys: SshPublicKeys
+
+
+class SshKeyInfo(Struct):
+    """A notebook's SSH key as the API shows it: never the key itself."""
+
+    #: ``ssh-ed25519``, ``ecdsa-sha2-nistp256``, ...
+    type: str
+    #: OpenSSH's form, as ``ssh-keygen -l`` prints it: ``SHA256:<base64, no padding>``.
+    fingerprint: str
+    comment: str = ""
 
 
 class NotebookFork(Struct, forbid_unknown_fields=True):
@@ -127,6 +159,8 @@ class NotebookFork(Struct, forbid_unknown_fields=True):
     gpu: GpuCount | None = None
     cpu: CpuCount | None = None
     labels: dict[LabelKey, LabelValue] | None = None
+    #: The fork's SSH keys: the source's are not copied (a fork may be for someone else).
+    ssh_public_keys: SshPublicKeys = []
 
 
 class GpuRef(Struct):
@@ -199,6 +233,11 @@ class Notebook(Struct):
     #: last measured it (every minute or so) and when; ``None`` when it holds no host.
     workspace_used_bytes: int | None = None
     workspace_used_at: float | None = None
+    #: The keys that may log in with SSH (fingerprints only).
+    ssh_keys: list[SshKeyInfo] = []
+    #: ``ssh://<id>@<host>:<port>`` while RUNNING, with keys, on a host that offers SSH;
+    #: ``None`` otherwise.
+    ssh: str | None = None
 
 
 class NotebookList(Struct):
@@ -428,6 +467,8 @@ class Host(Struct):
     #: Why no new notebooks are placed here although the host may be ready (its workspace
     #: disk is nearly full); empty when nothing but its state stops them.
     placement_blocked: str = ""
+    #: ``host:port`` of the agent's SSH server into its notebooks; "" when it has none.
+    ssh_address: str = ""
 
 
 class HostList(Struct):
@@ -463,6 +504,9 @@ class AgentRegister(Struct, forbid_unknown_fields=True):
     #: The catalog flavor this host offers (operator's choice in the agent config).
     flavor: Annotated[str, Meta(max_length=64)] = ""
     labels: dict[LabelKey, LabelValue] = {}
+    #: ``host:port`` where users reach this agent's SSH server into its notebooks (shown in
+    #: ``Notebook.ssh``); "" when it has none.
+    ssh_address: HostPort = ""
 
 
 class RegisterReply(Struct):
@@ -578,6 +622,9 @@ class Assignment(Struct):
     volumes: list[VolumeAssignment] = []
     #: For a fork's first start: restore this snapshot of another notebook's workspace.
     restore_from: RestoreSource | None = None
+    #: Full OpenSSH public key lines that may log in as this notebook (user name: its id);
+    #: sent only while it is to run (``desired=running``), only to the host running it.
+    ssh_public_keys: list[str] = []
 
 
 class VolumeAssignment(Struct):

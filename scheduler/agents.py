@@ -22,6 +22,7 @@ from scheduler.hosts import HostService
 from scheduler.lifecycle import RELEASING, add_usage, change_state
 from scheduler.placement import refresh_hosts
 from scheduler.snapshots import restore_source
+from scheduler.ssh_keys import assigned_keys
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,15 @@ class AgentService:
         async with self.db.transaction() as tx:
             await tx.run(
                 "INSERT INTO hosts (id, agent_url, cpus, memory_mb, nvidia_runtime, state, "
-                "last_heartbeat, registered_at, gpu_note, agent_version, flavor, labels) "
-                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?) "
+                "last_heartbeat, registered_at, gpu_note, agent_version, flavor, labels, "
+                "ssh_address) "
+                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET agent_url = excluded.agent_url, "
                 "cpus = excluded.cpus, memory_mb = excluded.memory_mb, "
                 "nvidia_runtime = excluded.nvidia_runtime, state = 'ready', "
                 "last_heartbeat = excluded.last_heartbeat, gpu_note = excluded.gpu_note, "
                 "agent_version = excluded.agent_version, flavor = excluded.flavor, "
-                "labels = excluded.labels",
+                "labels = excluded.labels, ssh_address = excluded.ssh_address",
                 (
                     host_id,
                     request.agent_url,
@@ -93,6 +95,7 @@ class AgentService:
                     request.version,
                     request.flavor,
                     json.dumps(request.labels),
+                    request.ssh_address,
                 ),
             )
             for gpu in request.gpus:
@@ -127,12 +130,13 @@ class AgentService:
         self.host_service.registered(host_id)
         self.on_capacity_freed()
         log.info(
-            "host=%s registered: %d CPUs, %d GPUs, agent %s at %s",
+            "host=%s registered: %d CPUs, %d GPUs, agent %s at %s, SSH %s",
             host_id,
             request.cpus,
             len(request.gpus),
             request.version,
             request.agent_url,
+            request.ssh_address or "off",
         )
         return wire.RegisterReply(host=host_id, heartbeat_interval_s=self.host_service.interval_s)
 
@@ -298,6 +302,7 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
                 base_url=editor_base_url(row["id"], row["command"], row["url_path"]),
                 volumes=await resolve_volumes(tx, row),
                 restore_from=await restore_source(tx, row),
+                ssh_public_keys=assigned_keys(row),
             )
         )
     return wire.Assignments(version=host["assignments_version"], items=items)

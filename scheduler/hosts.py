@@ -304,6 +304,7 @@ class HostService(WriteBehind):
                     notebooks=r["notebooks"],
                     disk=disk,
                     placement_blocked=floor.why(disk) if disk and floor.blocks(disk) else "",
+                    ssh_address=r["ssh_address"],
                 )
             )
         return hosts

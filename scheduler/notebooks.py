@@ -8,6 +8,7 @@ changes go through :func:`scheduler.lifecycle.change_state`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import uuid
@@ -33,6 +34,9 @@ from scheduler.queue import (
     waiting_kinds,
 )
 from scheduler.snapshots import ProgressBoard, latest_snapshot, retained_snapshot
+from scheduler.ssh_keys import checked_keys, encode_keys, key_infos, ssh_address
+
+log = logging.getLogger(__name__)
 
 S = NotebookState
 
@@ -284,6 +288,7 @@ class NotebookService:
                     f"the request sets {key}={labels[key]}",
                     label=key,
                 )
+        ssh_keys = checked_keys(request.ssh_public_keys, "$.ssh_public_keys")
         name = request.name or default_name(request.framework, request.editor)
         notebook_id = str(uuid.uuid4())
         now = self.clock()
@@ -308,9 +313,9 @@ class NotebookService:
                 "editor_port, url_path, user, gpu, cpu, memory_mb, labels, envvars, state, "
                 "state_reason, state_at, desired, host_id, last_host_id, generation, "
                 "initialized, access_token, created_at, flavor, gpu_model, disk_gb, "
-                "restart_on_timeout, queued_at, unsecure_http) "
+                "restart_on_timeout, queued_at, unsecure_http, ssh_public_keys) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, "
-                "?, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "?, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     notebook_id,
                     project,
@@ -340,6 +345,7 @@ class NotebookService:
                     int(request.restart_on_timeout),
                     now if chosen is None else None,
                     int(request.unsecure_http),
+                    encode_keys(ssh_keys),
                 ),
             )
             if fork is not None:
@@ -395,6 +401,8 @@ class NotebookService:
             envvars=json.loads(source["envvars"]),
             # Same data attached; aliases are checked again, as for any new notebook.
             volumes=stored_volumes(source),
+            # Keys are a grant to people, not part of the workspace: only those given again.
+            ssh_public_keys=request.ssh_public_keys,
         )
         return await self.create(
             project,
@@ -428,6 +436,33 @@ class NotebookService:
                 restart_pending=0,
             )
             return await self._view(tx, await _load(tx, project, notebook_id))
+
+    async def set_ssh_keys(
+        self,
+        project: str,
+        notebook_id: str,
+        request: wire.SshKeysUpdate,
+        selector: dict[str, str] | None = None,
+    ) -> wire.Notebook:
+        """Replace the notebook's SSH keys; 409 unless it is settled (STOPPED, FAILED, ERROR),
+        so a running notebook keeps the keys it was started with and no agent holds stale
+        ones. A settled notebook is assigned to no host: nothing to tell an agent."""
+        keys = checked_keys(request.keys, "$.keys")
+        async with self.db.transaction() as tx:
+            row = await _load(tx, project, notebook_id, selector)
+            _require(row, STARTABLE, "SSH keys are changeable on a stopped notebook only")
+            await tx.run(
+                "UPDATE notebooks SET ssh_public_keys = ? WHERE id = ?",
+                (encode_keys(keys), notebook_id),
+            )
+            view = await self._view(tx, await _load(tx, project, notebook_id))
+        log.info(
+            "notebook=%s project=%s SSH keys replaced: %s",
+            notebook_id,
+            project,
+            ", ".join(k.fingerprint for k in view.ssh_keys) or "none",
+        )
+        return view
 
     async def _refresh_editor(self, tx: Tx, row: Row) -> Row:
         """Take the catalog's current command, port and path for the notebook's editor, so a
@@ -630,4 +665,6 @@ async def _view(
         proxied_bytes=row["proxied_bytes"],
         workspace_used_bytes=row["workspace_used_bytes"],
         workspace_used_at=row["workspace_used_at"],
+        ssh_keys=key_infos(row),
+        ssh=await ssh_address(tx, row),
     )

@@ -22,6 +22,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/notebooks/{id}/history", user.notebook_history)
     r.add_get("/v1/notebooks/{id}/logs", user.notebook_logs)
     r.add_post("/v1/notebooks/{id}/exec", user.exec_in_notebook)
+    r.add_put("/v1/notebooks/{id}/ssh-keys", user.set_ssh_keys)
     r.add_post("/v1/datastores", datastores.create_datastore)
     r.add_get("/v1/datastores", datastores.list_datastores)
     r.add_delete("/v1/datastores/{alias}", datastores.delete_datastore)

@@ -210,6 +210,16 @@ async def catalog(request: web.Request) -> web.Response:
     )
 
 
+async def set_ssh_keys(request: web.Request) -> web.Response:
+    """Replace a stopped notebook's SSH keys (operator role)."""
+    principal = await project_principal(request, operate=True)
+    body = await read_json(request, wire.SshKeysUpdate)
+    notebook = await ctx(request).notebooks.set_ssh_keys(
+        principal.project, request.match_info["id"], body, principal.selector
+    )
+    return json_reply(with_url(request, notebook))
+
+
 async def notebook_backups(request: web.Request) -> web.Response:
     principal = await project_principal(request)
     notebook_id = request.match_info["id"]

@@ -103,6 +103,7 @@ JSON_ENDPOINTS = [
     ("POST", "/v1/notebooks", "operator"),
     ("POST", "/v1/notebooks/{id}/exec", "operator"),
     ("POST", "/v1/notebooks/{id}/fork", "operator"),
+    ("PUT", "/v1/notebooks/{id}/ssh-keys", "operator"),
     ("POST", "/v1/tokens", "operator"),
     ("POST", "/v1/datastores", "operator"),
     ("POST", "/v1/admin/projects", "admin"),

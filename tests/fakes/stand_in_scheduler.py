@@ -118,7 +118,7 @@ class StandInScheduler:
                 self.wfile.write(b"0\r\n\r\n")
                 stream.finished.set()
 
-            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -176,8 +176,8 @@ def _quota(**changes: int) -> wire.Quota:
 
 class Fleet:
     """Two projects (``vision`` near its GPU quota with one notebook queued, ``nlp`` idle),
-    three hosts (an H100 host, a mixed H100/L4 host whose agent reports no disk figures, a
-    CPU host that reports no GPUs and whose workspace disk is nearly full),
+    three hosts (an H100 host offering SSH, a mixed H100/L4 host whose agent reports no disk
+    figures, a CPU host that reports no GPUs and whose workspace disk is nearly full),
     usage for ``vision`` over November 2026, and ``vision``'s own tokens (the caller's
     project): created ones are listed and can be deleted, a deleted one is 404."""
 
@@ -214,6 +214,7 @@ class Fleet:
                 gpu_models=[wire.HostGpuModel(model=H100, total=8, free=6)],
                 notebooks=1,
                 disk=wire.DiskSpace(free_bytes=1_234_500_000_000, total_bytes=3_840_000_000_000),
+                ssh_address="gpu-a.example.com:2222",
             ),
             "gpu-b": wire.Host(
                 id="gpu-b",

@@ -156,7 +156,14 @@ def test_fork_sends_backup_and_overrides(server, capsys):
     argv = ["notebook", "fork", "6f1c", "--backup", "s1", "--name", "exp2", "-o", "json"]
     assert main(argv) == 0
     sent = json.loads(server.calls[0][3])
-    assert sent == {"backup": "s1", "name": "exp2", "gpu": None, "cpu": None, "labels": None}
+    assert sent == {
+        "backup": "s1",
+        "name": "exp2",
+        "gpu": None,
+        "cpu": None,
+        "labels": None,
+        "ssh_public_keys": [],
+    }
 
 
 def test_get_shows_progress_and_workspace_size(server, capsys):

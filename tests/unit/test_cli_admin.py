@@ -145,13 +145,15 @@ def test_host_list(server, capsys) -> None:
         "CPUS FREE",
         "DISK FREE",
         "NOTEBOOKS",
+        "SSH",
         "HEARTBEAT",
     ]
     assert table["gpu-a"][:6] == ["ready", "h100-1-gpu", "H100 6/8", "72/96", "1.2 TB/3.8 TB", "1"]
-    assert re.fullmatch(r"\d+s ago", table["gpu-a"][6])
-    # An agent that reports no disk figures.
-    assert table["gpu-b"][:6] == ["cordoned", "mixed", "H100 0/2, L4 0/2", "64/64", "-", "2"]
-    assert re.fullmatch(r"\d+m ago", table["gpu-b"][6])
+    assert table["gpu-a"][6] == "gpu-a.example.com:2222"
+    assert re.fullmatch(r"\d+s ago", table["gpu-a"][7])
+    # An agent that reports no disk figures, and offers no SSH.
+    assert table["gpu-b"][:7] == ["cordoned", "mixed", "H100 0/2, L4 0/2", "64/64", "-", "2", "-"]
+    assert re.fullmatch(r"\d+m ago", table["gpu-b"][7])
     assert table["cpu-1"][2:4] == ["- (NVML: driver not loaded)", "28/32"]
 
 
