@@ -301,6 +301,9 @@ class Agent:
     async def register(self) -> None:
         reply = await self.client.register(await self.registration())
         self.heartbeat_interval_s = reply.heartbeat_interval_s
+        if self.ssh is not None and reply.ssh_host_key and not self.config.ssh_host_key_file:
+            # The fleet's host key: a notebook keeps the same one whichever host runs it.
+            self.ssh.use_host_key(reply.ssh_host_key)
         self.last_contact = self.reconciler.clock()
         self.registered.set()
         log.info("host=%s registered with %s", self.host_id, self.config.scheduler_url)

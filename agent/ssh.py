@@ -120,6 +120,7 @@ class NotebookSshServer:
         self._docker_url = docker_url or None
         self._docker: aiodocker.Docker | None = None
         self._server: asyncssh.SSHAcceptor | None = None
+        self._host_key: asyncssh.SSHKey | None = None
         self.port = 0
 
     def docker(self) -> aiodocker.Docker:
@@ -127,8 +128,20 @@ class NotebookSshServer:
             self._docker = aiodocker.Docker(url=self._docker_url)
         return self._docker
 
+    def use_host_key(self, private_key: str) -> None:
+        """Present ``private_key`` (OpenSSH text; the fleet's, from the scheduler) from now on,
+        to every connection accepted after this."""
+        key = asyncssh.import_private_key(private_key.strip() + "\n")
+        if self._host_key is not None and key.public_data == self._host_key.public_data:
+            return
+        self._host_key = key
+        if self._server is not None:
+            self._server.update(server_host_keys=[key])
+        log.info("ssh host key is now %s", key.get_fingerprint())
+
     async def start(self) -> None:
-        key = await asyncio.to_thread(load_host_key, self.host_key_file)
+        key = self._host_key or await asyncio.to_thread(load_host_key, self.host_key_file)
+        self._host_key = key
         self._server = await asyncssh.create_server(
             lambda: _Gate(self),
             self.host,

@@ -102,6 +102,9 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     admin_token_file: str = "/etc/nbfleet/admin.token"
     #: One file per host, named by host id, holding that agent's HMAC secret.
     agent_secrets_dir: str = "/etc/nbfleet/agents"
+    #: The SSH host key every agent presents (ed25519, created on first start when absent;
+    #: default: ssh_host_ed25519_key beside admin_token_file). Agents get it when they register.
+    ssh_host_key_file: str = ""
     heartbeat_interval_s: float = 10.0
     #: A host silent for this many heartbeat intervals is reported as lost.
     heartbeat_misses: int = 3
@@ -146,7 +149,9 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     #: reach it at ``ssh_public_host`` (default ``public_host``) and the bound port.
     ssh_listen: str = ""
     ssh_public_host: str = ""
-    #: The SSH host key (ed25519), made at first start; default ``state_dir``/ssh_host_ed25519_key.
+    #: An SSH host key of this host's own (OpenSSH private key file). Default: the fleet's,
+    #: which the scheduler sends at registration, so a notebook's host key stays the same
+    #: whichever host runs it (until then, one made in ``state_dir``).
     ssh_host_key_file: str = ""
     #: Host directories: one per notebook for /workspace, one for /data scratch.
     workspaces_dir: str = "/var/lib/nbfleet/workspaces"

@@ -512,6 +512,9 @@ class AgentRegister(Struct, forbid_unknown_fields=True):
 class RegisterReply(Struct):
     host: str
     heartbeat_interval_s: float
+    #: The fleet's SSH host key (OpenSSH private key): every agent presents the same one, so a
+    #: client's known_hosts entry for a notebook holds whichever host runs it. "": none.
+    ssh_host_key: str = ""
 
 
 class NotebookActivity(Struct):

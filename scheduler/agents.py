@@ -64,6 +64,8 @@ class AgentService:
         #: Called after a report freed resources or a host (re)joined: the queue may move.
         self.on_capacity_freed = on_capacity_freed
         self.activity = activity or ProxyActivity(db)
+        #: The fleet's SSH host key, handed to every agent that registers (set at start-up).
+        self.ssh_host_key = ""
 
     # ------------------------------------------------------------ inventory
 
@@ -138,7 +140,11 @@ class AgentService:
             request.agent_url,
             request.ssh_address or "off",
         )
-        return wire.RegisterReply(host=host_id, heartbeat_interval_s=self.host_service.interval_s)
+        return wire.RegisterReply(
+            host=host_id,
+            heartbeat_interval_s=self.host_service.interval_s,
+            ssh_host_key=self.ssh_host_key,
+        )
 
     async def heartbeat(self, host_id: str, request: wire.Heartbeat) -> wire.HeartbeatReply:
         """Held in memory, GPU metrics by the host service and editor proxy activity by

@@ -10,6 +10,7 @@ signature checks, so tests move time instead of sleeping.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -32,7 +33,7 @@ from scheduler.loops.base import Loop
 from scheduler.loops.maintenance import Maintenance
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
-from scheduler.secrets import AgentSecrets, ensure_admin_token
+from scheduler.secrets import AgentSecrets, ensure_admin_token, ensure_ssh_host_key
 from scheduler.snapshots import ProgressBoard, SnapshotService
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,12 @@ def create_app(
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     context = app[CONTEXT]
-    context.admin_digest = token_digest(ensure_admin_token(context.config.admin_token_file))
+    config = context.config
+    context.admin_digest = token_digest(ensure_admin_token(config.admin_token_file))
+    context.agents.ssh_host_key = ensure_ssh_host_key(
+        config.ssh_host_key_file
+        or os.path.join(os.path.dirname(config.admin_token_file), "ssh_host_ed25519_key")
+    )
     await context.db.open()
     await context.hosts.load()
     await context.agent_client.start()

@@ -46,6 +46,19 @@ def ensure_admin_token(path: str | Path) -> str:
     return read_secret(path).decode()
 
 
+def ensure_ssh_host_key(path: str | Path) -> str:
+    """The fleet's SSH host key in ``path`` (OpenSSH format), created (ed25519, 0600) if
+    absent."""
+    path = Path(path)
+    if not path.exists():
+        import asyncssh  # only the scheduler's start-up needs it here
+
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="nbfleet notebooks")
+        if _create_exclusive(path, key.export_private_key().decode()):
+            log.info("ssh host key for the fleet's notebooks created in %s", path)
+    return read_secret(path).decode()
+
+
 def ensure_agent_secret(secrets_dir: str | Path, host_id: str) -> str:
     """The HMAC secret for ``host_id`` (32 random bytes as hex), created (0600) if absent."""
     if not valid_host_id(host_id):

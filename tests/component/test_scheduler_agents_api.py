@@ -14,7 +14,11 @@ async def test_register_is_idempotent_and_keeps_reservations(
 ) -> None:
     agent = harness.agent("h1")
     first = await agent.register(gpus=2, cpus=16)
-    assert first.json == {"host": "h1", "heartbeat_interval_s": 10.0}
+    assert {k: first.json[k] for k in ("host", "heartbeat_interval_s")} == {
+        "host": "h1",
+        "heartbeat_interval_s": 10.0,
+    }
+    assert first.json["ssh_host_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     nb = (await project.run()).json
     await agent.register(gpus=2, cpus=16)
     hosts = (await harness.call("GET", "/v1/admin/hosts", token=harness.admin_token)).json

@@ -5,8 +5,10 @@ address from the host's registered SSH server while RUNNING."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from common.ssh import parse_public_key
@@ -284,3 +286,15 @@ async def test_a_fork_gets_only_the_keys_given_to_it(
         "POST", path, token=project.operator, body={"backup": "s1", "ssh_public_keys": [TRUNCATED]}
     )
     assert bad.status == 400 and "`$.ssh_public_keys[0]`" in bad.json["message"]
+
+
+async def test_every_agent_gets_the_fleets_one_ssh_host_key(harness: Harness) -> None:
+    """A notebook's SSH host key must not change when it moves to another host: clients'
+    known_hosts entries are per notebook (HostKeyAlias nb-ID)."""
+    first = (await harness.agent("a").register(gpus=0)).json["ssh_host_key"]
+    second = (await harness.agent("b").register(gpus=0)).json["ssh_host_key"]
+    assert first == second and "OPENSSH PRIVATE KEY" in first
+    key = asyncssh.import_private_key(first + "\n")
+    assert key.algorithm == b"ssh-ed25519"
+    stored = Path(harness.config.admin_token_file).parent / "ssh_host_ed25519_key"
+    assert stored.read_text().strip() == first and stored.stat().st_mode & 0o777 == 0o600

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from agent.runtime import ContainerSpec, DockerRuntime
@@ -63,6 +64,7 @@ class Rig:
     stranger_key: Path
     workspace: Path
     running: set[str]
+    server: NotebookSshServer
 
     def ssh_options(self, key: Path | None = None, quiet: bool = True) -> list[str]:
         return [
@@ -136,7 +138,15 @@ async def rig(tmp_path: Path, notebook_ids: list[str]) -> AsyncIterator[Rig]:
     await server.start()
     try:
         yield Rig(
-            server.port, notebook, other, key, other_key, stranger_key, Path(workspace), running
+            server.port,
+            notebook,
+            other,
+            key,
+            other_key,
+            stranger_key,
+            Path(workspace),
+            running,
+            server,
         )
     finally:
         await server.close()
@@ -308,3 +318,24 @@ async def test_the_hosts_files_are_not_reachable(rig: Rig, tmp_path: Path) -> No
     done = await rig.ssh(f"cat {marker}; cat /etc/nbfleet/agent.secret; ls {tmp_path}")
     assert "host secret" not in done.stdout
     assert done.returncode != 0
+
+
+async def test_the_fleets_host_key_replaces_the_local_one_for_new_connections(
+    rig: Rig, tmp_path: Path
+) -> None:
+    def scan() -> str:
+        done = subprocess.run(
+            ["ssh-keyscan", "-t", "ed25519", "-p", str(rig.port), "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return done.stdout
+
+    before = await asyncio.to_thread(scan)
+    fleet = asyncssh.generate_private_key("ssh-ed25519")
+    rig.server.use_host_key(fleet.export_private_key().decode())
+    after = await asyncio.to_thread(scan)
+    fleet_public = fleet.export_public_key().decode().split()[1]
+    assert fleet_public in after and fleet_public not in before
+    assert (await rig.ssh("true")).returncode == 0
