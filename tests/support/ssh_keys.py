@@ -12,7 +12,7 @@ API:
 ``keygen(directory: Path, name: str, key_type: str = "ed25519", *, bits: int | None = None,
 comment: str = "") -> Path``
     Runs ``ssh-keygen -t key_type`` (no passphrase) into ``directory/name`` and returns the
-    ``.pub`` file; the test is skipped when ``ssh-keygen`` is missing (``scripts/test`` installs
+    ``.pub`` file; the test fails when ``ssh-keygen`` is missing (``scripts/test`` installs
     ``openssh-client``).
 
 ``keygen_fingerprint(public_key_file: Path) -> tuple[int, str, str, str]``
@@ -45,7 +45,7 @@ def ed25519_line(seed: str, comment: str = "") -> str:
 def _ssh_keygen() -> str:
     found = shutil.which("ssh-keygen")
     if found is None:
-        pytest.skip("ssh-keygen is missing (Debian: apt-get install openssh-client)")
+        pytest.fail("ssh-keygen is missing (scripts/test installs openssh-client)", pytrace=False)
     return found
 
 

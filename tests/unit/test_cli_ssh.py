@@ -488,7 +488,7 @@ def test_ssh_config_write_refuses_broken_markers(server, capsys, tmp_path: Path,
 def test_ssh_reads_the_written_config(server, tmp_path: Path) -> None:
     """The real ssh parses the entry as meant (``ssh -G`` prints the resolved options)."""
     if shutil.which("ssh") is None:
-        pytest.skip("ssh is missing (Debian: apt-get install openssh-client)")
+        pytest.fail("ssh is missing (scripts/test installs openssh-client)", pytrace=False)
     server.replies[("GET", "/v1/notebooks")] = (200, {"items": [notebook()]})
     config = tmp_path / "config"
     assert main(["notebook", "ssh-config", "--write", str(config)]) == 0
@@ -513,9 +513,10 @@ async def test_ssh_logs_in_through_the_written_config(server, tmp_path: Path) ->
     """``ssh nb-train CMD`` with the written config: ssh runs ``nbfleet notebook ssh-proxy``,
     which finds the notebook's address at the scheduler and carries the session to an SSH
     server that admits the notebook's id as user with the notebook's key."""
-    asyncssh = pytest.importorskip("asyncssh")
+    import asyncssh  # a dependency of nbfleet's (the agent's SSH server)
+
     if shutil.which("ssh") is None:
-        pytest.skip("ssh is missing (Debian: apt-get install openssh-client)")
+        pytest.fail("ssh is missing (scripts/test installs openssh-client)", pytrace=False)
     pub = keygen(tmp_path, "id_ed25519", comment="ada@laptop")
     client_key = asyncssh.import_public_key(pub.read_text())
     logins: list[str] = []
