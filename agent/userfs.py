@@ -77,19 +77,29 @@ class DirFds:
         if cached is not None:
             self._open.move_to_end(rel_dir)
             return cached
-        parent_rel, _, name = rel_dir.rpartition("/")
-        parent = self.dir_fd(parent_rel)
-        try:
-            fd = _open_at(parent, name, DIR_FLAGS, self.owner)
-        except OSError as exc:
-            why = _why(exc)
-            if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(parent, name):
-                why = "is a symlink, not followed"
-            raise Skipped(f"directory {rel_dir!r}: {why}") from None
-        self._open[rel_dir] = fd
-        while len(self._open) > self.keep:
-            _, old = self._open.popitem(last=False)
-            os.close(old)
+        # The nearest open ancestor, then one component at a time (no recursion: a user can
+        # nest directories deeper than Python's stack).
+        parts = rel_dir.split("/")
+        start, fd = 0, self.root_fd
+        for i in range(len(parts) - 1, 0, -1):
+            ancestor = self._open.get("/".join(parts[:i]))
+            if ancestor is not None:
+                start, fd = i, ancestor
+                break
+        for i in range(start, len(parts)):
+            name = parts[i]
+            try:
+                fd = _open_at(fd, name, DIR_FLAGS, self.owner)
+            except OSError as exc:
+                why = _why(exc)
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(fd, name):
+                    why = "is a symlink, not followed"
+                raise Skipped(f"directory {'/'.join(parts[: i + 1])!r}: {why}") from None
+            self._open["/".join(parts[: i + 1])] = fd
+            while len(self._open) > self.keep:
+                _, old = self._open.popitem(last=False)
+                if old != fd:
+                    os.close(old)
         return fd
 
     def close(self) -> None:

@@ -195,3 +195,25 @@ def test_create_file_never_writes_through_a_link(tmp_path: Path, outside: Path) 
     finally:
         os.close(root)
     assert outside.read_bytes() == before
+
+
+def test_a_tree_deeper_than_pythons_stack_is_walked_and_read(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(1500):  # deeper than the recursion limit; paths beyond PATH_MAX
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        leaf = os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"deep")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    entries = scan(str(ws)).entries
+    [leaf_entry] = [e for e in entries if e.kind == "f"]
+    assert leaf_entry.path.count("/") == 1500
+    build = build_pack(str(ws), [leaf_entry], set(), "packs/x")
+    assert build.cids[0] is not None and build.payload.endswith(b"deep")
