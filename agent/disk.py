@@ -21,6 +21,7 @@ import stat
 import threading
 from collections.abc import Callable, Mapping
 
+from agent import userfs
 from common.wire import DiskSpace, WorkspaceUse
 
 log = logging.getLogger(__name__)
@@ -41,38 +42,39 @@ class Cancelled(Exception):
 
 def allocated_bytes(root: str, cancelled: Callable[[], bool] = lambda: False) -> int:
     """Bytes allocated to ``root`` and everything under it (see the module docstring). Entries
-    that vanish during the walk are skipped; ``cancelled`` is asked once per directory."""
-    top = os.lstat(root)
-    device = top.st_dev
-    total = top.st_blocks * BLOCK
-    if not stat.S_ISDIR(top.st_mode):
-        return total
-    linked: set[int] = set()
-    pending = [root]
-    while pending:
-        if cancelled():
-            raise Cancelled(root)
-        directory = pending.pop()
-        try:
-            entries = os.scandir(directory)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with entries:
-            for entry in entries:
+    that vanish during the walk are skipped; ``cancelled`` is asked once per directory. The
+    walk goes by directory descriptors (:class:`agent.userfs.DirFds`), so a directory the user
+    swaps for a link mid-walk is never entered: no host directory is ever measured."""
+    root_fd = userfs.open_root(root)
+    try:
+        top = os.fstat(root_fd)
+        device = top.st_dev
+        total = top.st_blocks * BLOCK
+        linked: set[int] = set()
+        pending = [""]
+        with userfs.DirFds(root_fd) as dirs:
+            while pending:
+                if cancelled():
+                    raise Cancelled(root)
+                rel = pending.pop()
                 try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
+                    fd = dirs.dir_fd(rel)
+                    listing = [(e.name, e.stat(follow_symlinks=False)) for e in os.scandir(fd)]
+                except (userfs.Skipped, FileNotFoundError, NotADirectoryError):
                     continue
-                if st.st_dev != device:
-                    continue  # a mount inside the workspace is not the workspace's disk
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    if st.st_ino in linked:
-                        continue
-                    linked.add(st.st_ino)
-                total += st.st_blocks * BLOCK
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append(entry.path)
-    return total
+                for name, st in listing:
+                    if st.st_dev != device:
+                        continue  # a mount inside the workspace is not the workspace's disk
+                    if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                        if st.st_ino in linked:
+                            continue
+                        linked.add(st.st_ino)
+                    total += st.st_blocks * BLOCK
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(f"{rel}/{name}" if rel else name)
+        return total
+    finally:
+        os.close(root_fd)
 
 
 class WorkspaceMeter:
