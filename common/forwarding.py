@@ -147,13 +147,15 @@ async def stream_back(
     on_data: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``upstream``'s status, ``headers`` and body, piece by piece as it
-    arrives (``iter_chunks``: no join of what is buffered). When either side goes away
+    arrives. When either side goes away
     mid-body the client's connection is closed instead of ending the body: that is how it
     learns the body is incomplete."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
         await response.prepare(request)
-        async for chunk, _ in upstream.content.iter_chunks():
+        # iter_any(), not iter_chunks(): on chunked bodies the latter was seen to return an
+        # empty end-of-chunk marker over and over without waiting, spinning the event loop.
+        async for chunk in upstream.content.iter_any():
             if on_data is not None:
                 on_data(len(chunk))
             await response.write(chunk)

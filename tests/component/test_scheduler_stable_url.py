@@ -4,6 +4,7 @@ or answered with the notebook's state; and the URL the API shows for it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -62,6 +63,17 @@ class StandInAgent:
                 elif msg.type == WSMsgType.BINARY:
                     await ws.send_bytes(msg.data[::-1])
             return ws
+        if request.path.endswith("/stream"):
+            # A chunked body written in pieces with pauses, as editors stream (kernel
+            # outputs, terminals, event streams).
+            stream = web.StreamResponse(headers={"Content-Type": "text/plain"})
+            stream.enable_chunked_encoding()
+            await stream.prepare(request)
+            for piece in (b"one ", b"two ", b"three"):
+                await stream.write(piece)
+                await asyncio.sleep(0.2)
+            await stream.write_eof()
+            return stream
         if request.query.get("status") == "401":
             return web.Response(status=401, text="Token needed", headers={"X-From": self.name})
         body = await request.read()
@@ -274,3 +286,27 @@ async def test_a_configured_public_url_is_what_notebook_urls_start_with(
         headers={"X-Forwarded-Host": "somewhere.else"},
     )
     assert shown.json["url"] == f"https://notebooks.example.com/notebooks/{nb['id']}/"
+
+
+async def test_a_chunked_body_streams_through_as_it_is_written(
+    harness: Harness, project: Tokens, agents: dict[str, StandInAgent]
+) -> None:
+    nb = await running(harness, project, agents)
+    assert harness.client is not None
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    clock = asyncio.ensure_future(ticker())
+    try:
+        async with harness.client.get(f"/notebooks/{nb}/stream") as resp:
+            body = await asyncio.wait_for(resp.read(), 10)
+    finally:
+        clock.cancel()
+    assert (resp.status, body) == (200, b"one two three")
+    # The event loop kept running while the pieces came.
+    assert ticks >= 5

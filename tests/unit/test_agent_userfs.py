@@ -212,8 +212,31 @@ def test_a_tree_deeper_than_pythons_stack_is_walked_and_read(tmp_path: Path) -> 
         os.close(leaf)
     finally:
         os.close(fd)
-    entries = scan(str(ws)).entries
-    [leaf_entry] = [e for e in entries if e.kind == "f"]
-    assert leaf_entry.path.count("/") == 1500
-    build = build_pack(str(ws), [leaf_entry], set(), "packs/x")
-    assert build.cids[0] is not None and build.payload.endswith(b"deep")
+    try:
+        entries = scan(str(ws)).entries
+        [leaf_entry] = [e for e in entries if e.kind == "f"]
+        assert leaf_entry.path.count("/") == 1500
+        build = build_pack(str(ws), [leaf_entry], set(), "packs/x")
+        assert build.cids[0] is not None and build.payload.endswith(b"deep")
+    finally:
+        flatten_and_remove(ws)
+
+
+def flatten_and_remove(top: Path) -> None:
+    """Remove a tree too deep for shutil.rmtree (and pytest's clean-up) one level at a time:
+    each level's child is moved up beside it, then the emptied level removed."""
+    current = top / "d"
+    while current.exists():
+        child = current / "d"
+        if child.exists():
+            moved = top / f"up{id(current)}"
+            os.rename(child, moved)
+            for name in os.listdir(current):
+                os.unlink(current / name)
+            os.rmdir(current)
+            current = moved
+        else:
+            for name in os.listdir(current):
+                os.unlink(current / name)
+            os.rmdir(current)
+            break
