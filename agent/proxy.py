@@ -79,6 +79,7 @@ from common.forwarding import (
     is_websocket,
     raw_query,
     stream_back,
+    upstream_session,
     websocket_protocols,
 )
 
@@ -149,13 +150,7 @@ class EditorProxy:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                # Editors stream (kernels, terminals, downloads): no total or read timeout.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-                connector=aiohttp.TCPConnector(limit=0),
-            )
+            self._session = upstream_session()
         return self._session
 
     async def _add_slash(self, request: web.Request) -> web.StreamResponse:

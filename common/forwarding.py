@@ -63,6 +63,18 @@ Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
+def upstream_session() -> aiohttp.ClientSession:
+    """The client a proxy forwards with: bodies passed on as they are (no decompression), no
+    cookie jar (cookies are the clients'), no total or read timeout (editors stream kernels,
+    terminals and downloads), no connection limit."""
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        connector=aiohttp.TCPConnector(limit=0),
+    )
+
+
 def connection_tokens(headers: Headers) -> set[str]:
     names = set()
     for value in headers.getall("Connection", []):

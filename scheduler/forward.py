@@ -36,6 +36,7 @@ from common.forwarding import (
     forwarded_for,
     is_websocket,
     stream_back,
+    upstream_session,
     websocket_protocols,
 )
 
@@ -52,13 +53,7 @@ class NotebookForwarder:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                # Editors stream (kernels, terminals, downloads): no total or read timeout.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-                connector=aiohttp.TCPConnector(limit=0),
-            )
+            self._session = upstream_session()
         return self._session
 
     async def close(self) -> None:
