@@ -31,19 +31,12 @@ from dataclasses import dataclass, field
 
 from agent.objectstore import NotFound, ObjectStore
 from agent.workspace import manifest as mf
-from agent.workspace.engine import (
-    CorruptManifest,
-    cpu_slots,
-    executor,
-    load_manifest,
-    newest_readable,
-    run_all,
-    snapshot_ids,
-)
+from agent.workspace.engine import CorruptManifest, load_manifest, newest_readable, snapshot_ids
 from agent.workspace.manifest import Blob
 from agent.workspace.packer import unpack
 from agent.workspace.progress import ProgressCallback, Reporter
 from agent.workspace.scan import RACY_NS, LocalIndex
+from agent.workspace.workers import cpu_slots, executor, run_all
 
 RESTORING_SUFFIX = ".restoring"
 COALESCE_GAP = 256 * 1024

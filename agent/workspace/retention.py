@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 
 from agent.objectstore import ObjectStore
 from agent.workspace import manifest as mf
-from agent.workspace.engine import CorruptManifest, load_manifest, run_all, snapshot_ids
+from agent.workspace.engine import CorruptManifest, load_manifest, snapshot_ids
+from agent.workspace.workers import run_all
 from common.wire import SnapshotInfo
 
 log = logging.getLogger(__name__)
