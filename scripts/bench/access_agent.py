@@ -11,9 +11,10 @@ that the notebook is RUNNING as it does in production. Three adapters are inject
 
 * :class:`ProcessRuntime`: a notebook's "container" is its catalog command run as a local
   process, its editor port published as is (the bench's catalog names a free port);
-* :class:`NoGpus`: the host has CPUs only (the bench runs a CPU notebook);
-* :class:`MemoryStore`: an object store in memory; a notebook's first start restores an empty
-  workspace from it, and nothing else reaches it during a run.
+* the project's behavioural fakes (tests/fakes): :class:`FakeInventory`, a host with CPUs only
+  (the bench runs a CPU notebook), and :class:`FakeObjectStore`, an object store in memory; a
+  notebook's first start restores an empty workspace from it, and nothing else reaches it
+  during a run.
 
     python -m bench.access_agent --config agent.toml [--log-level INFO]
 """
@@ -30,11 +31,8 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
 
 from agent.app import build_agent
-from agent.gpus import GpuSnapshot
-from agent.objectstore import AlreadyExists, NotFound, ObjectInfo
 from agent.runtime import (
     ContainerExists,
     ContainerInfo,
@@ -45,6 +43,8 @@ from agent.runtime import (
 )
 from common.auth import read_secret
 from common.config import AgentConfig, load
+from tests.fakes.inventory import FakeInventory
+from tests.fakes.objectstore import FakeObjectStore
 
 log = logging.getLogger("bench.access_agent")
 
@@ -154,88 +154,16 @@ class ProcessRuntime:
             await self.stop(notebook, timeout_s=5.0)
 
 
-class NoGpus:
-    """:class:`agent.gpus.GpuInventory` of a host without GPUs."""
-
-    async def snapshot(self) -> GpuSnapshot:
-        return GpuSnapshot(gpus=[], note="bench-access: a CPU-only stand-in host")
-
-
-class MemoryStore:
-    """:class:`agent.objectstore.ObjectStore` in this process's memory."""
-
-    def __init__(self) -> None:
-        self._objects: dict[tuple[str, str], tuple[bytes, dict[str, str], float]] = {}
-
-    async def ensure_bucket(self, bucket: str) -> None:
-        pass
-
-    async def put_file(
-        self, bucket: str, key: str, body: BinaryIO | None, metadata: dict[str, str]
-    ) -> None:
-        data = b""
-        if body is not None:
-            body.seek(0)
-            data = body.read()
-        self._objects[(bucket, key)] = (data, dict(metadata), time.time())
-
-    async def get_file(self, bucket: str, key: str, out: BinaryIO) -> dict[str, str]:
-        data, metadata, _ = self._get(bucket, key)
-        out.write(data)
-        return dict(metadata)
-
-    async def list(self, bucket: str, prefix: str, metadata: bool = False) -> list[ObjectInfo]:
-        return [
-            ObjectInfo(
-                key=key,
-                size=len(data),
-                etag=str(hash(data)),
-                metadata=dict(meta) if metadata else {},
-                modified=modified,
-            )
-            for (b, key), (data, meta, modified) in sorted(self._objects.items())
-            if b == bucket and key.startswith(prefix)
-        ]
-
-    async def delete(self, bucket: str, keys: list[str]) -> None:
-        for key in keys:
-            self._objects.pop((bucket, key), None)
-
-    async def put_bytes(
-        self,
-        bucket: str,
-        key: str,
-        data: bytes,
-        metadata: dict[str, str] | None = None,
-        if_none_match: bool = False,
-    ) -> None:
-        if if_none_match and (bucket, key) in self._objects:
-            raise AlreadyExists(f"{key} already exists")
-        self._objects[(bucket, key)] = (bytes(data), dict(metadata or {}), time.time())
-
-    async def get_bytes(
-        self, bucket: str, key: str, start: int | None = None, end: int | None = None
-    ) -> bytes:
-        return self._get(bucket, key)[0][start or 0 : end]
-
-    def _get(self, bucket: str, key: str) -> tuple[bytes, dict[str, str], float]:
-        found = self._objects.get((bucket, key))
-        if found is None:
-            raise NotFound(f"no such key {key}")
-        return found
-
-    async def close(self) -> None:
-        pass
-
-
 async def _run(config: AgentConfig) -> None:
     agent = build_agent(
         config,
         host_id=config.host_id,
         secret=read_secret(config.secret_file),
         runtime=ProcessRuntime(Path(config.state_dir) / "editors"),
-        inventory=NoGpus(),
-        store=MemoryStore(),
+        # The project's behavioural fakes: a host without GPUs, S3 in memory (neither is on
+        # the measured path).
+        inventory=FakeInventory(note="bench-access: a CPU-only stand-in host"),
+        store=FakeObjectStore(),
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
