@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,13 @@ import aiohttp
 
 from bench import access_measure as measure
 from bench import access_report as report
-from bench.scheduler_server import SchedulerDied, SchedulerProcess, checkout_commit, free_port
+from bench.scheduler_server import (
+    SchedulerDied,
+    SchedulerProcess,
+    checkout_commit,
+    free_port,
+    terminate,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "bench-access"
@@ -114,14 +119,7 @@ class AgentProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM (the agent stops the editor it started), then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, timeout_s)
 
 
 def scheduler_toml(workdir: Path, port: int, editor_port: int, large_bytes: int) -> str:

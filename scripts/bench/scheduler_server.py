@@ -81,6 +81,18 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def terminate(proc: subprocess.Popen | None, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` is still there after ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class SchedulerDied(Exception):
     """The scheduler process exited while the bench needed it; the message has its log tail."""
 
@@ -196,11 +208,4 @@ class SchedulerProcess:
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM (the scheduler shuts down cleanly and cProfile writes its file), then
         SIGKILL if it is still there after ``timeout_s``."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, timeout_s)
