@@ -96,10 +96,10 @@ class DirFds:
                     why = "is a symlink, not followed"
                 raise Skipped(f"directory {'/'.join(parts[: i + 1])!r}: {why}") from None
             self._open["/".join(parts[: i + 1])] = fd
-            while len(self._open) > self.keep:
-                _, old = self._open.popitem(last=False)
-                if old != fd:
-                    os.close(old)
+            # As we go (a deep path must not hold a descriptor per level): the one just opened,
+            # which the next level is opened from, is the most recent and stays.
+            while len(self._open) > max(1, self.keep):
+                os.close(self._open.popitem(last=False)[1])
         return fd
 
     def close(self) -> None:
@@ -174,8 +174,7 @@ def open_regular(
             raise Skipped(f"{rel!r} is not a regular file (mode {stat.filemode(st.st_mode)})")
         if expect is not None and (st.st_dev, st.st_ino) != expect:
             raise Skipped(f"{rel!r} was replaced since the scan")
-        # O_NONBLOCK only mattered for the open; reads of a regular file never block on it.
-        os.set_blocking(fd, True)
+        # O_NONBLOCK only mattered for the open: it has no effect on reads of a regular file.
     except BaseException:
         os.close(fd)
         raise
