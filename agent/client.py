@@ -17,7 +17,7 @@ import msgspec
 
 from common import wire
 from common.auth import sign
-from common.errors import STATUS, ApiError, code_for_status
+from common.errors import ApiError, code_for_status
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,6 @@ class SchedulerClient:
 
 
 def _api_error(status: int, payload: bytes) -> ApiError:
-    try:
-        error = msgspec.json.decode(payload, type=wire.ErrorBody)
-        code = error.code if error.code in STATUS else code_for_status(status)
-        return ApiError(code, error.message, **error.detail)
-    except msgspec.DecodeError:
-        return ApiError(code_for_status(status), f"HTTP {status}: {payload[:200]!r}")
+    return wire.error_from_body(status, payload) or ApiError(
+        code_for_status(status), f"HTTP {status}: {payload[:200]!r}"
+    )

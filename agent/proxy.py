@@ -60,7 +60,6 @@ from agent.proxy_paths import (
     UPSTREAM_HOST,
     Editor,
     cookie_value,
-    prefix_of,
     query_param,
     rewrite_location,
     rewrite_set_cookie,
@@ -68,6 +67,7 @@ from agent.proxy_paths import (
     upstream_path,
     without_query_param,
 )
+from common import notebook_urls
 from common.errors import ApiError
 from common.forwarding import (
     MAX_WS_MESSAGE,
@@ -215,7 +215,7 @@ class EditorProxy:
         return cookie_value(request.headers.get("Cookie", ""), COOKIE) or None
 
     def _unauthenticated(self, request: web.Request, editor: Editor) -> web.StreamResponse:
-        here = prefix_of(editor.notebook)
+        here = notebook_urls.editor_path(editor.notebook)
         return _page(
             request,
             401,
@@ -280,7 +280,9 @@ class EditorProxy:
             f"This token may not open notebook {editor.notebook}: {reason.rstrip('.')}.",
         )
         if cookie_value(request.headers.get("Cookie", ""), COOKIE) == token:
-            response.del_cookie(COOKIE, path=prefix_of(editor.notebook))  # stop sending it
+            response.del_cookie(
+                COOKIE, path=notebook_urls.editor_path(editor.notebook)
+            )  # stop sending it
         return response
 
     async def _login(self, request: web.Request, editor: Editor, token: str) -> web.StreamResponse:
@@ -302,7 +304,7 @@ class EditorProxy:
             response.set_cookie(
                 COOKIE,
                 token,
-                path=prefix_of(editor.notebook),
+                path=notebook_urls.editor_path(editor.notebook),
                 httponly=True,
                 samesite="Lax",
                 secure=request.secure,
@@ -323,7 +325,7 @@ class EditorProxy:
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
         if editor.strips_prefix:
-            headers["X-Forwarded-Prefix"] = prefix_of(editor.notebook).rstrip("/")
+            headers["X-Forwarded-Prefix"] = notebook_urls.editor_path(editor.notebook).rstrip("/")
         return headers
 
     def _upstream_url(self, request: web.Request, editor: Editor) -> URL:

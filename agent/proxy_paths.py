@@ -7,6 +7,7 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
+from common import notebook_urls
 from common.states import NotebookState
 
 #: Where editors are published (loopback: the proxy is the only way in).
@@ -37,10 +38,6 @@ class Editor:
         return self.base_url in ("", "/")
 
 
-def prefix_of(notebook: str) -> str:
-    return f"/notebooks/{notebook}/"
-
-
 def editor_path(base_url: str, url_path: str) -> str:
     """The path (and query) to open on the editor itself: ``url_path`` under ``base_url``
     unless it already starts there (the scheduler may fill ``{base_url}`` into it or not)."""
@@ -51,19 +48,6 @@ def editor_path(base_url: str, url_path: str) -> str:
     if path == base or path.startswith(base + "/") or path.startswith(base + "?"):
         return path
     return base + path
-
-
-def public_url(agent_url: str, notebook: str, base_url: str, url_path: str) -> str:
-    """Where users open the notebook through this agent's proxy: the editor's ``url_path``
-    under ``/notebooks/{id}/``, without a ``token`` parameter (the editor's own token, which
-    the proxy sends itself; and ``token`` is the proxy's parameter)."""
-    path = editor_path(base_url, url_path)
-    if base_url not in ("", "/"):
-        path = path[len("/" + base_url.strip("/")) :]
-    relative, _, query = path.lstrip("/").partition("?")
-    query = without_query_param(query, QUERY_TOKEN)
-    url = agent_url.rstrip("/") + prefix_of(notebook) + relative
-    return url + ("?" + query if query else "")
 
 
 def without_query_param(query_string: str, name: str) -> str:
@@ -85,7 +69,7 @@ def query_param(query_string: str, name: str) -> str | None:
 
 def upstream_path(editor: Editor, raw_path: str) -> str:
     """The path (and query) to ask the editor for, from the raw request path."""
-    prefix = prefix_of(editor.notebook)
+    prefix = notebook_urls.editor_path(editor.notebook)
     rest = raw_path[len(prefix) :] if raw_path.startswith(prefix) else raw_path.lstrip("/")
     if editor.strips_prefix:
         return "/" + rest
@@ -104,7 +88,7 @@ def rewrite_location(value: str, editor: Editor, public_host: str) -> str:
             return value  # somewhere else entirely
         parts = parts._replace(scheme="", netloc="")
     if editor.strips_prefix and parts.path.startswith("/"):
-        prefix = prefix_of(editor.notebook).rstrip("/")
+        prefix = notebook_urls.editor_path(editor.notebook).rstrip("/")
         if not (parts.path == prefix or parts.path.startswith(prefix + "/")):
             parts = parts._replace(path=prefix + parts.path)
     return urllib.parse.urlunsplit(parts)
@@ -115,7 +99,7 @@ def rewrite_set_cookie(value: str, editor: Editor) -> str:
     a ``Domain`` attribute is dropped (the editor does not know the public name)."""
     attributes = value.split(";")
     out = [attributes[0]]
-    prefix = prefix_of(editor.notebook).rstrip("/")
+    prefix = notebook_urls.editor_path(editor.notebook).rstrip("/")
     for attribute in attributes[1:]:
         name, eq, arg = attribute.strip().partition("=")
         lname = name.lower()

@@ -10,8 +10,8 @@ answered the same way; so is a 4xx for a whole request. Only an unreachable sche
 Usage is cumulative per (notebook, generation) and the scheduler keeps the maximum, so only the
 newest figure of each run is kept, a figure the scheduler already acknowledged is not sent
 again, and a lost, repeated or replayed send bills nothing twice. A run that ends gets a final
-figure (:meth:`Outbox.add_usage` from the reconciler), so its minutes up to the end are queued
-like any other report.
+figure (:meth:`Outbox.add_usage` from :meth:`agent.records.NotebookRecords.set_state`), so its
+minutes up to the end are queued like any other report.
 
 Durability: with a :class:`agent.spool.Spool`, pending transitions, usage and snapshot reports
 are written to disk by :meth:`Outbox.save` (only when they changed since the last write) and
@@ -25,12 +25,12 @@ memory: a newer one follows, or the sync is over.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Protocol
 
 import msgspec
 
 from agent.spool import Spool
+from common.billing import billed_minutes
 from common.errors import ApiError
 from common.wire import (
     Ack,
@@ -70,11 +70,6 @@ class PendingReports(msgspec.Struct):
 
 
 _spool_decoder = msgspec.json.Decoder(PendingReports)
-
-
-def billed_minutes(running_since: float, now: float) -> int:
-    """Commenced minutes of a run: 0 at its first instant, 1 for (0, 60] seconds, and so on."""
-    return max(0, math.ceil((now - running_since) / 60))
 
 
 class Outbox:

@@ -112,9 +112,8 @@ class Client:
 
 
 def _api_error(status: int, body: bytes) -> ApiError:
-    try:
-        err = msgspec.json.decode(body, type=wire.ErrorBody)
-        return ApiError(err.code, err.message, **err.detail)
-    except (msgspec.DecodeError, ValueError):
-        text = body.decode(errors="replace").strip()[:200]
-        return ApiError(code_for_status(status), f"HTTP {status}: {text or 'no body'}")
+    error = wire.error_from_body(status, body)
+    if error is not None:
+        return error
+    text = body.decode(errors="replace").strip()[:200]
+    return ApiError(code_for_status(status), f"HTTP {status}: {text or 'no body'}")

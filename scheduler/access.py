@@ -1,18 +1,9 @@
 """Browser access to notebook editors: where a notebook's URL leads, who may open it, and the
 traffic the agents' editor proxies report.
 
-**The URL scheme.** A notebook's URL is ``{scheduler}/notebooks/{id}/``, the same for its whole
-life, whichever host it runs on. A request for ``/notebooks/{id}/{rest}?{query}`` is forwarded,
-as sent, to the same path and query on the agent of the host that runs the notebook now
-(``{agent_url}/notebooks/{id}/{rest}?{query}``, :mod:`scheduler.forward`), where the agent's
-proxy checks the token (asking :func:`authorize`) and forwards to the editor. A notebook that
-is not RUNNING answers with its state and what to do (:mod:`scheduler.api.editor`).
-
-**The editor's base URL.** ``{base_url}`` in an editor's ``command`` and ``url_path`` is
-``/notebooks/{id}/``. ``Assignment.base_url`` is the prefix the editor itself serves under:
-``/notebooks/{id}/`` when its catalog entry uses ``{base_url}`` (JupyterLab with
-``--ServerApp.base_url={base_url}``: the proxy forwards paths unchanged), else ``/`` (an editor
-that serves at its root, e.g. code-server: the proxy strips ``/notebooks/{id}``).
+**The URL scheme** and the editor's base URL are :mod:`common.notebook_urls`; a request for a
+notebook's URL is forwarded by :mod:`scheduler.forward` to the agent that runs it, and a
+notebook that is not RUNNING answers with its state and what to do (:mod:`scheduler.api.editor`).
 
 **Authorization** (``POST /v1/agents/authorize``, asked by an agent per request it has not
 seen the token of): a project token (never the admin token) of the notebook's project, whose
@@ -37,22 +28,6 @@ from scheduler.projects import Principal, selector_text
 log = logging.getLogger(__name__)
 
 S = NotebookState
-
-#: The placeholder editors are told their base URL with.
-BASE_URL_PLACEHOLDER = "{base_url}"
-
-
-def editor_path(notebook_id: str) -> str:
-    """The path of a notebook's editor, at the scheduler and at the agent alike."""
-    return f"/notebooks/{notebook_id}/"
-
-
-def editor_base_url(notebook_id: str, command_template: str, url_path_template: str) -> str:
-    """``Assignment.base_url``: where the editor serves (see the module docstring)."""
-    if BASE_URL_PLACEHOLDER in command_template or BASE_URL_PLACEHOLDER in url_path_template:
-        return editor_path(notebook_id)
-    return "/"
-
 
 # ---------------------------------------------------------------- where the URL leads
 

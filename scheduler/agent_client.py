@@ -23,7 +23,7 @@ import msgspec
 
 from common import wire
 from common.auth import sign
-from common.errors import STATUS, ApiError
+from common.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,8 @@ class AgentClient:
 def _agent_error(
     host_id: str, what: str, status: int, text: str, *, passed_on: frozenset[str] = _PASSED_ON
 ) -> ApiError:
-    try:
-        err = msgspec.json.decode(text, type=wire.ErrorBody)
-    except msgspec.MsgspecError:
-        err = None
-    if err is not None and err.code in passed_on and STATUS.get(err.code) == status:
+    err = wire.error_from_body(status, text)
+    if err is not None and err.code in passed_on and err.status == status:
         return ApiError(err.code, err.message, host=host_id, **err.detail)
     return ApiError(
         "upstream_unavailable",

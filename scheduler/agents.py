@@ -13,13 +13,15 @@ from collections.abc import Callable
 
 from common import wire
 from common.config import SchedulerConfig
-from common.states import ON_HOST, InvalidTransition, NotebookState
-from scheduler.access import BASE_URL_PLACEHOLDER, ProxyActivity, editor_base_url, editor_path
+from common.notebook_urls import BASE_URL_PLACEHOLDER, editor_base_url, editor_path
+from common.states import ON_HOST, HostIntent, HostState, InvalidTransition, NotebookState
+from scheduler.access import ProxyActivity
 from scheduler.board import AssignmentBoard
 from scheduler.datastores import resolve_volumes
 from scheduler.db import Database, Row, Tx
+from scheduler.host_states import HOST_STATE_COLUMNS, change_host_state
 from scheduler.hosts import HostService
-from scheduler.lifecycle import RELEASING, add_usage, change_state
+from scheduler.lifecycle import RELEASING, add_usage, assigned_desired, change_state
 from scheduler.placement import refresh_hosts
 from scheduler.snapshots import restore_source
 from scheduler.ssh_keys import assigned_keys
@@ -55,6 +57,7 @@ class AgentService:
         hosts: HostService,
         on_capacity_freed: Callable[[], None] = lambda: None,
         activity: ProxyActivity | None = None,
+        ssh_host_key: str = "",
     ) -> None:
         self.db = db
         self.config = config
@@ -64,24 +67,27 @@ class AgentService:
         #: Called after a report freed resources or a host (re)joined: the queue may move.
         self.on_capacity_freed = on_capacity_freed
         self.activity = activity or ProxyActivity(db)
-        #: The fleet's SSH host key, handed to every agent that registers (set at start-up).
-        self.ssh_host_key = ""
+        #: The fleet's SSH host key (OpenSSH private key), handed to every agent that registers.
+        self.ssh_host_key = ssh_host_key
 
     # ------------------------------------------------------------ inventory
 
     async def register(self, host_id: str, request: wire.AgentRegister) -> wire.RegisterReply:
-        """Create or refresh the host and its GPUs; idempotent. Reservations are kept, and a
-        reserved GPU that disappeared stays (marked absent) until its notebook releases it."""
+        """Create or refresh the host and its GPUs; idempotent. A new host starts READY and OPEN;
+        a known one becomes READY (it may have been lost) and keeps its intent. Reservations are
+        kept, and a reserved GPU that disappeared stays (marked absent) until its notebook
+        releases it."""
         now = self.clock()
+        why = "its agent registered"
         async with self.db.transaction() as tx:
             await tx.run(
-                "INSERT INTO hosts (id, agent_url, cpus, memory_mb, nvidia_runtime, state, "
+                "INSERT INTO hosts (id, agent_url, cpus, memory_mb, nvidia_runtime, "
                 "last_heartbeat, registered_at, gpu_note, agent_version, flavor, labels, "
-                "ssh_address) "
-                "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?) "
+                "ssh_address, state, intent, state_at, state_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET agent_url = excluded.agent_url, "
                 "cpus = excluded.cpus, memory_mb = excluded.memory_mb, "
-                "nvidia_runtime = excluded.nvidia_runtime, state = 'ready', "
+                "nvidia_runtime = excluded.nvidia_runtime, "
                 "last_heartbeat = excluded.last_heartbeat, gpu_note = excluded.gpu_note, "
                 "agent_version = excluded.agent_version, flavor = excluded.flavor, "
                 "labels = excluded.labels, ssh_address = excluded.ssh_address",
@@ -98,8 +104,14 @@ class AgentService:
                     request.flavor,
                     json.dumps(request.labels),
                     request.ssh_address,
+                    HostState.READY,
+                    HostIntent.OPEN,
+                    now,
+                    why,
                 ),
             )
+            host = await tx.one(f"SELECT {HOST_STATE_COLUMNS} FROM hosts WHERE id = ?", (host_id,))
+            await change_host_state(tx, host, HostState.READY, why, now=now)
             for gpu in request.gpus:
                 await tx.run(
                     "INSERT INTO gpus (uuid, host_id, idx, model, memory_total_mb, "
@@ -226,7 +238,6 @@ class AgentService:
                 item.reason,
                 now=now,
                 board=self.board,
-                url=item.url,
                 # A report that waited out a scheduler outage bills up to when it happened.
                 billed_until=min(now, item.at),
             )
@@ -287,7 +298,7 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
                 notebook=row["id"],
                 project=row["project"],
                 generation=row["generation"],
-                desired=row["desired"],
+                desired=assigned_desired(row["desired"]),
                 state=S(row["state"]),
                 image=row["image"],
                 command=[

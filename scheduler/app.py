@@ -1,9 +1,10 @@
 """The scheduler's app factory.
 
-``create_app(config, clock=..., agent_client=...)`` builds the aiohttp application; the database
-is opened (and migrated), the admin token loaded (created if absent), the agent HTTP client
-started and the background loops run inside ``cleanup_ctx``, so the test client and
-``web.run_app`` share one lifecycle. ``clock`` drives every stored time, heartbeat freshness and
+``create_app(config, clock=..., agent_client=...)`` builds the aiohttp application and every
+service, each given what it needs through its constructor (the admin token and the fleet's SSH
+host key are read here, created if absent); the database is opened (and migrated), the agent
+HTTP client started and the background loops run inside ``cleanup_ctx``, so the test client
+and ``web.run_app`` share one lifecycle. ``clock`` drives every stored time, heartbeat freshness and
 signature checks, so tests move time instead of sleeping.
 """
 
@@ -20,6 +21,7 @@ from common.auth import Verifier, token_digest
 from common.config import SchedulerConfig
 from common.http_server import handler_args
 from scheduler.access import ProxyActivity
+from scheduler.admission import Admission
 from scheduler.agent_client import AgentClient
 from scheduler.agents import AgentService
 from scheduler.api import add_routes
@@ -31,6 +33,7 @@ from scheduler.hosts import HostService
 from scheduler.loops.activity import ActivityFlush
 from scheduler.loops.base import Loop
 from scheduler.loops.maintenance import Maintenance
+from scheduler.notebook_views import NotebookViews
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.secrets import AgentSecrets, ensure_admin_token, ensure_ssh_host_key
@@ -49,21 +52,28 @@ def create_app(
 ) -> web.Application:
     db = Database(config.database)
     board = AssignmentBoard()
+    # Secrets on disk, created at the first start: read once, here, so every service gets
+    # them through its constructor.
+    admin_digest = token_digest(ensure_admin_token(config.admin_token_file))
+    ssh_host_key = ensure_ssh_host_key(
+        config.ssh_host_key_file
+        or os.path.join(os.path.dirname(config.admin_token_file), "ssh_host_ed25519_key")
+    )
     agent_secrets = AgentSecrets(config.agent_secrets_dir)
     progress = ProgressBoard()
     activity = ProxyActivity(db)
     hosts = HostService(db, config, board, clock)
-    notebooks = NotebookService(db, config, board, clock, progress)
-    notebooks.ttl_s = lambda: hosts.ttl_s
-    notebooks.flush_heartbeats = hosts.flush
-    notebooks.pending_activity = activity.pending
-    maintenance = Maintenance(db, config, board, clock, hosts, notebooks)
+    # Placement writes the heartbeats held in memory first, so it sees every host as fresh
+    # as its last heartbeat.
+    admission = Admission(config, board, clock, heartbeats=hosts)
+    maintenance = Maintenance(db, config, board, clock, hosts, admission)
     context = Context(
         config=config,
         clock=clock,
         db=db,
         board=board,
-        notebooks=notebooks,
+        notebooks=NotebookService(db, config, board, clock, admission),
+        notebook_views=NotebookViews(db, progress, activity),
         agents=AgentService(
             db,
             config,
@@ -72,6 +82,7 @@ def create_app(
             hosts,
             on_capacity_freed=maintenance.wake,
             activity=activity,
+            ssh_host_key=ssh_host_key,
         ),
         hosts=hosts,
         maintenance=maintenance,
@@ -81,6 +92,7 @@ def create_app(
         agent_client=agent_client or AgentClient(agent_secrets, clock=clock),
         snapshots=SnapshotService(db, clock, progress),
         activity=activity,
+        admin_digest=admin_digest,
     )
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
@@ -99,12 +111,6 @@ def create_app(
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     context = app[CONTEXT]
-    config = context.config
-    context.admin_digest = token_digest(ensure_admin_token(config.admin_token_file))
-    context.agents.ssh_host_key = ensure_ssh_host_key(
-        config.ssh_host_key_file
-        or os.path.join(os.path.dirname(config.admin_token_file), "ssh_host_ed25519_key")
-    )
     await context.db.open()
     await context.hosts.load()
     await context.agent_client.start()

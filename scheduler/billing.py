@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from common import wire
+from common.billing import billed_minutes
 from common.config import SchedulerConfig
 from common.errors import invalid
 from scheduler.db import Row, Tx
@@ -189,7 +190,7 @@ async def report(
         if started is None:  # a run recorded before the ledger had start times
             started = run["n_state_at"] - billed * 60
         if run["running_since"] is not None and run["n_generation"] == run["generation"]:
-            billed = max(billed, math.ceil((now - run["running_since"]) / 60))
+            billed = max(billed, billed_minutes(run["running_since"], now))
         minutes = minutes_within(started, billed, start, end)
         if not minutes:
             continue

@@ -1,5 +1,9 @@
 """Hosts as operators see them: liveness, cordon and drain, the listing.
 
+A host's liveness (``hosts.state``) and an operator's intent for it (``hosts.intent``) are two
+small state machines (:mod:`common.states`); every change of either goes through
+:func:`scheduler.host_states.change_host_state`.
+
 **Heartbeats** are held in memory as they arrive (:meth:`HostService.heartbeat` does no
 database write) and written in one transaction per loop tick (:meth:`flush`), so a large fleet
 costs one write per second, not one per heartbeat. The interval given to agents grows with the
@@ -9,16 +13,18 @@ workspace disk (placement skips a host below :class:`scheduler.placement.DiskFlo
 listing says so) and the workspace disk use of its running notebooks (kept on the notebook
 while the host holds it).
 
-**Lost hosts** (:meth:`mark_lost`): a host silent for longer than the TTL is marked ``lost``; its
+**Lost hosts** (:meth:`mark_lost`): a host silent for longer than the TTL becomes LOST; its
 notebooks go to ERROR with reason "host lost" (billed up to its last heartbeat) and its GPUs
-stop being offered (placement takes ready hosts only). A notebook with ``restart_on_timeout``
-is flagged to be started again elsewhere from its last workspace snapshot. A lost host that
-heartbeats again is told to register, and registering makes it ready. For one TTL after the
-scheduler starts nobody is declared lost: silence while the scheduler itself was down says
-nothing about the hosts.
+stop being offered (placement takes READY hosts only). A notebook with ``restart_on_timeout``
+is to be started again elsewhere from its last workspace snapshot (``desired`` restarted, see
+:mod:`scheduler.lifecycle`). A lost host that
+heartbeats again is told to register, and registering makes it READY, its intent unchanged. For
+one TTL after the scheduler starts nobody is declared lost: silence while the scheduler itself
+was down says nothing about the hosts.
 
 **Cordon** stops new placements on a host; **drain** also stops what runs there (notebooks with
-``restart_on_timeout`` are started again on another host once stopped); **uncordon** undoes
+``restart_on_timeout`` are started again on another host once stopped), and once nothing is left
+on the host the drain is over and it stays cordoned (:meth:`end_drains`); **uncordon** undoes
 both.
 """
 
@@ -32,10 +38,11 @@ from dataclasses import dataclass, field
 from common import wire
 from common.config import SchedulerConfig
 from common.errors import not_found
-from common.states import ON_HOST, NotebookState
+from common.states import ON_HOST, HostIntent, HostState, NotebookState
 from scheduler.board import AssignmentBoard
-from scheduler.db import Database, Tx, WriteBehind
-from scheduler.lifecycle import change_state, stop_by_scheduler
+from scheduler.db import Database, Row, Tx, WriteBehind
+from scheduler.host_states import HOST_STATE_COLUMNS, change_host_state
+from scheduler.lifecycle import RESTARTED, change_state, stop_by_scheduler
 from scheduler.placement import DiskFloor
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,7 @@ class HostService(WriteBehind):
     async def load(self) -> None:
         self._started_at = self.clock()
         async with self.db.read() as tx:
-            rows = await tx.all("SELECT id FROM hosts WHERE state != 'lost'")
+            rows = await tx.all("SELECT id FROM hosts WHERE state = ?", (HostState.READY,))
         self._alive = {r["id"] for r in rows}
         self._loaded = True
 
@@ -115,18 +122,23 @@ class HostService(WriteBehind):
             log.info(
                 "host=%s heartbeat from an unknown or lost host; asking it to register", host_id
             )
-        return wire.HeartbeatReply(known=known, heartbeat_interval_s=self.interval_s)
+        return wire.HeartbeatReply(
+            known=known,
+            heartbeat_interval_s=self.interval_s,
+            heartbeat_misses=self.config.heartbeat_misses,
+        )
 
     async def _write(self, tx: Tx, pending: dict[str, _Beat]) -> None:
         await tx.run_many(
             "UPDATE hosts SET last_heartbeat = MAX(last_heartbeat, ?), disk_free_bytes = ?, "
-            "disk_total_bytes = ? WHERE id = ? AND state != 'lost'",
+            "disk_total_bytes = ? WHERE id = ? AND state = ?",
             (
                 (
                     beat.at,
                     None if beat.disk is None else beat.disk.free_bytes,
                     None if beat.disk is None else beat.disk.total_bytes,
                     host,
+                    HostState.READY,
                 )
                 for host, beat in pending.items()
             ),
@@ -157,26 +169,27 @@ class HostService(WriteBehind):
         if now - self._started_at <= ttl:
             return []  # right after a restart: agents have not had a TTL to reach us yet
         rows = await tx.all(
-            "SELECT id, last_heartbeat FROM hosts WHERE state != 'lost' AND last_heartbeat < ?",
-            (now - ttl,),
+            f"SELECT {HOST_STATE_COLUMNS}, last_heartbeat FROM hosts "
+            "WHERE state = ? AND last_heartbeat < ?",
+            (HostState.READY, now - ttl),
         )
         for host in rows:
             host_id, last = host["id"], host["last_heartbeat"]
             self._alive.discard(host_id)
             self._pending.pop(host_id, None)
-            await tx.run("UPDATE hosts SET state = 'lost' WHERE id = ?", (host_id,))
             notebooks = await tx.all(
                 f"SELECT * FROM notebooks WHERE COALESCE(host_id, last_host_id) = ? "
                 f"AND state IN ({_ON_HOST_MARKS})",
                 (host_id, *_ON_HOST),
             )
             silent = now - last
-            log.warning(
-                "host=%s lost: no heartbeat for %.0fs (TTL %.0fs); %d notebooks to ERROR",
-                host_id,
-                silent,
-                ttl,
-                len(notebooks),
+            await change_host_state(
+                tx,
+                host,
+                HostState.LOST,
+                f"no heartbeat for {silent:.0f}s (TTL {ttl:.0f}s); {len(notebooks)} notebooks "
+                "to ERROR; it is ready again when its agent registers",
+                now=now,
             )
             for row in notebooks:
                 again = bool(row["restart_on_timeout"]) and row["state"] in (
@@ -192,7 +205,7 @@ class HostService(WriteBehind):
                     now=now,
                     board=self.board,
                     billed_until=last,
-                    restart_pending=int(again),
+                    desired=RESTARTED if again else "stopped",
                 )
         return [r["id"] for r in rows]
 
@@ -200,26 +213,40 @@ class HostService(WriteBehind):
 
     async def cordon(self, host_id: str) -> wire.Host:
         async with self.db.transaction() as tx:
-            await self._require(tx, host_id)
-            await tx.run("UPDATE hosts SET cordoned = 1 WHERE id = ?", (host_id,))
-        log.info("host=%s cordoned: no new placements", host_id)
+            host = await self._require(tx, host_id)
+            # A draining host is cordoned already; cordon does not end its drain.
+            if host["intent"] != HostIntent.DRAINING:
+                await change_host_state(
+                    tx,
+                    host,
+                    HostIntent.CORDONED,
+                    "cordoned by an operator: no new notebooks",
+                    now=self.clock(),
+                )
         return await self.get(host_id)
 
     async def uncordon(self, host_id: str) -> wire.Host:
         async with self.db.transaction() as tx:
-            await self._require(tx, host_id)
-            await tx.run("UPDATE hosts SET cordoned = 0, draining = 0 WHERE id = ?", (host_id,))
-        log.info("host=%s uncordoned", host_id)
+            host = await self._require(tx, host_id)
+            await change_host_state(
+                tx, host, HostIntent.OPEN, "uncordoned by an operator", now=self.clock()
+            )
         return await self.get(host_id)
 
     async def drain(self, host_id: str) -> wire.Host:
         now = self.clock()
         async with self.db.transaction() as tx:
-            await self._require(tx, host_id)
-            await tx.run("UPDATE hosts SET cordoned = 1, draining = 1 WHERE id = ?", (host_id,))
+            host = await self._require(tx, host_id)
             rows = await tx.all(
                 "SELECT * FROM notebooks WHERE host_id = ? AND state IN (?, ?)",
                 (host_id, S.STARTING.value, S.RUNNING.value),
+            )
+            await change_host_state(
+                tx,
+                host,
+                HostIntent.DRAINING,
+                f"drained by an operator: {len(rows)} notebooks stopping",
+                now=now,
             )
             for row in rows:
                 await stop_by_scheduler(
@@ -230,12 +257,26 @@ class HostService(WriteBehind):
                     now=now,
                     board=self.board,
                 )
-        log.info("host=%s draining: %d notebooks stopping", host_id, len(rows))
         return await self.get(host_id)
 
-    async def _require(self, tx: Tx, host_id: str) -> None:
-        if await tx.one("SELECT 1 FROM hosts WHERE id = ?", (host_id,)) is None:
+    async def end_drains(self, tx: Tx, *, now: float) -> None:
+        """Draining hosts that no notebook holds any more have finished their drain: they stay
+        cordoned. Lost ones too (their notebooks went to ERROR and left them)."""
+        rows = await tx.all(
+            f"SELECT {HOST_STATE_COLUMNS} FROM hosts WHERE intent = ? AND NOT EXISTS "
+            "(SELECT 1 FROM notebooks n WHERE n.host_id = hosts.id)",
+            (HostIntent.DRAINING,),
+        )
+        for host in rows:
+            await change_host_state(
+                tx, host, HostIntent.CORDONED, "drain finished: no notebook left on it", now=now
+            )
+
+    async def _require(self, tx: Tx, host_id: str) -> Row:
+        host = await tx.one(f"SELECT {HOST_STATE_COLUMNS} FROM hosts WHERE id = ?", (host_id,))
+        if host is None:
             raise not_found("host", host_id)
+        return host
 
     async def get(self, host_id: str) -> wire.Host:
         for host in await self.list(host_id):
@@ -274,7 +315,7 @@ class HostService(WriteBehind):
         floor = DiskFloor.of(self.config)
         hosts = []
         for r in rows:
-            state = _state(r["state"], bool(r["cordoned"]), bool(r["draining"]), r["notebooks"])
+            state = _state(HostState(r["state"]), HostIntent(r["intent"]), r["notebooks"])
             disk = None
             if r["disk_free_bytes"] is not None and r["disk_total_bytes"] is not None:
                 disk = wire.DiskSpace(r["disk_free_bytes"], r["disk_total_bytes"])
@@ -310,11 +351,13 @@ class HostService(WriteBehind):
         return hosts
 
 
-def _state(stored: str, cordoned: bool, draining: bool, notebooks: int) -> str:
-    if stored == "lost":
+def _state(state: HostState, intent: HostIntent, notebooks: int) -> str:
+    """The one state the API shows (``wire.Host.state``): a drain whose notebooks have all
+    left reads ``cordoned`` even before :meth:`HostService.end_drains` has recorded it."""
+    if state == HostState.LOST:
         return "lost"
-    if draining and notebooks:
+    if intent == HostIntent.DRAINING and notebooks:
         return "draining"
-    if cordoned:
+    if intent != HostIntent.OPEN:
         return "cordoned"
     return "ready"

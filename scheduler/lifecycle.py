@@ -1,29 +1,45 @@
 """The one function that changes a notebook's state, and what goes with each change.
 
-:func:`change_state` is the only code that assigns ``notebooks.state`` after creation (creation
-itself records the first state with :func:`record_history`). It runs inside the caller's write
-transaction and:
+:func:`change_state` is the only code that assigns ``notebooks.state``, and :func:`restate` the
+only other code that writes ``state_reason``: a grep for ``lifecycle`` finds every place a
+notebook's state or reason changes. Creation too goes through :func:`change_state`: a new
+notebook is inserted as a STOPPED notebook of generation 0 that never ran (no history, no host)
+and started in the same transaction (:mod:`scheduler.admission`), so its history begins with
+the QUEUED or STARTING that :func:`change_state` records. :func:`change_state` runs inside the
+caller's write transaction and:
 
 * validates the transition with :func:`common.states.check` (an idempotent repeat records
   nothing and returns ``False``; a forbidden one raises ``InvalidTransition``);
 * stamps ``state_at`` and ``state_reason``, appends ``state_history``, bumps ``version`` with a
   ``WHERE id = ? AND version = ?`` guard;
 * on QUEUED: stamps ``queued_at``;
-* on RUNNING: sets ``running_since``, ``initialized`` and the editor ``url``, and opens the
-  run's row in the usage ledger (what it is billed as: GPU model and count, CPUs, flavor);
+* on RUNNING: sets ``running_since`` and ``initialized``, and opens the run's row in the usage
+  ledger (what it is billed as: GPU model and count, CPUs, flavor);
 * when leaving RUNNING: closes the run's usage at
-  ``max(reported, ceil((left_at - running_since) / 60))`` and clears ``running_since``
+  ``max(reported, billed_minutes(running_since, left_at))`` and clears ``running_since``
   (``billed_until`` moves ``left_at`` back, e.g. to a lost host's last heartbeat);
 * entering STOPPED, FAILED, ERROR or DELETED: frees the GPUs and the host (``host_id = NULL``,
   ``last_host_id`` remembered) and forgets the workspace's disk use on that host;
 * bumps the assignment version of the host(s) involved, recomputes their capacity counters and
   wakes their long-polls on commit.
+
+**What the scheduler wants** of a notebook is ``notebooks.desired``: the agent's three
+(``running``, ``stopped``, ``deleted``; :data:`common.wire.Desired`) plus :data:`RESTARTED`,
+"stop this run, then run the notebook again". The scheduler sets it when it stops a notebook
+for its own reason (runtime limit, drain: :func:`stop_by_scheduler`) or loses its host; the
+notebook's host is told ``stopped`` (:func:`assigned_desired`), and once the notebook has
+settled as STOPPED or ERROR the maintenance loop queues it again as a new generation. A
+notebook that FAILED to stop is not started again (restarting it could restore a workspace
+older than the one it failed to save): entering FAILED turns the intent into ``stopped``. A
+user's start, stop or delete replaces it.
 """
 
 from __future__ import annotations
 
-import math
+from typing import cast
 
+from common import wire
+from common.billing import billed_minutes
 from common.errors import conflict
 from common.states import NotebookState, check
 from scheduler import billing
@@ -36,8 +52,13 @@ S = NotebookState
 #: Entering one of these gives the notebook's GPUs and host back.
 RELEASING = frozenset({S.STOPPED, S.FAILED, S.ERROR, S.DELETED})
 
+#: ``desired``: stop this run, then run the notebook again once it has settled.
+RESTARTED = "restarted"
+#: The settled states a notebook to be restarted is started again from.
+RESTARTS_FROM = frozenset({S.STOPPED, S.ERROR})
+
 #: Columns a caller may change together with the state.
-_EXTRA_COLUMNS = frozenset({"desired", "generation", "host_id", "restart_pending"})
+_EXTRA_COLUMNS = frozenset({"desired", "generation", "host_id"})
 
 
 async def change_state(
@@ -48,7 +69,6 @@ async def change_state(
     *,
     now: float,
     board: AssignmentBoard,
-    url: str | None = None,
     billed_until: float | None = None,
     **changes: object,
 ) -> bool:
@@ -75,7 +95,6 @@ async def change_state(
     if target == S.RUNNING:
         columns["running_since"] = now
         columns["initialized"] = 1
-        columns["url"] = url
         await billing.open_run(tx, notebook, started_at=now)
     if current == S.RUNNING:
         left_at = now if billed_until is None else max(notebook["running_since"], billed_until)
@@ -91,9 +110,12 @@ async def change_state(
         host_after = None
     if host_after is not None:
         columns["last_host_id"] = host_after
-    if target in RELEASING and "desired" not in changes and notebook["desired"] == "running":
-        # A notebook that stopped or failed on its own is not to be started again by an agent.
-        columns["desired"] = "stopped"
+    if target in RELEASING and "desired" not in changes:
+        desired = notebook["desired"]
+        # A notebook that stopped or failed on its own is not to be started again by an agent;
+        # one to be restarted is, unless it failed to stop (see the module docstring).
+        if desired == "running" or (desired == RESTARTED and target not in RESTARTS_FROM):
+            columns["desired"] = "stopped"
 
     assignments = ", ".join(f"{name} = ?" for name in columns)
     updated = await tx.run(
@@ -103,19 +125,32 @@ async def change_state(
     if updated != 1:
         raise conflict(f"notebook {notebook['id']} changed concurrently; try again")
     generation = changes.get("generation", notebook["generation"])
-    await record_history(tx, notebook["id"], target, reason, at=now, generation=int(generation))
+    await tx.run(
+        "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (notebook["id"], target.value, reason, now, int(generation)),
+    )
     await bump_assignments(tx, board, {host_before, host_after})
     return True
 
 
-async def record_history(
-    tx: Tx, notebook_id: str, state: NotebookState, reason: str, *, at: float, generation: int
-) -> None:
+async def restate(tx: Tx, notebook: Row, reason: str) -> bool:
+    """Say why ``notebook`` stays in its state (a queued one waits for quota rather than room):
+    the reason changes, the state and its history do not. Written only when the reason
+    changes; returns whether it was."""
+    if notebook["state_reason"] == reason:
+        return False
     await tx.run(
-        "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (notebook_id, state.value, reason, at, generation),
+        "UPDATE notebooks SET state_reason = ?, version = version + 1 WHERE id = ?",
+        (reason, notebook["id"]),
     )
+    return True
+
+
+def assigned_desired(desired: str) -> wire.Desired:
+    """What the notebook's host is told to do for a stored ``desired``: a notebook to be
+    restarted is, on its host, to be stopped (it runs again later, as a new generation)."""
+    return "stopped" if desired == RESTARTED else cast(wire.Desired, desired)
 
 
 async def close_run(tx: Tx, notebook: Row, *, left_at: float) -> None:
@@ -123,17 +158,16 @@ async def close_run(tx: Tx, notebook: Row, *, left_at: float) -> None:
     since = notebook["running_since"]
     if since is None:
         return
-    minutes = max(0, math.ceil((left_at - since) / 60))
-    await add_usage(tx, notebook["id"], notebook["generation"], minutes)
+    await add_usage(tx, notebook["id"], notebook["generation"], billed_minutes(since, left_at))
 
 
-async def add_usage(tx: Tx, notebook_id: str, generation: int, billed_minutes: int) -> None:
+async def add_usage(tx: Tx, notebook_id: str, generation: int, minutes: int) -> None:
     """Keep the larger of the stored and the reported cumulative minutes (replays bill once)."""
     await tx.run(
         "INSERT INTO usage (notebook_id, generation, billed_minutes) VALUES (?, ?, ?) "
         "ON CONFLICT (notebook_id, generation) "
         "DO UPDATE SET billed_minutes = MAX(billed_minutes, excluded.billed_minutes)",
-        (notebook_id, generation, billed_minutes),
+        (notebook_id, generation, minutes),
     )
 
 
@@ -147,8 +181,8 @@ async def stop_by_scheduler(
     tx: Tx, row: Row, why: str, *, again: str, now: float, board: AssignmentBoard
 ) -> None:
     """Stop a notebook for the scheduler's own reason (runtime limit, drain). One with
-    ``restart_on_timeout`` is flagged to start again once stopped, and the reason says so
-    (``again`` is how)."""
+    ``restart_on_timeout`` is to be restarted once stopped (``desired`` :data:`RESTARTED`),
+    and the reason says so (``again`` is how)."""
     restart = bool(row["restart_on_timeout"])
     await change_state(
         tx,
@@ -157,6 +191,5 @@ async def stop_by_scheduler(
         why + (f"; {again}" if restart else ""),
         now=now,
         board=board,
-        desired="stopped",
-        restart_pending=int(restart),
+        desired=RESTARTED if restart else "stopped",
     )

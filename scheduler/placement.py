@@ -6,9 +6,10 @@ and the reservation see the same data and are committed together with the notebo
 
 Rules (docs/design.md, Placement):
 
-* only hosts that are ``ready``, not cordoned, heard from within the heartbeat TTL, of the
-  requested flavor when one is asked for, and whose workspace disk is not nearly full
-  (:class:`DiskFloor`; a host that never reported its disk is not held back);
+* only hosts READY and OPEN (:mod:`common.states`: not lost, neither cordoned nor draining),
+  heard from within the heartbeat TTL, of the requested flavor when one is asked for, and whose
+  workspace disk is not nearly full (:class:`DiskFloor`; a host that never reported its disk is
+  not held back);
 * ``gpu = N > 0``: hosts with at least N unreserved GPUs; the notebook's last host first if it
   fits, else, with ``placement = "binpack"`` (the default), the host left with the fewest free
   GPUs, so whole hosts stay free for big requests; with ``"spread"``, the host with the most.
@@ -17,7 +18,8 @@ Rules (docs/design.md, Placement):
 
 Free GPUs and used CPUs are kept per host in ``hosts.gpus_free`` / ``hosts.cpus_used``, which
 :func:`refresh_hosts` recomputes from ``gpus`` and ``notebooks`` for every host a transaction
-touches; the database half therefore reads one row per candidate host, not one per GPU.
+touches; the database half therefore reads one row per candidate host, not one per GPU, through
+the index ``hosts_placeable (state, intent, gpus_free)`` (migration 0010).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from common import wire
 from common.config import SchedulerConfig
 from common.errors import ApiError, invalid
+from common.states import HostIntent, HostState
 from scheduler.db import Tx
 
 
@@ -178,8 +181,8 @@ def _eligible(
     resources: Resources, *, now: float, fresh_within_s: float, disk_floor: DiskFloor
 ) -> tuple[str, list]:
     room, params = disk_floor.sql()
-    where = f"state = 'ready' AND cordoned = 0 AND last_heartbeat >= ? AND {room}"
-    params = [now - fresh_within_s, *params]
+    where = f"state = ? AND intent = ? AND last_heartbeat >= ? AND {room}"
+    params = [HostState.READY.value, HostIntent.OPEN.value, now - fresh_within_s, *params]
     if resources.flavor is not None:
         where += " AND flavor = ?"
         params.append(resources.flavor)

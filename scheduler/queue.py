@@ -1,4 +1,6 @@
-"""The queue: notebooks that quota allows but no host has room for, placed as room appears.
+"""The queue: notebooks that quota allows but no host has room for, in the order they are
+placed as room appears, and where each one stands. Placing them is admission's
+(:meth:`scheduler.admission.Admission.dispatch`); this module only reads.
 
 Order (:func:`fair_order`): projects take turns. The project served least recently (its last
 placement is the oldest, or it never had one) goes first, then the next, round after round;
@@ -6,32 +8,20 @@ within a project, first queued, first placed. A project that queued 100 notebook
 starve one that queued a single notebook later: that one is next as soon as room appears.
 ``position`` 1 is the next to be placed.
 
-Placement (:func:`dispatch`, one transaction) walks the queue in that order:
-
-* a notebook its project's quota does not admit right now is passed over (``blocked_by =
-  quota``) and blocks nobody else;
-* the first notebook that does not fit blocks every later one of the same kind (GPU or CPU,
-  same flavor): the queue head is placed first and is never overtaken by smaller requests of
-  its kind, so a 4-GPU request cannot starve behind a stream of 1-GPU ones;
-* the rest are placed, each with the placement rules, and go STARTING.
-
-A new request of a kind that already has notebooks waiting joins the queue instead of taking
-the room the head waits for.
+A notebook waits for room (``blocked_by = capacity``) or, when its project's quota does not
+admit it right now, for quota (``blocked_by = quota``, its reason starting with
+:data:`QUOTA_WAIT`). A new request of a kind (GPU or CPU, same flavor: :func:`kind_of`) that
+already has notebooks waiting (:func:`waiting_kinds`) joins the queue instead of taking the
+room the head waits for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from common import wire
-from common.config import SchedulerConfig
-from common.states import NotebookState
-from scheduler import placement, quota
-from scheduler.board import AssignmentBoard
+from scheduler import placement
 from scheduler.db import Row, Tx
-from scheduler.lifecycle import change_state
-
-S = NotebookState
 
 Kind = tuple[bool, str | None]
 
@@ -83,11 +73,6 @@ async def queued(tx: Tx) -> list[Row]:
     return fair_order(rows, {r["name"]: r["last_placed_at"] for r in served})
 
 
-async def served(tx: Tx, project: str, now: float) -> None:
-    """Record that ``project`` just had a notebook placed (its turn is used)."""
-    await tx.run("UPDATE projects SET last_placed_at = ? WHERE name = ?", (now, project))
-
-
 async def waiting_kinds(tx: Tx, *, besides: str) -> set[Kind]:
     """Kinds of request with notebooks other than ``besides`` waiting in the queue."""
     rows = await tx.all(
@@ -119,81 +104,3 @@ async def queue_info(tx: Tx, row: Row) -> wire.QueueInfo:
     order = await queued(tx)
     position = next((i for i, r in enumerate(order, 1) if r["id"] == row["id"]), len(order))
     return _info(row, position)
-
-
-class Dispatcher:
-    """Places queued notebooks; :meth:`dispatch` runs inside the caller's transaction."""
-
-    def __init__(
-        self,
-        config: SchedulerConfig,
-        board: AssignmentBoard,
-        fresh_within_s: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.board = board
-        self.fresh_within_s = fresh_within_s
-
-    async def dispatch(self, tx: Tx, *, now: float) -> int:
-        """Place what can be placed now, in fair order; returns how many were placed."""
-        order = await queued(tx)
-        if not order:
-            return 0
-        blocked: set[Kind] = set()
-        limits: dict[str, wire.Quota] = {}
-        used: dict[str, wire.QuotaUse] = {}
-        placed = 0
-        for row in order:
-            res = resources_of(row)
-            kind = kind_of(res)
-            if kind in blocked:
-                continue
-            project = row["project"]
-            if project not in limits:
-                limits[project] = await quota.limits(tx, project, self.config.quota)
-                used[project] = await quota.use(tx, project)
-            refusal = quota.project_violation(project, limits[project], used[project], res)
-            if refusal is not None:
-                await _waiting(tx, row, f"{QUOTA_WAIT}: {refusal.message}")
-                continue
-            chosen = await placement.find_host(
-                tx,
-                res,
-                now=now,
-                fresh_within_s=self.fresh_within_s(),
-                last_host=row["last_host_id"],
-                strategy=self.config.placement,
-                disk_floor=placement.DiskFloor.of(self.config),
-            )
-            if chosen is None:
-                blocked.add(kind)
-                await _waiting(tx, row, f"waiting for {res.describe()}")
-                continue
-            await placement.reserve(tx, chosen, row["id"])
-            await change_state(
-                tx,
-                row,
-                S.STARTING,
-                f"placed on {chosen.host} from the queue",
-                now=now,
-                board=self.board,
-                host_id=chosen.host,
-            )
-            await served(tx, project, now)
-            u = used[project]
-            used[project] = wire.QuotaUse(
-                gpus=u.gpus + res.gpu,
-                cpus=u.cpus + (res.cpu if res.gpu == 0 else 0),
-                notebooks=u.notebooks + 1,
-            )
-            placed += 1
-        return placed
-
-
-async def _waiting(tx: Tx, row: Row, reason: str) -> None:
-    """Say why a queued notebook still waits (written only when the reason changes)."""
-    if row["state_reason"] != reason:
-        await tx.run(
-            "UPDATE notebooks SET state_reason = ?, version = version + 1 WHERE id = ?",
-            (reason, row["id"]),
-        )

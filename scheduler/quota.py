@@ -1,5 +1,6 @@
 """Project quotas: limits, current use, and the check made in the same transaction as the
-reservation (so fifty concurrent runs against a quota of 4 GPUs never put 5 in use).
+reservation (so fifty concurrent runs against a quota of 4 GPUs never put 5 in use), one way
+for every placement (:class:`ProjectQuota`).
 
 Only STARTING and RUNNING notebooks count (:data:`common.states.ACTIVE`). A GPU notebook's CPUs
 come with its GPUs (the flavor's shape), so the CPU limits count CPU notebooks (``gpu = 0``)
@@ -8,6 +9,8 @@ an operator set its own (``quotas`` table, one nullable column per limit).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from common import wire
 from common.config import QuotaDefaults
@@ -88,14 +91,36 @@ def project_violation(
     return None
 
 
-async def check(tx: Tx, project: str, res: Resources, defaults: QuotaDefaults) -> None:
-    """Raise 403 naming the limit, the use and the quota if ``res`` may not start now."""
-    quota = await limits(tx, project, defaults)
-    refusal = per_notebook_violation(project, quota, res)
-    if refusal is None:
-        refusal = project_violation(project, quota, await use(tx, project), res)
-    if refusal is not None:
-        raise refusal
+@dataclass
+class ProjectQuota:
+    """A project's limits and what it uses now, read once per transaction: the one way a
+    placement is checked against quota, for a request (:meth:`request_refusal`) and for the
+    queue (:meth:`refusal`, then :meth:`take` for each notebook placed)."""
+
+    project: str
+    limits: wire.Quota
+    used: wire.QuotaUse
+
+    @classmethod
+    async def load(cls, tx: Tx, project: str, defaults: QuotaDefaults) -> ProjectQuota:
+        return cls(project, await limits(tx, project, defaults), await use(tx, project))
+
+    def refusal(self, res: Resources) -> ApiError | None:
+        """The first project limit that placing ``res`` now would exceed, or ``None``."""
+        return project_violation(self.project, self.limits, self.used, res)
+
+    def request_refusal(self, res: Resources) -> ApiError | None:
+        """Why a request for ``res`` is refused now (403): a per-notebook limit, which no
+        waiting changes, or a project limit."""
+        return per_notebook_violation(self.project, self.limits, res) or self.refusal(res)
+
+    def take(self, res: Resources) -> None:
+        """Count ``res`` as used: it was just placed in this transaction."""
+        self.used = wire.QuotaUse(
+            gpus=self.used.gpus + res.gpu,
+            cpus=self.used.cpus + (res.cpu if res.gpu == 0 else 0),
+            notebooks=self.used.notebooks + 1,
+        )
 
 
 async def update(tx: Tx, project: str, change: wire.QuotaUpdate) -> None:

@@ -18,6 +18,7 @@ from scheduler.db import Database
 from scheduler.forward import NotebookForwarder
 from scheduler.hosts import HostService
 from scheduler.loops.maintenance import Maintenance
+from scheduler.notebook_views import NotebookViews
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.secrets import AgentSecrets
@@ -31,6 +32,7 @@ class Context:
     db: Database
     board: AssignmentBoard
     notebooks: NotebookService
+    notebook_views: NotebookViews
     agents: AgentService
     projects: ProjectService
     agent_secrets: AgentSecrets
@@ -41,10 +43,10 @@ class Context:
     maintenance: Maintenance
     #: Editor proxy activity from heartbeats, not written yet.
     activity: ProxyActivity
+    #: sha256 of the admin token (``admin_token_file``).
+    admin_digest: str
     #: The routing tier at notebooks' stable URLs.
     forwarder: NotebookForwarder = field(default_factory=NotebookForwarder)
-    #: sha256 of the admin token, set at start-up from ``admin_token_file``.
-    admin_digest: str = field(default="")
 
 
 CONTEXT = web.AppKey("nbfleet_context", Context)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
+from common.notebook_urls import editor_path
 from common.states import NotebookState
-from scheduler.access import editor_path, locate
+from scheduler.access import locate
 from scheduler.api.context import ctx
 
 S = NotebookState

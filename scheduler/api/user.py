@@ -16,7 +16,7 @@ from scheduler.api.context import ctx
 from scheduler.api.editor import with_url
 from scheduler.api.middleware import json_reply
 from scheduler.api.query import int_param
-from scheduler.notebooks import parse_label_selector, parse_states
+from scheduler.notebook_requests import parse_label_selector, parse_states
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def list_notebooks(request: web.Request) -> web.Response:
                 field="label",
             )
         labels[key] = value
-    items = await ctx(request).notebooks.list(
+    items = await ctx(request).notebook_views.list(
         principal.project, states=states, labels=labels, selector=principal.selector
     )
     return json_reply(wire.NotebookList(items=[with_url(request, nb) for nb in items]))
@@ -59,7 +59,7 @@ async def list_notebooks(request: web.Request) -> web.Response:
 
 async def get_notebook(request: web.Request) -> web.Response:
     principal = await project_principal(request)
-    notebook = await ctx(request).notebooks.get(
+    notebook = await ctx(request).notebook_views.get(
         principal.project, request.match_info["id"], principal.selector
     )
     return json_reply(with_url(request, notebook))
@@ -67,7 +67,7 @@ async def get_notebook(request: web.Request) -> web.Response:
 
 async def notebook_history(request: web.Request) -> web.Response:
     principal = await project_principal(request)
-    history = await ctx(request).notebooks.history(
+    history = await ctx(request).notebook_views.history(
         principal.project, request.match_info["id"], principal.selector
     )
     return json_reply(history)
@@ -105,7 +105,7 @@ async def notebook_logs(request: web.Request) -> web.StreamResponse:
         raise invalid(f"invalid query parameter `follow`: {follow!r} is not 0 or 1", field="follow")
     notebook_id = request.match_info["id"]
     context = ctx(request)
-    host_id, agent_url = await context.notebooks.log_source(
+    host_id, agent_url = await context.notebook_views.log_source(
         principal.project, notebook_id, principal.selector
     )
     if follow in ("1", "true"):
@@ -167,7 +167,7 @@ async def exec_in_notebook(request: web.Request) -> web.Response:
     body = await read_json(request, wire.ExecRequest)
     notebook_id = request.match_info["id"]
     context = ctx(request)
-    host_id, agent_url = await context.notebooks.exec_target(
+    host_id, agent_url = await context.notebook_views.exec_target(
         principal.project, notebook_id, principal.selector
     )
     log.info(
@@ -223,7 +223,7 @@ async def set_ssh_keys(request: web.Request) -> web.Response:
 async def notebook_backups(request: web.Request) -> web.Response:
     principal = await project_principal(request)
     notebook_id = request.match_info["id"]
-    await ctx(request).notebooks.backups_of(principal.project, notebook_id, principal.selector)
+    await ctx(request).notebook_views.backups_of(principal.project, notebook_id, principal.selector)
     return json_reply(await ctx(request).snapshots.backups(notebook_id))
 
 

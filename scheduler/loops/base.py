@@ -2,7 +2,9 @@
 ``wake()`` brings the next pass forward.
 
 Tests call ``tick()`` directly instead of waiting. A failing tick is logged and retried after a
-jittered, growing delay; a good tick resets the delay to ``interval_s``.
+jittered, growing delay; a good tick resets the delay to ``interval_s``. Inside a tick, a job
+that walks many rows in one transaction handles each in :func:`one_item`, so one bad row is
+logged and skipped instead of rolling back the others.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from scheduler.db import Tx
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +63,22 @@ class Loop:
             except TimeoutError:
                 pass
             self._wake.clear()
+
+
+@asynccontextmanager
+async def one_item(tx: Tx, subject: str, doing: str) -> AsyncIterator[None]:
+    """One item of a job's transaction, inside a savepoint: if it raises, its own writes are
+    rolled back, the error is logged (``subject`` first, e.g. ``notebook=…``) and the job goes
+    on with the next item; the next tick tries this one again. Wake-ups the item asked for on
+    commit still happen: a needless wake costs an agent one more poll."""
+    await tx.run("SAVEPOINT one_item")
+    try:
+        yield
+    except Exception:
+        await tx.run("ROLLBACK TO one_item")
+        await tx.run("RELEASE one_item")
+        log.exception(
+            "%s %s failed; its changes were rolled back, the next tick retries", subject, doing
+        )
+    else:
+        await tx.run("RELEASE one_item")

@@ -2,34 +2,41 @@
 
 1. write the heartbeats received since the last tick (:meth:`HostService.flush`);
 2. declare hosts past their heartbeat TTL lost, their notebooks ERROR (``HostService.mark_lost``);
-3. stop notebooks RUNNING longer than ``max_runtime_s`` (flagging ``restart_on_timeout`` ones);
-4. start again flagged notebooks that have settled (STOPPED, or ERROR from a lost host) by
-   queueing them; a flagged notebook that FAILED to stop is left alone, since restarting it
-   could restore a workspace older than the one it failed to save;
-5. end drains whose host has emptied;
-6. place what the queue can place.
+3. stop notebooks RUNNING longer than ``max_runtime_s`` (``restart_on_timeout`` ones are to be
+   restarted: ``desired`` :data:`scheduler.lifecycle.RESTARTED`);
+4. start again notebooks to be restarted that have settled (STOPPED, or ERROR from a lost host)
+   by queueing them (:meth:`Admission.restart`); one that FAILED to stop is not restarted
+   (:mod:`scheduler.lifecycle` says why);
+5. end drains whose host has emptied (``HostService.end_drains``);
+6. place what the queue can place (:meth:`Admission.dispatch`).
 
-Steps 2-6 are one transaction. :meth:`wake` makes the next tick happen now (a report freed
-capacity, a host joined); otherwise it runs every ``loop_interval_s``. Tests call :meth:`tick`.
+Steps 2-6 each run in a transaction of their own: a job that fails is logged and rolled back
+alone, and the later jobs still run. Within a job, each notebook is handled in its own savepoint
+(:func:`scheduler.loops.base.one_item`): one bad row is logged and skipped, not the whole job.
+:meth:`wake` makes the next tick happen now (a report freed capacity, a host joined); otherwise
+it runs every ``loop_interval_s``. Tests call :meth:`tick`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from common.config import SchedulerConfig
 from common.states import NotebookState
+from scheduler.admission import Admission
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database, Tx
 from scheduler.hosts import HostService
-from scheduler.lifecycle import stop_by_scheduler
-from scheduler.loops.base import Loop
-from scheduler.notebooks import NotebookService
+from scheduler.lifecycle import RESTARTED, RESTARTS_FROM, stop_by_scheduler
+from scheduler.loops.base import Loop, one_item
 
 log = logging.getLogger(__name__)
 
 S = NotebookState
+
+_RESTARTS_FROM = tuple(sorted(RESTARTS_FROM))
+_RESTARTS_FROM_MARKS = ", ".join("?" for _ in _RESTARTS_FROM)
 
 
 def _days(seconds: float) -> str:
@@ -49,7 +56,7 @@ class Maintenance(Loop):
         board: AssignmentBoard,
         clock: Callable[[], float],
         hosts: HostService,
-        notebooks: NotebookService,
+        admission: Admission,
     ) -> None:
         super().__init__(config.loop_interval_s)
         self.db = db
@@ -57,22 +64,29 @@ class Maintenance(Loop):
         self.board = board
         self.clock = clock
         self.hosts = hosts
-        self.notebooks = notebooks
+        self.admission = admission
 
     async def tick(self) -> None:
         await self.hosts.flush()
         now = self.clock()
-        async with self.db.transaction() as tx:
-            await self.hosts.mark_lost(tx, now=now)
-            await self._runtime_limit(tx, now)
-            await self._restarts(tx, now)
-            await tx.run(
-                "UPDATE hosts SET draining = 0 WHERE draining = 1 AND NOT EXISTS "
-                "(SELECT 1 FROM notebooks n WHERE n.host_id = hosts.id)"
-            )
-            placed = await self.notebooks.dispatcher.dispatch(tx, now=now)
-        if placed:
-            log.info("queue: placed %d notebooks", placed)
+        jobs: tuple[tuple[str, Callable[[Tx, float], Awaitable[None]]], ...] = (
+            ("lost-hosts", self._lost_hosts),
+            ("runtime-limit", self._runtime_limit),
+            ("restarts", self._restarts),
+            ("end-drains", self._end_drains),
+            ("queue", self._dispatch),
+        )
+        for name, job in jobs:
+            try:
+                async with self.db.transaction() as tx:
+                    await job(tx, now)
+            except Exception:
+                log.exception(
+                    "job=%s failed and was rolled back; the next tick runs it again", name
+                )
+
+    async def _lost_hosts(self, tx: Tx, now: float) -> None:
+        await self.hosts.mark_lost(tx, now=now)
 
     async def _runtime_limit(self, tx: Tx, now: float) -> None:
         limit = self.config.max_runtime_s
@@ -81,22 +95,33 @@ class Maintenance(Loop):
             (now - limit,),
         )
         for row in rows:
-            await stop_by_scheduler(
-                tx,
-                row,
-                f"runtime limit of {_days(limit)} reached",
-                again="it will start again (restart-on-timeout)",
-                now=now,
-                board=self.board,
-            )
-            log.info("notebook=%s stopped at the runtime limit", row["id"])
+            async with one_item(tx, f"notebook={row['id']}", "stop at the runtime limit"):
+                await stop_by_scheduler(
+                    tx,
+                    row,
+                    f"runtime limit of {_days(limit)} reached",
+                    again="it will start again (restart-on-timeout)",
+                    now=now,
+                    board=self.board,
+                )
+                log.info("notebook=%s stopped at the runtime limit", row["id"])
 
     async def _restarts(self, tx: Tx, now: float) -> None:
-        rows = await tx.all("SELECT * FROM notebooks WHERE restart_pending = 1")
+        rows = await tx.all(
+            # The literal lets SQLite use the partial index notebooks_restarts.
+            f"SELECT * FROM notebooks WHERE desired = '{RESTARTED}' "
+            f"AND state IN ({_RESTARTS_FROM_MARKS})",
+            _RESTARTS_FROM,
+        )
         for row in rows:
-            state = S(row["state"])
-            if state in (S.STOPPED, S.ERROR):
-                why = "host lost" if state == S.ERROR else "restart-on-timeout"
-                await self.notebooks.restart(tx, row, now=now, why=why)
-            elif state not in (S.STARTING, S.RUNNING, S.STOPPING):
-                await tx.run("UPDATE notebooks SET restart_pending = 0 WHERE id = ?", (row["id"],))
+            why = "host lost" if row["state"] == S.ERROR else "restart-on-timeout"
+            async with one_item(tx, f"notebook={row['id']}", "restart"):
+                await self.admission.restart(tx, row, now=now, why=why)
+
+    async def _end_drains(self, tx: Tx, now: float) -> None:
+        await self.hosts.end_drains(tx, now=now)
+
+    async def _dispatch(self, tx: Tx, now: float) -> None:
+        placed = await self.admission.dispatch(tx, now=now)
+        if placed:
+            log.info("queue: placed %d notebooks", placed)

@@ -56,7 +56,7 @@ async def test_heartbeat_updates_gpus_and_unknown_host_is_told(harness: Harness)
         "utilization_pct": 87,
     }
     reply = await agent.heartbeat(gpus=[gpu], containers=[])
-    assert reply.json == {"known": True, "heartbeat_interval_s": 10.0}
+    assert reply.json == {"known": True, "heartbeat_interval_s": 10.0, "heartbeat_misses": 3}
     [host] = (await harness.call("GET", "/v1/admin/hosts", token=harness.admin_token)).json["items"]
     assert host["last_heartbeat"] == harness.clock()
     assert (host["gpus"][0]["memory_used_mb"], host["gpus"][0]["utilization_pct"]) == (1234, 87)

@@ -3,8 +3,10 @@ driven by the fake clock through the real HTTP API."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from common import wire
 from tests.component.conftest import Agent, FakeClock, Harness, Tokens, make_config
 
 TTL = 30  # heartbeat_interval_s 10 × heartbeat_misses 3
@@ -146,6 +148,23 @@ async def test_cordon_and_drain(harness: Harness, project: Tokens) -> None:
     await harness.tick()
     back = await project.get(moving["id"])
     assert (back["state"], back["host"]) == ("STARTING", "a")
+
+
+async def test_a_drained_notebook_that_restarts_is_told_to_stop_on_its_host(
+    harness: Harness, project: Tokens
+) -> None:
+    """The restart intent is the scheduler's: the host is told ``stopped``, in a body the
+    agent's own decoder accepts."""
+    a = harness.agent("a")
+    await a.register(gpus=2)
+    nb = (await project.run(gpu=1, restart_on_timeout=True)).json
+    await a.report(nb["id"], "RUNNING")
+    drained = await harness.call("POST", "/v1/admin/hosts/a/drain", token=harness.admin_token)
+    assert drained.status == 200
+    body = await a.assignments()
+    assignments = wire.decode(json.dumps(body).encode(), wire.Assignments)
+    [item] = [i for i in assignments.items if i.notebook == nb["id"]]
+    assert (item.desired, item.state) == ("stopped", "STOPPING")
 
 
 async def test_minutes_survive_a_scheduler_restart_and_replays_bill_once(

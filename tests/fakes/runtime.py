@@ -39,6 +39,8 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.containers: dict[str, ContainerInfo] = {}
         self.specs: dict[str, ContainerSpec] = {}
+        #: Every URL the readiness probe was asked about, in order.
+        self.probed: list[str] = []
         self.behaviours: dict[str, str] = {}
         self.answer_after = 3
         self.calls: list[tuple[str, str]] = []
@@ -113,6 +115,7 @@ class FakeRuntime:
         return _copy(info)
 
     async def probe(self, url: str) -> bool:
+        self.probed.append(url)
         for notebook, info in self.containers.items():
             if info.host_port is not None and f":{info.host_port}/" in url + "/":
                 if not info.running:

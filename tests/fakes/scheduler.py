@@ -3,6 +3,9 @@
 ``FakeSink``: an in-memory ``ReportSink`` (what the Outbox sends to) with ``down_for(n)``;
 acknowledged transitions land in ``sent``, usage in ``usage_items``.
 
+``FakeContact``: contact with the scheduler (``agent.contact.Contact``) as a test sets it:
+``reachable``, True until the test says otherwise.
+
 ``FakeScheduler``: the agent protocol over real HTTP (aiohttp app; run it with
 ``aiohttp.test_utils.TestServer``), verifying signatures with ``common.auth.Verifier`` and
 refusing a body not declared JSON with 415, as the real scheduler does. Tests set
@@ -64,6 +67,14 @@ class FakeSink:
         self._enter()
         self.progress_reports.append(body)
         return wire.Ack()
+
+
+class FakeContact:
+    def __init__(self) -> None:
+        self.reachable = True
+
+    def in_contact(self) -> bool:
+        return self.reachable
 
 
 class FakeScheduler:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.reconcile import http_probe
+from agent.docker_runtime import DockerRuntime
+from agent.notebook_steps import http_probe
 from agent.runtime import (
     ContainerExists,
     ContainerSpec,
-    DockerRuntime,
     ImageUnavailable,
     NoSuchContainer,
 )
@@ -166,7 +166,7 @@ async def test_exit_code_and_logs(
 
 
 async def test_device_request_only_with_nvidia_runtime(tmp_path: Path) -> None:
-    from agent.runtime import container_config
+    from agent.container_config import container_config
 
     spec = spec_for("x", "img", tmp_path, gpus=["GPU-1"], nvidia_runtime=True, cpu=999)
     config = container_config(spec, cpus=8, memory_mb=100)

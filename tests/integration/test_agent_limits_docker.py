@@ -6,8 +6,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from agent.reconcile import http_probe
-from agent.runtime import ContainerLimits, DockerRuntime
+from agent.docker_runtime import DockerRuntime
+from agent.notebook_steps import http_probe
+from agent.runtime import ContainerLimits
 from tests.integration.conftest import new_notebook_id
 from tests.integration.test_agent_docker import docker_inspect, spec_for, wait_until
 

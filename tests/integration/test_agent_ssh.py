@@ -19,7 +19,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from agent.runtime import ContainerSpec, DockerRuntime
+from agent.docker_runtime import DockerRuntime
+from agent.runtime import ContainerSpec
 from agent.ssh import NotebookSshServer, SshTarget
 from tests.integration.conftest import new_notebook_id, workdirs
 

@@ -21,7 +21,6 @@ from agent.proxy_access import ActivityMeter, Authorizer
 from agent.proxy_paths import (
     Editor,
     editor_path,
-    public_url,
     rewrite_location,
     rewrite_set_cookie,
     strip_cookie,
@@ -518,17 +517,9 @@ def test_helpers() -> None:
     assert rewrite_location("/notebooks/n/x", root, "h") == "/notebooks/n/x"  # already under
     assert rewrite_location("//127.0.0.1:9/x", root, "h") == "/notebooks/n/x"
     assert rewrite_set_cookie("a=b; Path=/", jupyter) == "a=b; Path=/"  # the editor knows
-    # What users open: the editor's url_path under the prefix, without any token.
+    # Where the readiness probe opens the editor: its url_path under the prefix.
     assert editor_path("/notebooks/n/", "/lab?token=t") == "/notebooks/n/lab?token=t"
     assert editor_path("/notebooks/n/", "/notebooks/n/lab") == "/notebooks/n/lab"
-    assert public_url("http://h:1/", "n", "/", "/lab?token=t") == "http://h:1/notebooks/n/lab"
-    assert (
-        public_url("http://h:1", "n", "/notebooks/n/", "/notebooks/n/lab?token=t&x=1")
-        == "http://h:1/notebooks/n/lab?x=1"
-    )
-    assert public_url("http://h:1", "n", "/", "/?folder=/workspace") == (
-        "http://h:1/notebooks/n/?folder=/workspace"
-    )
 
 
 # ---------------------------------------------------------------- WebSockets

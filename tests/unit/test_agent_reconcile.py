@@ -7,12 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from agent.reconcile import Reconciler
 from agent.report import Outbox
 from agent.runtime import ContainerInfo
+from agent.volumes import VolumeSync
 from agent.workspace import engine
 from agent.workspace import manifest as mf
 from agent.workspace.host import MARKER, HostWorkspaces
@@ -22,7 +22,7 @@ from common.wire import Assignment
 from tests.fakes.inventory import FakeClock
 from tests.fakes.objectstore import FakeObjectStore
 from tests.fakes.runtime import FakeRuntime
-from tests.fakes.scheduler import FakeSink
+from tests.fakes.scheduler import FakeContact, FakeSink
 
 BUCKET = "nbfleet-workspaces"
 
@@ -45,6 +45,7 @@ class Rig:
     sink: FakeSink
     outbox: Outbox
     clock: FakeClock
+    contact: FakeContact
     root: Path
 
     async def tick(self, times: int = 1) -> None:
@@ -67,25 +68,41 @@ class Rig:
         return self.root / "workspaces" / notebook
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Rig:
+def make_rig(tmp_path: Path, **config_fields) -> Rig:
     config = AgentConfig(
         host_id="h1",
         workspaces_dir=str(tmp_path / "workspaces"),
         scratch_dir=str(tmp_path / "scratch"),
+        volumes_dir=str(tmp_path / "volumes"),
         state_dir=str(tmp_path / "state"),
         public_host="127.0.0.1",
         start_timeout_s=60,
         checkpoint_interval_s=600,
+        **config_fields,
     )
     runtime = FakeRuntime()
     store = FakeObjectStore()
     sink = FakeSink()
     outbox = Outbox(sink)
     clock = FakeClock()
+    contact = FakeContact()
     workspaces = HostWorkspaces(store, BUCKET, config.workspaces_dir, config.scratch_dir)
-    reconciler = Reconciler(config, runtime, workspaces, outbox, clock=clock, probe=runtime.probe)
-    return Rig(reconciler, runtime, store, sink, outbox, clock, tmp_path)
+    reconciler = Reconciler(
+        config,
+        runtime,
+        workspaces,
+        outbox,
+        volumes=VolumeSync(config.volumes_dir, clock=clock),
+        contact=contact,
+        clock=clock,
+        probe=runtime.probe,
+    )
+    return Rig(reconciler, runtime, store, sink, outbox, clock, contact, tmp_path)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return make_rig(tmp_path)
 
 
 def assignment(notebook: str = "nb1", **overrides) -> Assignment:
@@ -110,22 +127,21 @@ def assignment(notebook: str = "nb1", **overrides) -> Assignment:
     return Assignment(**fields)
 
 
-async def test_start_reports_running_with_url_and_creates_marker(rig: Rig) -> None:
+async def test_start_reports_running_once_the_editor_answers_and_creates_marker(rig: Rig) -> None:
     rig.assign(assignment())
     await rig.tick()
     spec = rig.runtime.specs["nb1"]
     port = rig.runtime.containers["nb1"].host_port
     assert rig.reported() == [("RUNNING", "editor answers")]
-    assert rig.sink.sent[0].url == f"http://127.0.0.1:{port}/lab"
+    # The readiness probe opens the editor's url_path on its loopback port.
+    assert rig.runtime.probed[-1] == f"http://127.0.0.1:{port}/lab"
     assert spec.user == "1000:1000" and spec.gpus == ["GPU-1"]
     assert (rig.workspace("nb1") / MARKER).exists()
     assert rig.reconciler.running() == [("nb1", 1, rig.clock.now)]
 
 
-async def test_containers_get_the_limits_of_the_agent_config(rig: Rig) -> None:
-    rig.reconciler.config = msgspec.structs.replace(
-        rig.reconciler.config, pids_limit=128, nofile_limit=2048, shm_size_mb=256
-    )
+async def test_containers_get_the_limits_of_the_agent_config(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, pids_limit=128, nofile_limit=2048, shm_size_mb=256)
     rig.assign(assignment())
     await rig.tick()
     limits = rig.runtime.specs["nb1"].limits
@@ -378,7 +394,7 @@ async def test_adopted_starting_container_is_reported_running(rig: Rig) -> None:
     rig.assign(assignment())
     await rig.tick()
     assert rig.reported() == [("RUNNING", "editor answers")]
-    assert rig.sink.sent[0].url == "http://127.0.0.1:41001/lab"
+    assert rig.runtime.probed[-1] == "http://127.0.0.1:41001/lab"
 
 
 async def test_container_of_older_generation_is_replaced(rig: Rig) -> None:
@@ -658,15 +674,13 @@ async def test_orphan_of_a_notebook_saved_elsewhere_since_is_not_pushed_over_tha
 async def test_no_checkpoint_while_out_of_contact_with_the_scheduler(rig: Rig) -> None:
     """Past the heartbeat TTL the scheduler may have started the notebook elsewhere: this host
     stops checkpointing until contact is back."""
-    contact = {"ok": True}
-    rig.reconciler.in_contact = lambda: contact["ok"]
     rig.assign(assignment())
     await rig.tick()
     (rig.workspace("nb1") / "train.py").write_text("epochs = 10")
-    contact["ok"] = False
+    rig.contact.reachable = False
     rig.clock.advance(601)
     await rig.tick(2)
     assert rig.sink.snapshots == []
-    contact["ok"] = True
+    rig.contact.reachable = True
     await rig.tick()
     assert [r.snapshot.kind for r in rig.sink.snapshots] == ["checkpoint"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.runtime import ContainerLimits, ContainerSpec, container_config
+from agent.container_config import container_config
+from agent.runtime import ContainerLimits, ContainerSpec
 from common.config import AgentConfig, load
 
 MIB = 1024 * 1024

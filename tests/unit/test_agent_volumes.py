@@ -12,8 +12,10 @@ from typing import BinaryIO
 import pytest
 
 from agent.objectstore import ObjectInfo, StoreError
-from agent.volumes import VolumeSync, VolumeSyncError, describe, safe_relative
+from agent.volume_transfer import describe, safe_relative
+from agent.volumes import VolumeSync, VolumeSyncError
 from common import wire
+from common.states import NotebookState
 
 NB = "nb1"
 
@@ -361,7 +363,7 @@ class Rig:
         from tests.fakes.inventory import FakeClock
         from tests.fakes.objectstore import FakeObjectStore as WorkspaceStore
         from tests.fakes.runtime import FakeRuntime
-        from tests.fakes.scheduler import FakeSink
+        from tests.fakes.scheduler import FakeContact, FakeSink
 
         config = AgentConfig(
             host_id="h1",
@@ -384,9 +386,10 @@ class Rig:
             self.runtime,
             workspaces,
             self.outbox,
+            volumes=self.volumes,
+            contact=FakeContact(),
             clock=self.clock,
             probe=self.runtime.probe,
-            volumes=self.volumes,
         )
 
     async def tick(self) -> None:
@@ -400,7 +403,7 @@ class Rig:
             project="p1",
             generation=1,
             desired=fields.pop("desired", "running"),
-            state=fields.pop("state", wire.NotebookState.STARTING),
+            state=fields.pop("state", NotebookState.STARTING),
             image="tiny:ok",
             command=["editor"],
             editor_port=8888,
@@ -443,7 +446,7 @@ async def test_reconciler_pulls_before_start_mounts_and_pushes_after_stop(
     assert (Path(rig.volumes.volume_dir(NB, 0)) / "labels.csv").exists()
 
     (Path(rig.volumes.volume_dir(NB, 0)) / "result.txt").write_text("42")
-    rig.assign(volumes, desired="stopped", state=wire.NotebookState.STOPPING)
+    rig.assign(volumes, desired="stopped", state=NotebookState.STOPPING)
     await rig.tick()
     assert rig.reported()[-1] == ("STOPPED", "stopped")
     assert body(store, "imagenet/result.txt") == b"42"

@@ -76,3 +76,19 @@ def test_user_actions_match_the_table():
     assert S.STOPPED in TRANSITIONS[S.QUEUED]
     assert not (SETTLED & ACTIVE)
     assert S.QUEUED not in ACTIVE
+
+
+def test_host_tables_cover_every_state_and_follow_the_diagram() -> None:
+    from common.states import HOST_INTENT_TRANSITIONS, HOST_TRANSITIONS, HostIntent, HostState
+
+    assert set(HOST_TRANSITIONS) == set(HostState)
+    assert set(HOST_INTENT_TRANSITIONS) == set(HostIntent)
+    assert check(HostState.READY, HostState.LOST) and check(HostState.LOST, HostState.READY)
+    assert not check(HostState.READY, HostState.READY)  # an agent that registers again
+    assert not check(HostIntent.CORDONED, HostIntent.CORDONED)  # a second cordon
+    # A drain ends cordoned, never open: uncordoning is the operator's decision.
+    assert check(HostIntent.DRAINING, HostIntent.CORDONED)
+    assert check(HostIntent.OPEN, HostIntent.DRAINING)
+    # The tables are per kind: a notebook state is no host state.
+    with pytest.raises((InvalidTransition, KeyError, TypeError)):
+        check(HostState.READY, NotebookState.RUNNING)

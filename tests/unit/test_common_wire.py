@@ -53,9 +53,7 @@ def test_agent_protocol_roundtrips():
     )
     batch = wire.Assignments(version=3, items=[a])
     assert roundtrip(batch) == batch
-    tr = wire.TransitionBatch(
-        [wire.Transition("n1", 2, NotebookState.RUNNING, "up", 1.5, "http://x")]
-    )
+    tr = wire.TransitionBatch([wire.Transition("n1", 2, NotebookState.RUNNING, "up", 1.5)])
     assert roundtrip(tr) == tr
     usage = wire.UsageBatch([wire.UsageItem("n1", 2, 3, 1.0)])
     assert roundtrip(usage) == usage
@@ -181,3 +179,20 @@ def test_a_trailing_newline_is_not_a_valid_name(field: str, value: object) -> No
     body = {"framework": "conda", "editor": "jupyterlab", field: value}
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(msgspec.json.encode(body), type=wire.NotebookCreate)
+
+
+def test_an_error_body_becomes_the_error_the_server_raised() -> None:
+    body = wire.encode(wire.ErrorBody("conflict", "notebook n is RUNNING", {"state": "RUNNING"}))
+    error = wire.error_from_body(409, body)
+    assert error is not None
+    assert (error.code, error.message, error.detail) == (
+        "conflict",
+        "notebook n is RUNNING",
+        {"state": "RUNNING"},
+    )
+    # A code from a newer peer: the status decides, the message is kept.
+    newer = wire.error_from_body(404, b'{"code": "gone_fishing", "message": "later"}')
+    assert newer is not None and (newer.code, newer.message) == ("not_found", "later")
+    # Not an error body at all: the caller describes the failure itself.
+    assert wire.error_from_body(502, b"<html>Bad Gateway</html>") is None
+    assert wire.error_from_body(500, b"") is None
