@@ -3,7 +3,9 @@
 Each daemon reads one file. Any top-level scalar setting can be overridden by an environment
 variable named ``<PREFIX><SETTING>`` in upper case (``NBFLEET_SCHEDULER_LISTEN``,
 ``NBFLEET_AGENT_HOST_ID``, ``NBFLEET_URL``), which is how systemd drop-ins and tests adjust one
-value without rewriting the file. A bad value is an error naming the setting and the file.
+value without rewriting the file; the scheduler URL settings take a list there, comma-separated
+(``NBFLEET_AGENT_SCHEDULER_URL=http://a:8470,http://b:8470``). A bad value is an error naming
+the setting and the file.
 
 Example scheduler file::
 
@@ -31,6 +33,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
+
+from common.failover import parse_urls
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
@@ -97,7 +101,14 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     #: The address users reach the scheduler at (e.g. ``https://notebooks.example.com``); a
     #: notebook's URL starts with it. Empty: the address each caller used.
     public_url: str = ""
+    #: The SQLite file, when ``database_url`` is empty.
     database: str = "/var/lib/nbfleet/scheduler/scheduler.db"
+    #: Where the scheduler keeps its state, as a URL; it wins over ``database`` when set.
+    #: ``sqlite:///var/lib/nbfleet/scheduler/scheduler.db`` (a file: one scheduler process, the
+    #: embedded default) or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`` (any number
+    #: of scheduler processes on one database; asyncpg's URL, so ``?sslmode=...`` and the
+    #: ``PG*`` environment variables work). ``nbfleet-scheduler migrate`` prepares PostgreSQL.
+    database_url: str = ""
     #: Created with a fresh token on first start when absent.
     admin_token_file: str = "/etc/nbfleet/admin.token"
     #: One file per host, named by host id, holding that agent's HMAC secret.
@@ -136,10 +147,24 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     flavors: dict[str, FlavorSpec] = {}
     catalog: Catalog = msgspec.field(default_factory=Catalog)
 
+    def __post_init__(self) -> None:
+        scheme, sep, rest = self.database_url.partition(":")
+        if self.database_url and (scheme not in DATABASE_SCHEMES or not sep or not rest):
+            raise ValueError(
+                f"database_url {self.database_url!r} must be sqlite:///PATH or "
+                "postgresql://USER@HOST[:PORT]/DATABASE"
+            )
+
+
+#: The ``database_url`` schemes the scheduler knows (``postgres`` is libpq's short form).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
 
 class AgentConfig(Struct, forbid_unknown_fields=True):
     host_id: str = ""
-    scheduler_url: str = "http://127.0.0.1:8470"
+    #: The scheduler's URL, or several (replicas, or load balancers in front of them): a list,
+    #: or one string with commas. The agent fails over between them (:mod:`common.failover`).
+    scheduler_url: str | list[str] = "http://127.0.0.1:8470"
     secret_file: str = "/etc/nbfleet/agent.secret"
     #: Where the agent's own HTTP server listens (logs now, the editor proxy later).
     listen: str = "127.0.0.1:8471"
@@ -205,11 +230,23 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     #: Each running notebook's workspace disk use is measured (a walk of its host dir, in a
     #: worker thread) at most this often, and reported with the heartbeats.
     disk_usage_interval_s: Annotated[float, Meta(gt=0)] = 60.0
+    #: While no scheduler answers (unreachable, or 5xx), the editor proxy keeps admitting a
+    #: token the scheduler allowed for a notebook for this long after it last confirmed it,
+    #: so open editors keep working through a control-plane outage. Held in memory only (an
+    #: agent restarted during an outage has nothing to vouch for); 0 turns it off.
+    authorize_grace_s: Annotated[float, Meta(ge=0)] = 900.0
+
+    def __post_init__(self) -> None:
+        parse_urls(self.scheduler_url, "scheduler_url")  # a bad URL fails at load, named
 
 
 class ClientConfig(Struct, forbid_unknown_fields=True):
-    url: str = "http://127.0.0.1:8470"
+    #: The scheduler's URL or several, as ``AgentConfig.scheduler_url`` takes them.
+    url: str | list[str] = "http://127.0.0.1:8470"
     token: str = ""
+
+    def __post_init__(self) -> None:
+        parse_urls(self.url, "url")
 
 
 class ConfigError(Exception):

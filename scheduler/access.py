@@ -125,7 +125,11 @@ class ProxyActivity(WriteBehind):
         # The last activity never goes back (a late heartbeat); the byte count is the agent's
         # latest cumulative figure, as the contract says.
         await tx.run_many(
-            "UPDATE notebooks SET last_activity_at = MAX(COALESCE(last_activity_at, 0), ?), "
+            "UPDATE notebooks SET last_activity_at = CASE WHEN COALESCE(last_activity_at, 0) > ? "
+            "THEN COALESCE(last_activity_at, 0) ELSE ? END, "
             "proxied_bytes = ? WHERE id = ? AND host_id = ?",
-            ((at, carried, notebook, host) for notebook, (host, at, carried) in pending.items()),
+            (
+                (at, at, carried, notebook, host)
+                for notebook, (host, at, carried) in pending.items()
+            ),
         )

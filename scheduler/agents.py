@@ -132,7 +132,7 @@ class AgentService:
                     ),
                 )
             reported = [gpu.uuid for gpu in request.gpus]
-            gone = f"uuid NOT IN ({', '.join('?' for _ in reported)})" if reported else "1"
+            gone = f"uuid NOT IN ({', '.join('?' for _ in reported)})" if reported else "TRUE"
             await tx.run(
                 f"DELETE FROM gpus WHERE host_id = ? AND notebook_id IS NULL AND {gone}",
                 (host_id, *reported),

@@ -28,7 +28,7 @@ from scheduler.api import add_routes
 from scheduler.api.context import CONTEXT, Context
 from scheduler.api.middleware import MAX_BODY_BYTES, errors
 from scheduler.board import AssignmentBoard
-from scheduler.db import Database
+from scheduler.db import database_for
 from scheduler.hosts import HostService
 from scheduler.loops.activity import ActivityFlush
 from scheduler.loops.base import Loop
@@ -50,7 +50,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     agent_client: AgentClient | None = None,
 ) -> web.Application:
-    db = Database(config.database)
+    db = database_for(config)
     board = AssignmentBoard()
     # Secrets on disk, created at the first start: read once, here, so every service gets
     # them through its constructor.
@@ -116,7 +116,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await context.agent_client.start()
     for loop in app[LOOPS]:
         loop.start()
-    log.info("scheduler ready: database %s", context.config.database)
+    log.info("scheduler ready: database %s", context.db.where)
     try:
         yield
     finally:

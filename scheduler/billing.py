@@ -170,7 +170,7 @@ async def report(
     label_key: str | None = None,
 ) -> wire.UsageReport:
     """Usage of ``projects`` (all when ``None``) in ``[start, end)``, grouped."""
-    where, params = "1", []
+    where, params = "TRUE", []
     if projects is not None:
         names = sorted(set(projects))
         where = f"n.project IN ({', '.join('?' for _ in names)})"

@@ -10,7 +10,6 @@ the notebooks), so resolving a stored volume always finds its datastore.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -18,7 +17,7 @@ import msgspec
 from common import wire
 from common.errors import conflict, invalid, not_found
 from common.states import NotebookState
-from scheduler.db import Database, Row, Tx
+from scheduler.db import Database, IntegrityError, Row, Tx
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ class DatastoreService:
                         now,
                     ),
                 )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise conflict(
                 f"datastore {request.alias} already exists in project {project}; delete it "
                 "first to change it",
@@ -230,14 +229,14 @@ class DatastoreService:
             )
             if row is None:
                 raise not_found("datastore", alias)
-            users = await tx.all(
-                "SELECT DISTINCT n.id FROM notebooks n, json_each(n.volumes) v "
-                "WHERE n.project = ? AND n.state != ? "
-                "AND json_extract(v.value, '$.alias') = ? ORDER BY n.created_at, n.id",
-                (project, NotebookState.DELETED.value, alias),
+            # The volumes are JSON text; one project's notebooks are few enough to read here.
+            rows = await tx.all(
+                "SELECT id, volumes FROM notebooks WHERE project = ? AND state != ? "
+                "AND volumes != '[]' ORDER BY created_at, id",
+                (project, NotebookState.DELETED.value),
             )
-            if users:
-                ids = [r["id"] for r in users]
+            ids = [r["id"] for r in rows if any(v.alias == alias for v in stored_volumes(r))]
+            if ids:
                 raise conflict(
                     f"datastore {alias} is used by notebook(s) {', '.join(ids)}; delete them first",
                     alias=alias,

@@ -130,10 +130,12 @@ class HostService(WriteBehind):
 
     async def _write(self, tx: Tx, pending: dict[str, _Beat]) -> None:
         await tx.run_many(
-            "UPDATE hosts SET last_heartbeat = MAX(last_heartbeat, ?), disk_free_bytes = ?, "
+            "UPDATE hosts SET last_heartbeat = "
+            "CASE WHEN last_heartbeat > ? THEN last_heartbeat ELSE ? END, disk_free_bytes = ?, "
             "disk_total_bytes = ? WHERE id = ? AND state = ?",
             (
                 (
+                    beat.at,
                     beat.at,
                     None if beat.disk is None else beat.disk.free_bytes,
                     None if beat.disk is None else beat.disk.total_bytes,

@@ -166,7 +166,8 @@ async def add_usage(tx: Tx, notebook_id: str, generation: int, minutes: int) -> 
     await tx.run(
         "INSERT INTO usage (notebook_id, generation, billed_minutes) VALUES (?, ?, ?) "
         "ON CONFLICT (notebook_id, generation) "
-        "DO UPDATE SET billed_minutes = MAX(billed_minutes, excluded.billed_minutes)",
+        "DO UPDATE SET billed_minutes = CASE WHEN excluded.billed_minutes > usage.billed_minutes "
+        "THEN excluded.billed_minutes ELSE usage.billed_minutes END",
         (notebook_id, generation, minutes),
     )
 

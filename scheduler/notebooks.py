@@ -87,7 +87,7 @@ class NotebookService:
             # when it is placed at once, else with QUEUED.
             [row] = await tx.all(
                 "INSERT INTO notebooks (id, project, name, framework, editor, image, command, "
-                "editor_port, url_path, user, gpu, cpu, memory_mb, labels, envvars, state, "
+                'editor_port, url_path, "user", gpu, cpu, memory_mb, labels, envvars, state, '
                 "state_reason, state_at, desired, generation, initialized, access_token, "
                 "created_at, flavor, gpu_model, disk_gb, restart_on_timeout, unsecure_http, "
                 "ssh_public_keys, fork_notebook, fork_snapshot) "

@@ -83,9 +83,12 @@ class DiskFloor:
 
     def sql(self) -> tuple[str, list[object]]:
         """A condition on ``hosts`` that holds where the disk does not block placement."""
+        # At least the larger of the two is at least each of them. The casts keep a fraction
+        # where PostgreSQL would take a parameter beside an integer column for an integer.
         return (
             "(disk_free_bytes IS NULL OR disk_total_bytes IS NULL OR "
-            "disk_free_bytes >= MAX(?, disk_total_bytes * ?))",
+            "(disk_free_bytes >= CAST(? AS DOUBLE PRECISION) AND "
+            "disk_free_bytes >= disk_total_bytes * CAST(? AS DOUBLE PRECISION)))",
             [self.min_free_gb * 1e9, self.min_free_pct / 100],
         )
 

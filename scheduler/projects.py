@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +24,7 @@ from common.auth import new_token, token_digest
 from common.config import QuotaDefaults
 from common.errors import ApiError, conflict, not_found
 from scheduler import quota
-from scheduler.db import Database, Row, Tx
+from scheduler.db import Database, IntegrityError, Row, Tx
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class ProjectService:
                 await tx.run(
                     "INSERT INTO projects (name, created_at) VALUES (?, ?)", (request.name, now)
                 )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise conflict(f"project {request.name} already exists", project=request.name)
         return await self.get_project(request.name)
 

@@ -125,7 +125,9 @@ class ProjectQuota:
 
 async def update(tx: Tx, project: str, change: wire.QuotaUpdate) -> None:
     values = {name: getattr(change, name) for name in LIMITS if getattr(change, name) is not None}
-    await tx.run("INSERT OR IGNORE INTO quotas (project) VALUES (?)", (project,))
+    await tx.run(
+        "INSERT INTO quotas (project) VALUES (?) ON CONFLICT (project) DO NOTHING", (project,)
+    )
     if values:
         sets = ", ".join(f"{name} = ?" for name in values)
         await tx.run(f"UPDATE quotas SET {sets} WHERE project = ?", (*values.values(), project))

@@ -41,7 +41,7 @@ CREATE TABLE notebooks (
     command         TEXT NOT NULL,
     editor_port     INTEGER NOT NULL,
     url_path        TEXT NOT NULL,
-    user            TEXT NOT NULL,
+    "user"          TEXT NOT NULL,
     gpu             INTEGER NOT NULL,
     cpu             INTEGER NOT NULL,
     memory_mb       INTEGER NOT NULL,

@@ -6,11 +6,23 @@
 -- still stopping or has settled as STOPPED or ERROR is one the maintenance loop would restart;
 -- a flagged one in any other state is one it would have cleared the flag of.
 --
+-- PostgreSQL changes the CHECK constraint in place and drops the two columns.
+-- dialect: postgresql
+ALTER TABLE notebooks DROP CONSTRAINT notebooks_desired_check;
+ALTER TABLE notebooks ADD CONSTRAINT notebooks_desired_check
+    CHECK (desired IN ('running', 'stopped', 'deleted', 'restarted'));
+UPDATE notebooks SET desired = 'restarted'
+    WHERE restart_pending = 1 AND state IN ('STOPPING', 'STOPPED', 'ERROR');
+ALTER TABLE notebooks DROP COLUMN restart_pending, DROP COLUMN url;
+-- The maintenance loop's restarts: the few notebooks to be restarted, without a scan.
+CREATE INDEX notebooks_restarts ON notebooks(state) WHERE desired = 'restarted';
+
 -- SQLite cannot change a CHECK constraint in place, so the table is rebuilt. The migration is
 -- one transaction with foreign keys on: they are checked at the commit instead, the rows are
 -- copied aside, the table dropped and created again, and the rows put back, which satisfies
 -- again every reference (state history, usage, GPUs, snapshots, forks) the drop left dangling.
 -- Rowids are kept: listings order by creation time, then rowid.
+-- dialect: sqlite
 PRAGMA defer_foreign_keys = ON;
 
 CREATE TEMP TABLE notebooks_0009 AS SELECT rowid AS old_rowid, * FROM notebooks;
@@ -27,7 +39,7 @@ CREATE TABLE notebooks (
     command         TEXT NOT NULL,
     editor_port     INTEGER NOT NULL,
     url_path        TEXT NOT NULL,
-    user            TEXT NOT NULL,
+    "user"          TEXT NOT NULL,
     gpu             INTEGER NOT NULL,
     cpu             INTEGER NOT NULL,
     memory_mb       INTEGER NOT NULL,
@@ -77,7 +89,7 @@ CREATE TABLE notebooks (
 );
 
 INSERT INTO notebooks (
-    rowid, id, project, name, framework, editor, image, command, editor_port, url_path, user,
+    rowid, id, project, name, framework, editor, image, command, editor_port, url_path, "user",
     gpu, cpu, memory_mb, labels, envvars, state, state_reason, state_at, desired, host_id,
     last_host_id, generation, initialized, access_token, running_since, created_at, version,
     volumes, fork_notebook, fork_snapshot, flavor, gpu_model, disk_gb, restart_on_timeout,
@@ -85,7 +97,8 @@ INSERT INTO notebooks (
     workspace_used_at, ssh_public_keys
 )
 SELECT
-    old_rowid, id, project, name, framework, editor, image, command, editor_port, url_path, user,
+    old_rowid, id, project, name, framework, editor, image, command, editor_port, url_path,
+    "user",
     gpu, cpu, memory_mb, labels, envvars, state, state_reason, state_at,
     CASE
         WHEN restart_pending = 1 AND state IN ('STOPPING', 'STOPPED', 'ERROR') THEN 'restarted'

@@ -1,7 +1,13 @@
-"""A scheduler app on a temporary SQLite file, driven through aiohttp's test client.
+"""A scheduler app on a temporary SQLite file or a fresh PostgreSQL database, driven through
+aiohttp's test client.
 
 ``harness`` gives a running scheduler with a fake clock, the admin token, helpers to create
 projects and tokens, and :class:`Agent` objects that sign their requests like a real agent.
+Every test that uses ``harness`` or ``clock`` (the scheduler's tests) runs twice, as
+``[sqlite]`` and ``[postgresql]``: :func:`make_config` puts in the config the database the
+autouse fixture ``scheduler_database`` made for the test (a SQLite file in ``tmp_path``, or a
+database of its own on the cluster ``NBFLEET_TEST_POSTGRES_URL`` names, copied from one
+migrated once per session), so tests that build their own harness get it too.
 ``agent_server`` is a real agent process (FakeRuntime, a fake scheduler) serving its own HTTP
 API on a loopback port, for what both servers must do alike.
 """
@@ -9,8 +15,8 @@ API on a loopback port, for what both servers must do alike.
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,12 @@ from scheduler.api.context import CONTEXT
 from scheduler.app import LOOPS, create_app
 from scheduler.secrets import ensure_admin_token, ensure_agent_secret
 from tests.fakes.runtime import FakeRuntime
+from tests.support.postgres import (
+    PostgresDatabases,
+    committed_rows,
+    committed_snapshot,
+    postgres_url,
+)
 from tests.unit.test_agent_app import agent_config, agent_for, fake_scheduler, url_of
 
 START = 1_700_000_000.0
@@ -77,9 +89,16 @@ class Reply:
         return self.json["code"]
 
 
+#: The current test's PostgreSQL database (unset: SQLite), set by ``scheduler_database``. An
+#: environment variable, not a global: pytest loads this file under a module name of its own,
+#: and tests import it again as ``tests.component.conftest``.
+DATABASE_URL_ENV = "NBFLEET_TEST_SCHEDULER_DATABASE_URL"
+
+
 def make_config(tmp_path: Path, **overrides: Any) -> SchedulerConfig:
     raw = {
         "database": str(tmp_path / "scheduler.db"),
+        "database_url": os.environ.get(DATABASE_URL_ENV, ""),
         "admin_token_file": str(tmp_path / "admin.token"),
         "agent_secrets_dir": str(tmp_path / "agents"),
         "heartbeat_interval_s": 10.0,
@@ -168,13 +187,18 @@ class Harness:
             tokens[role] = reply.json["token"]
         return Tokens(self, name, tokens["operator"], tokens["read"])
 
+    @property
+    def database(self) -> str:
+        """The scheduler's database: a PostgreSQL URL or a SQLite file."""
+        return self.config.database_url or self.config.database
+
+    def committed(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` as committed (read through a connection of its own)."""
+        return committed_rows(self.database, sql, params)
+
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every stored row (read through a second connection: committed data only)."""
-        with sqlite3.connect(self.config.database) as conn:
-            tables = [
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            ]
-            return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+        return committed_snapshot(self.database)
 
     def agent(self, host_id: str) -> Agent:
         if host_id not in self._agents:
@@ -293,6 +317,43 @@ class Agent:
             "at": self.harness.clock(),
         }
         return await self.call("POST", "/v1/agents/usage", {"items": [item]})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if {"harness", "clock"} & set(metafunc.fixturenames):
+        metafunc.parametrize("database_backend", ["sqlite", "postgresql"])
+
+
+@pytest.fixture
+def database_backend() -> str:
+    """Tests that run no scheduler (parametrized otherwise: pytest_generate_tests)."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases(postgres_url())
+    yield databases
+    databases.close()
+
+
+@pytest.fixture(autouse=True)
+def scheduler_database(
+    request: pytest.FixtureRequest, database_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A PostgreSQL database of the test's own for ``[postgresql]``; SQLite needs nothing
+    (``make_config`` names a file in ``tmp_path``)."""
+    if database_backend == "sqlite":
+        monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+        yield
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    url = databases.fresh()
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    try:
+        yield
+    finally:
+        databases.drop(url)
 
 
 @pytest.fixture

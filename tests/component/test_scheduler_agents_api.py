@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from scheduler.db import _migration_files
+from scheduler.schema import migration_files as _migration_files
 from tests.component.conftest import Agent, Harness, Tokens
 
 

@@ -3,7 +3,6 @@ URL) and what they report back (activity, carried by heartbeats and written in b
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from scheduler.api.context import CONTEXT
@@ -23,10 +22,10 @@ def activity(notebook: str, at: float, bytes_in: int, bytes_out: int) -> dict[st
 
 def stored_activity(harness: Harness, notebook: str) -> tuple[Any, Any]:
     """``(last_activity_at, proxied_bytes)`` as committed in the database."""
-    with sqlite3.connect(harness.config.database) as conn:
-        return conn.execute(
-            "SELECT last_activity_at, proxied_bytes FROM notebooks WHERE id = ?", (notebook,)
-        ).fetchone()
+    rows = harness.committed(
+        "SELECT last_activity_at, proxied_bytes FROM notebooks WHERE id = ?", (notebook,)
+    )
+    return next(iter(rows), None)
 
 
 async def flush(harness: Harness) -> None:

@@ -10,6 +10,7 @@ from common.config import SchedulerConfig
 from common.errors import ApiError
 from common.wire import DiskSpace
 from scheduler.db import Database
+from scheduler.db_sqlite import SqliteDatabase
 from scheduler.placement import (
     DiskFloor,
     Resources,
@@ -29,7 +30,7 @@ def gpus(n: int) -> Resources:
 
 @pytest.fixture
 async def db():
-    database = Database(":memory:")
+    database = SqliteDatabase(":memory:")
     await database.open()
     # GPUs are reserved here without notebook rows.
     database.conn.execute("PRAGMA foreign_keys=OFF")

@@ -1,0 +1,270 @@
+"""The scheduler's database on PostgreSQL, through asyncpg: a pool per scheduler process, and
+writers serialized across every process on the database.
+
+**Why asyncpg, with the SQL as it is** (not SQLAlchemy's async core on top of it): the
+statements are hand-written, keyed and hot (a placement makes about twenty), and
+scripts/bench-scheduler measures what each one costs. asyncpg prepares each distinct statement
+once per connection and keeps it (binary protocol, no round trip to parse it again), and puts
+nothing between a call and the wire; an expression layer would build, compile and cache-look-up
+every statement again per call, to produce SQL we already have. The code's ``?`` placeholders
+are numbered once per distinct statement (:func:`scheduler.schema.postgres_params`).
+
+**Writers** (:meth:`PostgresDatabase.transaction`): every write transaction starts with
+``pg_advisory_xact_lock(WRITE_LOCK)``, in READ COMMITTED, so each statement after it sees
+every commit before it; the lock goes with the commit or rollback. That is what ``BEGIN
+IMMEDIATE`` gives SQLite: one writer at a time, here across every scheduler process on the
+database. Not SERIALIZABLE: conflicting transactions would fail at commit and need a retry
+around every service call, and placements, which all touch the same hosts, would conflict most
+of the time. Not row locks (``SELECT ... FOR UPDATE``): the quota check counts a project's
+notebooks, and no row lock stops another transaction from inserting one (a phantom). Within a
+process, writers queue on an :class:`asyncio.Lock` before taking a connection, so a burst of
+writes holds one pooled connection, not all of them, and reads keep flowing.
+
+**Reads** (:meth:`~PostgresDatabase.read`): ``REPEATABLE READ READ ONLY``, one snapshot for the
+block, no lock, never waiting for a writer.
+
+**Values**: ``SUM`` over integers is ``numeric`` in PostgreSQL (an integer in SQLite); a codec
+returns it as ``int`` (``float`` when it has a fraction), so callers get what SQLite gives.
+
+**Migrations** (:meth:`~PostgresDatabase.migrate`) run on a connection of their own under a
+session advisory lock (``MIGRATE_LOCK``), so two replicas never migrate at once; each is one
+transaction with its ``schema_migrations`` row (PostgreSQL's DDL is transactional). :meth:`open`
+refuses to start with any migration missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from scheduler.db import Database, IntegrityError, MigrationsPending, Row, Tx
+from scheduler.schema import (
+    SCHEMA_MIGRATIONS_TABLE,
+    migration_files,
+    postgres_params,
+    postgres_text,
+)
+
+log = logging.getLogger(__name__)
+
+#: Advisory lock keys (per database): "nbflee" in ASCII, then the writers' and the migrations'.
+WRITE_LOCK = 0x6E62666C6565_01
+MIGRATE_LOCK = 0x6E62666C6565_02
+
+#: Connections per scheduler process: one writer at a time, the rest for reads.
+POOL_SIZE = 10
+
+_BEGIN_WRITE = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+_BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+def _number(text: str) -> int | float:
+    """A ``numeric`` as SQLite would have given it."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "numeric", encoder=str, decoder=_number, schema="pg_catalog", format="text"
+    )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset when a connection goes back to the pool (asyncpg has rolled back any
+    open transaction): the scheduler sets no session state, takes no session locks and does
+    not LISTEN on pooled connections. asyncpg's default reset is one more round trip per
+    block."""
+
+
+def _rowcount(status: str) -> int:
+    """Rows a command changed, from its status (``UPDATE 3``, ``INSERT 0 1``); -1 for none."""
+    count = status.rpartition(" ")[2]
+    return int(count) if count.isdigit() else -1
+
+
+class PostgresTx(Tx):
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    async def one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        try:
+            return await self._conn.fetchrow(postgres_params(sql), *params)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(str(exc)) from exc
+
+    async def all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        try:
+            return await self._conn.fetch(postgres_params(sql), *params)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(str(exc)) from exc
+
+    async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
+        try:
+            return _rowcount(await self._conn.execute(postgres_params(sql), *params))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(str(exc)) from exc
+
+    async def run_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        args = [tuple(r) for r in rows]
+        if not args:
+            return
+        try:
+            await self._conn.executemany(postgres_params(sql), args)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(str(exc)) from exc
+
+
+class PostgresDatabase(Database):
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def where(self) -> str:
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        if parts.username:
+            host = f"{parts.username}@{host}"
+        return f"{parts.scheme}://{host}{parts.path}"
+
+    async def open(self) -> None:
+        pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            init=_init_connection,
+            reset=_keep_session,
+            # Statements built with IN lists of several lengths: keep them all prepared.
+            statement_cache_size=1024,
+            server_settings={"application_name": "nbfleet-scheduler"},
+        )
+        try:
+            async with pool.acquire() as conn:
+                missing = await _missing(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        if missing:
+            await pool.close()
+            raise MigrationsPending(self.where, missing)
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def migrate(self) -> list[str]:
+        conn = await asyncpg.connect(self.url)
+        done = []
+        try:
+            # A session lock, held across the migrations' transactions: another replica's
+            # migrate waits here, then finds nothing left to do.
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)
+            await conn.execute(postgres_text(SCHEMA_MIGRATIONS_TABLE))
+            applied = await _applied(conn)
+            for name, script in migration_files():
+                if name in applied:
+                    continue
+                log.info("database=%s applying migration %s", self.where, name)
+                async with conn.transaction():
+                    await conn.execute(postgres_text(script))
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                        name,
+                        time.time(),
+                    )
+                done.append(name)
+        finally:
+            await conn.close()
+        return done
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database is not open")
+        return self._pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self._write_lock:
+            async with self.pool.acquire() as conn:
+                await conn.execute(_BEGIN_WRITE)
+                tx = PostgresTx(conn)
+                try:
+                    yield tx
+                except BaseException:
+                    await _rollback(conn)
+                    raise
+                await conn.execute("COMMIT")
+        tx.committed()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        async with self.pool.acquire() as conn:
+            await conn.execute(_BEGIN_READ)
+            try:
+                yield PostgresTx(conn)
+            except BaseException:
+                await _rollback(conn)
+                raise
+            await conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def read_offloop(self) -> AsyncIterator[Tx]:
+        """Reads here are network round trips, which never hold the event loop: a scan is a
+        read like any other."""
+        async with self.read() as tx:
+            yield tx
+
+    async def query_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        return await self.pool.fetchrow(postgres_params(sql), *params)
+
+
+async def _rollback(conn: asyncpg.Connection) -> None:
+    """Roll back after an error; a connection that broke is left to the pool, which drops it
+    (the server rolls back what a lost connection left open)."""
+    try:
+        await conn.execute("ROLLBACK")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("rollback failed (%s); the connection is dropped", exc)
+        conn.terminate()
+
+
+async def _applied(conn: asyncpg.Connection) -> set[str]:
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return set()
+    return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+
+
+async def _missing(conn: asyncpg.Connection) -> list[str]:
+    """The migrations this scheduler has that the database lacks."""
+    applied = await _applied(conn)
+    known = [name for name, _ in migration_files()]
+    newer = applied - set(known)
+    if newer:
+        log.warning(
+            "the database has migrations this scheduler does not know (%s): a newer version "
+            "migrated it; this one runs on, but upgrade it",
+            ", ".join(sorted(newer)),
+        )
+    return [name for name in known if name not in applied]
