@@ -32,7 +32,8 @@ def _connection_options() -> argparse.ArgumentParser:
     options.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help="scheduler URL (default: NBFLEET_URL or config file)",
+        help="scheduler URL, or several comma-separated: replicas tried in turn when one "
+        "does not answer (default: NBFLEET_URL or config file)",
     )
     options.add_argument(
         "--token",
