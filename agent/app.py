@@ -152,7 +152,8 @@ class Agent:
         )
         notebooks = NotebookView(self.reconciler)
         self.activity = ActivityMeter(clock)
-        self.proxy = EditorProxy(notebooks.editor, Authorizer(client.authorize), self.activity)
+        authorizer = Authorizer(client.authorize, grace_s=config.authorize_grace_s)
+        self.proxy = EditorProxy(notebooks.editor, authorizer, self.activity)
         self.api = AgentApi(
             host_id, secret, runtime, self.reconciler.kept_logs, notebooks, self.proxy
         )
@@ -270,7 +271,7 @@ class Agent:
             # The fleet's host key: a notebook keeps the same one whichever host runs it.
             self.ssh.use_host_key(reply.ssh_host_key)
         self.registered.set()
-        log.info("host=%s registered with %s", self.host_id, self.config.scheduler_url)
+        log.info("host=%s registered with %s", self.host_id, self.client.scheduler_url)
 
     async def heartbeat_tick(self) -> None:
         if not self.registered.is_set():

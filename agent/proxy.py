@@ -20,7 +20,12 @@ Contract:
 * Tokens are checked by the scheduler (``POST /v1/agents/authorize``, signed); answers are
   cached per (notebook, sha256(token)): allowed for 10 s, refused for 2 s, so a deleted token
   stops working within seconds (:class:`agent.proxy_access.Authorizer`). Concurrent checks of
-  one token share one call. A scheduler that cannot answer: 503, nothing cached.
+  one token share one call. A scheduler that cannot answer (unreachable, or 5xx): a token it
+  allowed for this notebook within ``authorize_grace_s`` (:class:`agent.proxy_access.Grace`)
+  is still admitted, so open editors keep working through a control-plane outage; any other
+  token gets 503, as does every token when the scheduler answers 4xx to the agent itself.
+  Once it answers again, a revoked token is refused within the allowed cache time. The grace
+  is in memory only: an agent restarted during an outage admits nobody until one answers.
 * Forwarded to ``127.0.0.1:<published port>``: method, path, query, streamed body, headers minus
   hop-by-hop ones, the nbfleet cookie and any ``Authorization``; plus ``X-Forwarded-For``,
   ``-Proto``, ``-Host`` (the client's ``Host`` is kept, so editors that compare ``Origin`` with
@@ -144,6 +149,7 @@ class EditorProxy:
         app.router.add_route("*", "/notebooks/{id}/{tail:.*}", self.handle)
 
     async def close(self) -> None:
+        await self.authorizer.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -237,8 +243,8 @@ class EditorProxy:
             reply = await self.authorizer.check(editor.notebook, token)
         except SchedulerUnavailable as exc:
             log.warning(
-                "notebook=%s cannot check a token, the scheduler is unreachable (%s); "
-                "refusing with 503 until it answers",
+                "notebook=%s cannot check a token, the scheduler is unreachable (%s) and has "
+                "not allowed it here within authorize_grace_s; refusing with 503 until it answers",
                 editor.notebook,
                 exc,
             )
