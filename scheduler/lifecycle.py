@@ -18,6 +18,9 @@ caller's write transaction and:
 * when leaving RUNNING: closes the run's usage at
   ``max(reported, billed_minutes(running_since, left_at))`` and clears ``running_since``
   (``billed_until`` moves ``left_at`` back, e.g. to a lost host's last heartbeat);
+* entering or leaving STARTING/RUNNING (:data:`common.states.ACTIVE`): adds to or takes from
+  the project's use (``projects.gpus_used``, ``cpus_used``, ``notebooks_active``), which the
+  quota check reads;
 * entering STOPPED, FAILED, ERROR or DELETED: frees the GPUs and the host (``host_id = NULL``,
   ``last_host_id`` remembered) and forgets the workspace's disk use on that host;
 * bumps the assignment version of the host(s) involved, recomputes their capacity counters and
@@ -41,7 +44,7 @@ from typing import cast
 from common import wire
 from common.billing import billed_minutes
 from common.errors import conflict
-from common.states import NotebookState, check
+from common.states import ACTIVE, NotebookState, check
 from scheduler import billing
 from scheduler.board import AssignmentBoard
 from scheduler.db import Row, Tx
@@ -117,6 +120,9 @@ async def change_state(
         if desired == "running" or (desired == RESTARTED and target not in RESTARTS_FROM):
             columns["desired"] = "stopped"
 
+    if (current in ACTIVE) != (target in ACTIVE):
+        await _count_use(tx, notebook, 1 if target in ACTIVE else -1)
+
     assignments = ", ".join(f"{name} = ?" for name in columns)
     updated = await tx.run(
         f"UPDATE notebooks SET {assignments}, version = version + 1 WHERE id = ? AND version = ?",
@@ -151,6 +157,19 @@ def assigned_desired(desired: str) -> wire.Desired:
     """What the notebook's host is told to do for a stored ``desired``: a notebook to be
     restarted is, on its host, to be stopped (it runs again later, as a new generation)."""
     return "stopped" if desired == RESTARTED else cast(wire.Desired, desired)
+
+
+async def _count_use(tx: Tx, notebook: Row, sign: int) -> None:
+    """Keep the project's use (:func:`scheduler.quota.use`) as ``notebook`` enters (``+1``) or
+    leaves (``-1``) the states that count against quota; a CPU notebook's CPUs count, a GPU
+    notebook's come with its GPUs."""
+    gpu = notebook["gpu"]
+    cpus = notebook["cpu"] if gpu == 0 else 0
+    await tx.run(
+        "UPDATE projects SET gpus_used = gpus_used + ?, cpus_used = cpus_used + ?, "
+        "notebooks_active = notebooks_active + ? WHERE name = ?",
+        (sign * gpu, sign * cpus, sign, notebook["project"]),
+    )
 
 
 async def close_run(tx: Tx, notebook: Row, *, left_at: float) -> None:

@@ -15,14 +15,10 @@ from dataclasses import dataclass
 from common import wire
 from common.config import QuotaDefaults
 from common.errors import ApiError
-from common.states import ACTIVE
 from scheduler.db import Tx
 from scheduler.placement import Resources
 
 LIMITS = ("gpus", "cpus", "notebooks", "gpus_per_notebook", "cpus_per_notebook")
-
-_ACTIVE_MARKS = ", ".join("?" for _ in ACTIVE)
-_ACTIVE = tuple(sorted(ACTIVE))
 
 
 async def limits(tx: Tx, project: str, defaults: QuotaDefaults) -> wire.Quota:
@@ -35,15 +31,16 @@ async def limits(tx: Tx, project: str, defaults: QuotaDefaults) -> wire.Quota:
 
 
 async def use(tx: Tx, project: str) -> wire.QuotaUse:
+    """What ``project`` uses now: the counters :func:`scheduler.lifecycle.change_state` keeps
+    as its notebooks enter and leave the states that count (one row, not a sum over them)."""
     row = await tx.one(
-        "SELECT COALESCE(SUM(gpu), 0) AS gpus, "
-        "COALESCE(SUM(CASE WHEN gpu = 0 THEN cpu ELSE 0 END), 0) AS cpus, "
-        "COUNT(*) AS notebooks "
-        f"FROM notebooks WHERE project = ? AND state IN ({_ACTIVE_MARKS})",
-        (project, *_ACTIVE),
+        "SELECT gpus_used, cpus_used, notebooks_active FROM projects WHERE name = ?", (project,)
     )
-    assert row is not None
-    return wire.QuotaUse(gpus=row["gpus"], cpus=row["cpus"], notebooks=row["notebooks"])
+    if row is None:
+        return wire.QuotaUse(gpus=0, cpus=0, notebooks=0)
+    return wire.QuotaUse(
+        gpus=row["gpus_used"], cpus=row["cpus_used"], notebooks=row["notebooks_active"]
+    )
 
 
 def per_notebook_violation(project: str, quota: wire.Quota, res: Resources) -> ApiError | None:

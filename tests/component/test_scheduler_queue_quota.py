@@ -357,3 +357,60 @@ async def test_a_start_takes_the_catalogs_current_editor_command(
     [item] = (await host.assignments())["items"]
     assert item["command"][-1] == "--fixed-by-the-operator"
     assert item["image"] == nb["image"]
+
+
+async def test_the_use_quota_reads_is_what_the_notebooks_hold_after_every_kind_of_change(
+    quota4: Harness,
+) -> None:
+    """The project's use is kept as counters by change_state; after runs, queueing, reports,
+    stops, failures, a lost host, restarts and deletes it equals the sum over the notebooks."""
+
+    def held() -> tuple[int, int, int]:
+        [row] = quota4.committed(
+            "SELECT COALESCE(SUM(gpu), 0), "
+            "COALESCE(SUM(CASE WHEN gpu = 0 THEN cpu ELSE 0 END), 0), COUNT(*) "
+            "FROM notebooks WHERE project = 'alpha' AND state IN ('STARTING', 'RUNNING')"
+        )
+        return tuple(int(v) for v in row)
+
+    def counted() -> tuple[int, int, int]:
+        [row] = quota4.committed(
+            "SELECT gpus_used, cpus_used, notebooks_active FROM projects WHERE name = 'alpha'"
+        )
+        return tuple(int(v) for v in row)
+
+    project = await quota4.project("alpha")
+    h1, h2 = quota4.agent("h1"), quota4.agent("h2")
+    await h1.register(gpus=2, cpus=16)
+    await h2.register(gpus=1, cpus=16)
+    gpu_a = (await project.run(gpu=2)).json
+    gpu_b = (await project.run(gpu=1, restart_on_timeout=True)).json
+    cpu_c = (await project.run(gpu=0, cpu=4)).json
+    queued = (await project.run(gpu=1)).json  # within quota, but every GPU is taken
+    assert queued["state"] == "QUEUED"
+    assert counted() == held() == (3, 4, 3)
+    for nb in (gpu_a, gpu_b, cpu_c):
+        agent = h1 if (await project.get(nb["id"]))["host"] == "h1" else h2
+        await agent.report(nb["id"], "RUNNING")
+    assert counted() == held()
+    # A stop, a failure, a delete: each gives its share back once.
+    await project.action(gpu_a["id"], "stop")
+    assert counted() == held() == (1, 4, 2)
+    host_a = h1 if gpu_a["host"] == "h1" else h2
+    await host_a.report(gpu_a["id"], "STOPPED")
+    await quota4.tick()  # the queue takes the freed GPUs
+    assert counted() == held()
+    cpu_host = h1 if (await project.get(cpu_c["id"]))["host"] == "h1" else h2
+    await cpu_host.report(cpu_c["id"], "FAILED", reason="container exited with code 1")
+    assert counted() == held()
+    # The host of the restart-on-timeout notebook is lost; it is queued again elsewhere.
+    lost = (await project.get(gpu_b["id"]))["host"]
+    alive = h2 if lost == "h1" else h1
+    for _ in range(4):
+        quota4.clock.advance(11)
+        await alive.heartbeat()
+    await quota4.tick()
+    assert counted() == held()
+    for nb in (gpu_a, gpu_b, cpu_c, queued):
+        await quota4.call("DELETE", f"/v1/notebooks/{nb['id']}", token=project.operator)
+    assert counted() == held()
