@@ -111,8 +111,14 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     database_url: str = ""
     #: Created with a fresh token on first start when absent.
     admin_token_file: str = "/etc/nbfleet/admin.token"
-    #: One file per host, named by host id, holding that agent's HMAC secret.
+    #: Where ``add-host`` leaves a copy of an agent's HMAC secret (a file named by host id,
+    #: 0600) for the operator to hand to the agent. The secrets themselves live in the
+    #: database; files an older scheduler kept here are imported once at start.
     agent_secrets_dir: str = "/etc/nbfleet/agents"
+    #: The key agent secrets are encrypted with in the database (Fernet, created 0600 on first
+    #: start when absent; default: agent_secrets.key beside admin_token_file). Every replica
+    #: must be given the same file.
+    secrets_key_file: str = ""
     #: The SSH host key every agent presents (ed25519, created on first start when absent;
     #: default: ssh_host_ed25519_key beside admin_token_file). Agents get it when they register.
     ssh_host_key_file: str = ""

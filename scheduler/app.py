@@ -1,11 +1,13 @@
 """The scheduler's app factory.
 
 ``create_app(config, clock=..., agent_client=...)`` builds the aiohttp application and every
-service, each given what it needs through its constructor (the admin token and the fleet's SSH
-host key are read here, created if absent); the database is opened (and migrated), the agent
-HTTP client started and the background loops run inside ``cleanup_ctx``, so the test client
-and ``web.run_app`` share one lifecycle. ``clock`` drives every stored time, heartbeat freshness and
-signature checks, so tests move time instead of sleeping.
+service, each given what it needs through its constructor (the admin token, the fleet's SSH
+host key and the key agent secrets are sealed with are read here, created if absent); the
+database is opened (and migrated), old agent secret files imported and the agents' secrets
+loaded (:mod:`scheduler.agent_secrets`), the agent HTTP client started and the background loops
+run inside ``cleanup_ctx``, so the test client and ``web.run_app`` share one lifecycle.
+``clock`` drives every stored time, heartbeat freshness and signature checks, so tests move time
+instead of sleeping.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from common.http_server import handler_args
 from scheduler.access import ProxyActivity
 from scheduler.admission import Admission
 from scheduler.agent_client import AgentClient
+from scheduler.agent_secrets import agent_secrets_for
 from scheduler.agents import AgentService
 from scheduler.api import add_routes
 from scheduler.api.context import CONTEXT, Context
@@ -36,7 +39,7 @@ from scheduler.loops.maintenance import Maintenance
 from scheduler.notebook_views import NotebookViews
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
-from scheduler.secrets import AgentSecrets, ensure_admin_token, ensure_ssh_host_key
+from scheduler.secrets import ensure_admin_token, ensure_ssh_host_key
 from scheduler.snapshots import ProgressBoard, SnapshotService
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,8 @@ def create_app(
         config.ssh_host_key_file
         or os.path.join(os.path.dirname(config.admin_token_file), "ssh_host_ed25519_key")
     )
-    agent_secrets = AgentSecrets(config.agent_secrets_dir)
+    # Agents' secrets live in the database, sealed with the key file (created if absent).
+    agent_secrets = agent_secrets_for(config, db)
     progress = ProgressBoard()
     activity = ProxyActivity(db)
     hosts = HostService(db, config, board, clock)
@@ -101,8 +105,9 @@ def create_app(
         handler_args=handler_args("scheduler"),
     )
     app[CONTEXT] = context
-    # Heartbeat writes, lost hosts, the runtime limit, restarts and the queue; proxy activity.
-    app[LOOPS] = [maintenance, ActivityFlush(activity)]
+    # Heartbeat writes, lost hosts, the runtime limit, restarts and the queue; proxy activity;
+    # reloading the agents' secrets.
+    app[LOOPS] = [maintenance, ActivityFlush(activity), agent_secrets]
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_release_long_polls)
@@ -112,6 +117,13 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     context = app[CONTEXT]
     await context.db.open()
+    try:
+        await context.agent_secrets.import_files(context.config.agent_secrets_dir)
+        # Strict: a replica given another key file refuses to start (SecretsKeyMismatch).
+        await context.agent_secrets.load()
+    except BaseException:
+        await context.db.close()
+        raise
     await context.hosts.load()
     await context.agent_client.start()
     for loop in app[LOOPS]:

@@ -1,7 +1,9 @@
-"""Secret files on disk: the admin token and the per-agent HMAC secrets.
+"""Secret files on disk: the admin token, the fleet's SSH host key, the key agent secrets are
+sealed with in the database, and the operator's copy of an agent's secret.
 
-Both are created with mode 0600 and never overwritten, so ``add-host`` and ``admin-token`` can
-be run again safely and print the existing value.
+The first three are created with mode 0600 and never overwritten, so ``admin-token`` and every
+start can be run again safely and find the existing value. Agent secrets themselves live in the
+database (:mod:`scheduler.agent_secrets`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import logging
 import os
 import re
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 from common.auth import new_token, read_secret
+from common.config import SchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,8 @@ HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 def valid_host_id(host_id: str) -> bool:
-    """Host ids name files in ``agent_secrets_dir``; this keeps them inside it."""
+    """Host ids name files in ``agent_secrets_dir`` (the operator's copies); this keeps them
+    inside it."""
     return bool(HOST_ID.fullmatch(host_id)) and host_id not in (".", "..")
 
 
@@ -59,50 +63,50 @@ def ensure_ssh_host_key(path: str | Path) -> str:
     return read_secret(path).decode()
 
 
-def ensure_agent_secret(secrets_dir: str | Path, host_id: str) -> str:
-    """The HMAC secret for ``host_id`` (32 random bytes as hex), created (0600) if absent."""
+def secrets_key_path(config: SchedulerConfig) -> Path:
+    """The key file agent secrets are sealed with: ``secrets_key_file``, else
+    ``agent_secrets.key`` beside ``admin_token_file``."""
+    if config.secrets_key_file:
+        return Path(config.secrets_key_file)
+    return Path(config.admin_token_file).parent / "agent_secrets.key"
+
+
+def ensure_secrets_key(path: str | Path) -> bytes:
+    """The Fernet key in ``path``, created (0600) if absent. Every replica must be given the
+    same file: a key made by one replica's first start opens nothing another replica sealed.
+    Raises ValueError when the file does not hold a Fernet key."""
+    path = Path(path)
+    if _create_exclusive(path, Fernet.generate_key().decode()):
+        log.info("key for agent secrets created in %s: give every replica this same file", path)
+    key = read_secret(path)
+    try:
+        Fernet(key)
+    except ValueError as exc:
+        raise ValueError(f"{path} does not hold a key for agent secrets ({exc})") from None
+    return key
+
+
+def new_agent_secret() -> str:
+    """A fresh agent HMAC secret: 32 random bytes as hex, what agents keep in ``secret_file``."""
+    return secrets.token_hex(32)
+
+
+def write_agent_secret_file(secrets_dir: str | Path, host_id: str, secret: str) -> Path:
+    """Leave ``secret`` in ``secrets_dir/<host_id>`` (0600) for the operator to hand to the
+    agent, replacing a stale copy; the scheduler never reads it back (the database holds the
+    secret; old files are imported once, :mod:`scheduler.agent_secrets`)."""
     if not valid_host_id(host_id):
-        raise ValueError(
-            f"host id {host_id!r} must be letters, digits, '.', '_' or '-' (at most 63)"
-        )
+        raise ValueError(host_id_error(host_id))
     path = Path(secrets_dir) / host_id
-    if _create_exclusive(path, secrets.token_hex(32)):
-        log.info("host=%s secret created in %s", host_id, path)
-    return read_secret(path).decode()
+    if _create_exclusive(path, secret):
+        return path
+    if read_secret(path).decode() != secret:
+        staged = path.with_name(f".{host_id}.new")
+        staged.unlink(missing_ok=True)
+        _create_exclusive(staged, secret)
+        os.replace(staged, path)
+    return path
 
 
-class AgentSecrets:
-    """``secret_for(host_id)`` for :class:`common.auth.Verifier`, reading
-    ``agent_secrets_dir/<host>`` with a short cache so a new ``add-host`` takes effect without a
-    restart and a removed secret stops working within ``ttl_s``. Unknown hosts are not cached."""
-
-    def __init__(
-        self,
-        secrets_dir: str | Path,
-        *,
-        ttl_s: float = 30.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.dir = Path(secrets_dir)
-        self.ttl_s = ttl_s
-        self._monotonic = monotonic
-        self._cache: dict[str, tuple[bytes, float]] = {}
-
-    def __call__(self, host_id: str) -> bytes | None:
-        if not valid_host_id(host_id):
-            return None
-        now = self._monotonic()
-        cached = self._cache.get(host_id)
-        if cached is not None and now - cached[1] < self.ttl_s:
-            return cached[0]
-        try:
-            secret = read_secret(self.dir / host_id)
-        except (OSError, ValueError) as exc:
-            self._cache.pop(host_id, None)
-            if not isinstance(exc, FileNotFoundError):
-                log.warning(
-                    "host=%s cannot read its secret (%s); its requests get 401", host_id, exc
-                )
-            return None
-        self._cache[host_id] = (secret, now)
-        return secret
+def host_id_error(host_id: str) -> str:
+    return f"host id {host_id!r} must be letters, digits, '.', '_' or '-' (at most 63)"

@@ -12,6 +12,7 @@ from common.auth import Verifier
 from common.config import SchedulerConfig
 from scheduler.access import ProxyActivity
 from scheduler.agent_client import AgentClient
+from scheduler.agent_secrets import AgentSecrets
 from scheduler.agents import AgentService
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database
@@ -21,7 +22,6 @@ from scheduler.loops.maintenance import Maintenance
 from scheduler.notebook_views import NotebookViews
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
-from scheduler.secrets import AgentSecrets
 from scheduler.snapshots import SnapshotService
 
 

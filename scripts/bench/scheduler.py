@@ -6,7 +6,7 @@
 
 Starts this checkout's scheduler (``python -m scheduler.main run``) on 127.0.0.1 with a
 temporary directory for its config, database and agent secrets (stderr in ``scheduler.log``
-there), creates ``--hosts`` agent secrets with :func:`scheduler.secrets.ensure_agent_secret`,
+there), writes ``--hosts`` agent secret files (imported into its database at start),
 registers that many simulated hosts (``--gpus-per-host`` fake H100s each) with signed
 ``POST /v1/agents/register``, then measures, one phase after the other:
 
@@ -82,7 +82,7 @@ from bench.scheduler_server import (
     raise_fd_limit,
     write_config,
 )
-from scheduler.secrets import ensure_admin_token, ensure_agent_secret
+from scheduler.secrets import ensure_admin_token, new_agent_secret, write_agent_secret_file
 
 log = logging.getLogger("bench-scheduler")
 
@@ -244,10 +244,13 @@ class Bench:
     async def setup(self, pool: ProcessPoolExecutor) -> None:
         self.admin = ensure_admin_token(self.workdir / "admin.token")
         secrets_dir = self.workdir / "agents"
-        self.hosts = [
-            fleet.SimHost(id=host_id, secret=ensure_agent_secret(secrets_dir, host_id).encode())
-            for host_id in (f"bench-host-{i:05d}" for i in range(self.args.hosts))
-        ]
+        # Written as files into the server's agent_secrets_dir before it starts: the
+        # scheduler imports them into its database at start, as on an upgrade.
+        self.hosts = []
+        for host_id in (f"bench-host-{i:05d}" for i in range(self.args.hosts)):
+            secret = new_agent_secret()
+            write_agent_secret_file(secrets_dir, host_id, secret)
+            self.hosts.append(fleet.SimHost(id=host_id, secret=secret.encode()))
         self.server.start()
         await self.server.wait_healthy()
         await self._projects()

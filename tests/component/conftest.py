@@ -28,15 +28,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.app import Agent as AgentProcess
 from common.auth import sign
 from common.config import SchedulerConfig
+from scheduler.agent_secrets import add_host
 from scheduler.api.context import CONTEXT
 from scheduler.app import LOOPS, create_app
-from scheduler.secrets import ensure_admin_token, ensure_agent_secret
+from scheduler.secrets import ensure_admin_token
 from tests.fakes.runtime import FakeRuntime
 from tests.support.postgres import (
     PostgresDatabases,
     committed_rows,
     committed_snapshot,
     postgres_url,
+    run_sync,
 )
 from tests.unit.test_agent_app import agent_config, agent_for, fake_scheduler, url_of
 
@@ -202,7 +204,11 @@ class Harness:
 
     def agent(self, host_id: str) -> Agent:
         if host_id not in self._agents:
-            secret = ensure_agent_secret(self.config.agent_secrets_dir, host_id)
+            # add-host's own code, on connections of its own; the running app learns it at
+            # once instead of at its next reload (tests run no background loops).
+            secret = run_sync(add_host(self.config, host_id))
+            if self.client is not None:
+                self.app[CONTEXT].agent_secrets.remember(host_id, secret)
             self._agents[host_id] = Agent(self, host_id, secret.encode())
         return self._agents[host_id]
 
