@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -18,7 +18,7 @@ from agent.client import SchedulerClient, SchedulerUnavailable
 from common import wire
 from common.errors import ApiError
 from tests.fakes.scheduler import FakeScheduler
-from tests.support.unanswering import ProxyWithoutReplicas, Silent, refused_url
+from tests.support.unanswering import Silent, refused_url
 
 SECRET = b"s" * 32
 
@@ -45,19 +45,6 @@ async def live() -> AsyncIterator[tuple[FakeScheduler, str]]:
     server = await serve(scheduler.app())
     yield scheduler, url_of(server)
     await server.close()
-
-
-@pytest.fixture
-def proxies() -> AsyncIterator[Callable[[int], ProxyWithoutReplicas]]:
-    made: list[ProxyWithoutReplicas] = []
-
-    def make(status: int) -> ProxyWithoutReplicas:
-        made.append(ProxyWithoutReplicas(status))
-        return made[-1]
-
-    yield make
-    for proxy in made:
-        proxy.close()
 
 
 @pytest.mark.parametrize("dead", ["refused", "proxy 503", "proxy 502", "proxy 504", "silent"])

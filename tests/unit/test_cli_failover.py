@@ -6,7 +6,7 @@ scheduler, and failures as they happen (refused, a load balancer's page, a hung 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,7 +15,7 @@ from cli.main import main
 from common.config import ClientConfig
 from common.errors import ApiError
 from tests.fakes.stand_in_scheduler import StandInScheduler, Stream, cli_against, error
-from tests.support.unanswering import ProxyWithoutReplicas, Silent, refused_url
+from tests.support.unanswering import Silent, refused_url
 
 NOTEBOOK = {
     "id": "6f1c",
@@ -43,19 +43,6 @@ def live(monkeypatch, tmp_path) -> Iterator[StandInScheduler]:
     stand_in = cli_against(monkeypatch, tmp_path)
     yield stand_in
     stand_in.close()
-
-
-@pytest.fixture
-def proxies() -> Iterator[Callable[[int], ProxyWithoutReplicas]]:
-    made: list[ProxyWithoutReplicas] = []
-
-    def make(status: int) -> ProxyWithoutReplicas:
-        made.append(ProxyWithoutReplicas(status))
-        return made[-1]
-
-    yield make
-    for proxy in made:
-        proxy.close()
 
 
 @pytest.fixture
