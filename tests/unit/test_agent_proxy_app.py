@@ -217,6 +217,11 @@ async def test_exec_errors(rig: Rig) -> None:
     status, reply = await post_exec(rig, "nb1", b'{"command": []}')
     assert (status, reply["code"]) == (400, "invalid_request")
     assert "command" in reply["message"]
+    # The reconciler would act on the exit (and remove the container, making it a 404): stop
+    # it, so this checks what exec answers for a container that is there but not running.
+    reconcile = next(loop for loop in rig.agent.loops if loop.name == "reconcile")
+    await reconcile.stop()
+    await rig.agent.reconciler.idle()
     rig.runtime.containers["nb1"].status = "exited"
     status, reply = await post_exec(rig, "nb1", wire.ExecRequest(command=["true"]))
     assert (status, reply["code"]) == (409, "conflict")
