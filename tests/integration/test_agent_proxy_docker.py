@@ -107,8 +107,11 @@ class Stack:
         return await wait_until(f"notebook {notebook} RUNNING", check, 60)
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, tiny_image: str, host_id: str) -> AsyncIterator[Stack]:
+async def scheduler_and_agent(
+    tmp_path: Path, host_id: str
+) -> tuple[FakeScheduler, TestServer, Agent]:
+    """A fake scheduler on a real port that knows :data:`TOKEN`, and the whole agent (not yet
+    started) on the real dockerd, pointed at it."""
     scheduler = FakeScheduler({host_id: SECRET}, heartbeat_interval_s=0.2)
     scheduler.tokens[TOKEN] = "operator"
     server = TestServer(scheduler.app(), host="127.0.0.1")
@@ -134,6 +137,12 @@ async def stack(tmp_path: Path, tiny_image: str, host_id: str) -> AsyncIterator[
         inventory=FakeInventory(),
         store=FakeObjectStore(),
     )
+    return scheduler, server, agent
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, tiny_image: str, host_id: str) -> AsyncIterator[Stack]:
+    scheduler, server, agent = await scheduler_and_agent(tmp_path, host_id)
     await agent.start()
     # unsafe: keep cookies for an IP address, as browsers do.
     http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))

@@ -13,19 +13,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from agent.app import build_agent
-from agent.docker_runtime import DockerRuntime
 from agent.proxy_access import ALLOWED_TTL_S, Authorizer
-from common.config import AgentConfig
-from tests.fakes.inventory import FakeClock, FakeInventory
-from tests.fakes.objectstore import FakeObjectStore
-from tests.fakes.scheduler import FakeScheduler
+from tests.fakes.inventory import FakeClock
 from tests.integration.conftest import new_notebook_id
 from tests.integration.test_agent_proxy_docker import (
-    SECRET,
     TOKEN,
     Stack,
     remove_networks,
+    scheduler_and_agent,
     status_of,
 )
 
@@ -47,36 +42,12 @@ class Outage:
 
 @pytest.fixture
 async def outage(tmp_path: Path, tiny_image: str, host_id: str) -> AsyncIterator[Outage]:
-    scheduler = FakeScheduler({host_id: SECRET}, heartbeat_interval_s=0.2)
-    scheduler.tokens[TOKEN] = "operator"
-    server = TestServer(scheduler.app(), host="127.0.0.1")
-    await server.start_server(shutdown_timeout=0.5)
+    scheduler, server, agent = await scheduler_and_agent(tmp_path, host_id)
     assert server.port is not None
-    config = AgentConfig(
-        host_id=host_id,
-        scheduler_url=str(server.make_url("")).rstrip("/"),
-        listen="127.0.0.1:0",
-        public_host="127.0.0.1",
-        workspaces_dir=str(tmp_path / "ws"),
-        scratch_dir=str(tmp_path / "scratch"),
-        state_dir=str(tmp_path / "state"),
-        volumes_dir=str(tmp_path / "volumes"),
-        reconcile_interval_s=0.2,
-        usage_interval_s=5,
-        start_timeout_s=60,
-    )
-    agent = build_agent(
-        config,
-        host_id=host_id,
-        secret=SECRET,
-        runtime=DockerRuntime(host_id=host_id),
-        inventory=FakeInventory(),
-        store=FakeObjectStore(),
-    )
     # The authorizer the agent builds, on a clock the test moves.
     clock = FakeClock(now=5000.0)
     agent.proxy.authorizer = Authorizer(
-        agent.client.authorize, clock=clock, grace_s=config.authorize_grace_s
+        agent.client.authorize, clock=clock, grace_s=agent.config.authorize_grace_s
     )
     await agent.start()
     http = aiohttp.ClientSession()
