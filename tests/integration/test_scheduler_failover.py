@@ -192,11 +192,15 @@ class Fleet:
                 self.agent.kill()
         self.first.stop()
         self.second.stop()
-        subprocess.run(
-            f"docker ps -aq --filter label=nbfleet.host={self.host_id} | xargs -r docker rm -f",
-            shell=True,
-            capture_output=True,
-        )
+        # The notebook's container, then its network (Docker has a few dozen address pools:
+        # networks left behind by one run make a later run's notebooks fail to start).
+        for listing, remove in (("ps -aq", "rm -f"), ("network ls -q", "network rm")):
+            subprocess.run(
+                f"docker {listing} --filter label=nbfleet.host={self.host_id} "
+                f"| xargs -r docker {remove}",
+                shell=True,
+                capture_output=True,
+            )
 
     def dump(self) -> str:
         parts = []
