@@ -30,15 +30,18 @@ from scheduler.agents import AgentService
 from scheduler.api import add_routes
 from scheduler.api.context import CONTEXT, Context
 from scheduler.api.middleware import MAX_BODY_BYTES, errors
+from scheduler.board import CHANNEL as BOARD_CHANNEL
 from scheduler.board import AssignmentBoard
 from scheduler.db import database_for
 from scheduler.hosts import HostService
-from scheduler.loops.activity import ActivityFlush
 from scheduler.loops.base import Loop
+from scheduler.loops.maintenance import CHANNEL as MAINTENANCE_CHANNEL
 from scheduler.loops.maintenance import Maintenance
 from scheduler.notebook_views import NotebookViews
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
+from scheduler.replay import ReplayGuard
+from scheduler.replicas import Replica
 from scheduler.secrets import ensure_admin_token, ensure_ssh_host_key
 from scheduler.snapshots import ProgressBoard, SnapshotService
 
@@ -54,7 +57,8 @@ def create_app(
     agent_client: AgentClient | None = None,
 ) -> web.Application:
     db = database_for(config)
-    board = AssignmentBoard()
+    replica = Replica(db, clock, tick_s=config.loop_interval_s)
+    board = AssignmentBoard(origin=replica.id)
     # Secrets on disk, created at the first start: read once, here, so every service gets
     # them through its constructor.
     admin_digest = token_digest(ensure_admin_token(config.admin_token_file))
@@ -64,13 +68,15 @@ def create_app(
     )
     # Agents' secrets live in the database, sealed with the key file (created if absent).
     agent_secrets = agent_secrets_for(config, db)
-    progress = ProgressBoard()
+    progress = ProgressBoard(db)
     activity = ProxyActivity(db)
     hosts = HostService(db, config, board, clock)
     # Placement writes the heartbeats held in memory first, so it sees every host as fresh
     # as its last heartbeat.
     admission = Admission(config, board, clock, heartbeats=hosts)
-    maintenance = Maintenance(db, config, board, clock, hosts, admission)
+    maintenance = Maintenance(
+        db, config, board, clock, hosts, admission, replica, buffers=(activity, progress)
+    )
     context = Context(
         config=config,
         clock=clock,
@@ -97,6 +103,8 @@ def create_app(
         snapshots=SnapshotService(db, clock, progress),
         activity=activity,
         admin_digest=admin_digest,
+        replay=ReplayGuard(db),
+        replica=replica,
     )
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
@@ -105,9 +113,9 @@ def create_app(
         handler_args=handler_args("scheduler"),
     )
     app[CONTEXT] = context
-    # Heartbeat writes, lost hosts, the runtime limit, restarts and the queue; proxy activity;
-    # reloading the agents' secrets.
-    app[LOOPS] = [maintenance, ActivityFlush(activity), agent_secrets]
+    # Writing what heartbeats and reports brought, lost hosts, the runtime limit, restarts, the
+    # queue and retention; reloading the agents' secrets.
+    app[LOOPS] = [maintenance, agent_secrets]
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_release_long_polls)
@@ -125,6 +133,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await context.db.close()
         raise
     await context.hosts.load()
+    await context.replica.join()
+    # Other replicas' changes: wake this replica's long-polls and its maintenance loop.
+    await context.db.listen(
+        {BOARD_CHANNEL: context.board.announced, MAINTENANCE_CHANNEL: context.maintenance.announced}
+    )
     await context.agent_client.start()
     for loop in app[LOOPS]:
         loop.start()
@@ -134,8 +147,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         for loop in app[LOOPS]:
             await loop.stop()
-        await context.hosts.flush()
-        await context.activity.flush()
+        try:
+            await context.maintenance.flush()
+            await context.replica.retire()
+        except Exception:
+            log.exception("could not write what this replica held at shutdown; it is lost")
         await context.agent_client.close()
         await context.forwarder.close()
         await context.db.close()

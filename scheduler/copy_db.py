@@ -3,8 +3,10 @@ PostgreSQL database, once, while the scheduler is stopped.
 
 Contract (:func:`copy_database`):
 
-* **What is copied**: every table of the source but SQLite's own (``sqlite_*``) and
-  ``schema_migrations``, whatever the migrations created, found by reading the source's
+* **What is copied**: every table of the source but SQLite's own (``sqlite_*``),
+  ``schema_migrations`` and the running replicas' bookkeeping
+  (:data:`scheduler.replicas.BOOKKEEPING`: presence, leases, request nonces, which describe
+  processes, not the installation), whatever the migrations created, found by reading the source's
   catalogue rather than a list kept here, so a table a later migration adds is copied without
   touching this module. Columns are matched by name; PostgreSQL's ``rowid`` columns (migration
   0011), which SQLite keeps implicitly, take the source's rowids.
@@ -43,6 +45,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from scheduler.replicas import BOOKKEEPING
 from scheduler.schema import migration_files
 
 #: Rows per COPY: large enough that a round trip is nothing beside the rows, small enough that
@@ -139,6 +142,7 @@ def _source_tables(source: sqlite3.Connection) -> list[_Table]:
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
             "AND name != 'schema_migrations' ORDER BY name"
         )
+        if r[0] not in BOOKKEEPING
     ]
     parents: dict[str, set[str]] = {}
     tables: dict[str, _Table] = {}
@@ -246,7 +250,7 @@ async def _check_target(target: asyncpg.Connection, tables: list[_Table], to_url
                 f"table {table.name} differs between source and target: source only "
                 f"{sorted(missing)}, target only {sorted(extra)}"
             )
-    unknown = set(found) - {t.name for t in tables} - {"schema_migrations"}
+    unknown = set(found) - {t.name for t in tables} - {"schema_migrations", *BOOKKEEPING}
     if unknown:
         raise CopyRefused(f"the target has tables the source lacks: {', '.join(sorted(unknown))}")
     for table in tables:

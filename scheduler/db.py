@@ -71,6 +71,8 @@ class Tx(ABC):
 
     def __init__(self) -> None:
         self._after_commit: list[Callable[[], None]] = []
+        #: ``(channel, payload)`` to announce to the other replicas with the commit.
+        self.notices: list[tuple[str, str]] = []
 
     @abstractmethod
     async def one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
@@ -92,6 +94,12 @@ class Tx(ABC):
         """Run ``callback`` after a successful commit (e.g. wake long-polls); never on rollback."""
         self._after_commit.append(callback)
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Announce ``payload`` on ``channel`` to every replica listening
+        (:meth:`Database.listen`), once this transaction has committed; never on rollback.
+        On SQLite (one process) nobody else listens and this does nothing."""
+        self.notices.append((channel, payload))
+
     def committed(self) -> None:
         """Run the after-commit callbacks (the database calls this once it has committed)."""
         for callback in self._after_commit:
@@ -104,6 +112,9 @@ class Tx(ABC):
 class Database(ABC):
     #: ``sqlite`` or ``postgresql`` (:data:`scheduler.schema.DIALECTS`).
     dialect: str
+    #: Whether several scheduler processes may serve this database at once (PostgreSQL); if
+    #: not, this process's memory is all there is to share.
+    shared: bool = False
 
     @property
     @abstractmethod
@@ -137,6 +148,23 @@ class Database(ABC):
     @abstractmethod
     async def query_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         """One single-statement read (atomic by itself): no transaction around it."""
+
+    @abstractmethod
+    async def notify(self, channel: str, payload: str) -> None:
+        """Announce ``payload`` on ``channel`` to every replica now (outside a transaction)."""
+
+    @abstractmethod
+    async def listen(self, handlers: dict[str, Callable[[str], None]]) -> None:
+        """Call ``handlers[channel](payload)`` for what other replicas announce, from now until
+        :meth:`close`. If announcements may have been missed (the listening connection broke),
+        each handler is called with ``""`` once listening again: treat it as "anything may
+        have changed"."""
+
+    async def claim_nonces(self, nonces: list[tuple[str, float]]) -> set[str]:
+        """Record each ``(nonce, expires_at)`` as used, for every replica; returns the nonces
+        that were new (the others were used before, through any replica, and not expired).
+        One process on SQLite: the caller's own memory is the whole record, all are new."""
+        return {nonce for nonce, _ in nonces}
 
 
 def database_for(config: SchedulerConfig) -> Database:

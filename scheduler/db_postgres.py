@@ -35,9 +35,10 @@ refuses to start with any migration missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -127,12 +128,14 @@ class PostgresTx(Tx):
 
 class PostgresDatabase(Database):
     dialect = "postgresql"
+    shared = True
 
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self.url = url
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._write_lock = asyncio.Lock()
+        self._listener: asyncio.Task[None] | None = None
 
     @property
     def where(self) -> str:
@@ -155,7 +158,11 @@ class PostgresDatabase(Database):
             reset=_keep_session,
             # Statements built with IN lists of several lengths: keep them all prepared.
             statement_cache_size=1024,
-            server_settings={"application_name": "nbfleet-scheduler"},
+            # standard_conforming_strings: _notices_sql's quoting relies on it.
+            server_settings={
+                "application_name": "nbfleet-scheduler",
+                "standard_conforming_strings": "on",
+            },
         )
         try:
             async with pool.acquire() as conn:
@@ -169,6 +176,11 @@ class PostgresDatabase(Database):
         self._pool = pool
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -215,7 +227,9 @@ class PostgresDatabase(Database):
                 except BaseException:
                     await _rollback(conn)
                     raise
-                await conn.execute("COMMIT")
+                # Announcements go with the commit, in its round trip: NOTIFY is delivered when
+                # (and only if) the transaction commits.
+                await conn.execute(_notices_sql(tx.notices) + "COMMIT")
         tx.committed()
 
     @asynccontextmanager
@@ -238,6 +252,90 @@ class PostgresDatabase(Database):
 
     async def query_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         return await self.pool.fetchrow(postgres_params(sql), *params)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+    async def listen(self, handlers: dict[str, Callable[[str], None]]) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(handlers), name="db-listen")
+
+    async def _listen(self, handlers: dict[str, Callable[[str], None]]) -> None:
+        """One connection of its own (a pooled one would stop listening when returned),
+        connected again after any break; what was announced meanwhile is lost, so handlers
+        are told to assume anything changed (``""``)."""
+        delay = 1.0
+        first = True
+        while True:
+            broke = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(
+                    self.url, server_settings={"application_name": "nbfleet-scheduler-listen"}
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "database=%s cannot listen for other replicas' changes (%s); retrying in "
+                    "%.0fs: until then this replica learns of them within a loop tick",
+                    self.where,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+                continue
+            try:
+                conn.add_termination_listener(lambda _conn, broke=broke: broke.set())
+                for channel, handler in handlers.items():
+                    await conn.add_listener(channel, _deliver(handler))
+                if not first:
+                    log.info("database=%s listening again for other replicas", self.where)
+                    for handler in handlers.values():
+                        handler("")
+                first, delay = False, 1.0
+                await broke.wait()
+                log.warning("database=%s listening connection lost; reconnecting", self.where)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("database=%s listening failed (%s); reconnecting", self.where, exc)
+                await asyncio.sleep(delay)
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+
+    async def claim_nonces(self, nonces: list[tuple[str, float]]) -> set[str]:
+        # One statement in autocommit, outside the writers' lock: the primary key decides,
+        # atomically across every replica, which of two requests with one nonce came first.
+        rows = await self.pool.fetch(
+            "INSERT INTO request_nonces (nonce, expires_at) "
+            "SELECT * FROM unnest($1::text[], $2::float8[]) ON CONFLICT DO NOTHING "
+            "RETURNING nonce",
+            [n for n, _ in nonces],
+            [e for _, e in nonces],
+        )
+        return {r["nonce"] for r in rows}
+
+
+def _notices_sql(notices: list[tuple[str, str]]) -> str:
+    """``SELECT pg_notify(...);`` for each notice, as literals (sent with COMMIT in one simple
+    query, which takes no parameters). Channels are the code's own names; payloads are host ids
+    and replica ids, but are quoted as any text would be (with standard_conforming_strings on,
+    doubling ``'`` is the whole of it), and a NUL, which no payload can carry, is refused."""
+    statements = []
+    for channel, payload in notices:
+        if "\x00" in payload or "\x00" in channel:
+            raise ValueError(f"a NUL in a notification on {channel!r}")
+        quoted = payload.replace("'", "''")
+        statements.append(f"SELECT pg_notify('{channel}', '{quoted}');")
+    return "".join(statements)
+
+
+def _deliver(handler: Callable[[str], None]) -> Callable[..., None]:
+    def deliver(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            handler(payload)
+        except Exception:
+            log.exception("handling a notification failed: %r", payload)
+
+    return deliver
 
 
 async def _rollback(conn: asyncpg.Connection) -> None:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,12 @@ class SqliteDatabase(Database):
     async def query_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         async with self._lock:
             return self.conn.execute(sql, tuple(params)).fetchone()
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """One process on a SQLite file: nobody else to tell."""
+
+    async def listen(self, handlers: dict[str, Callable[[str], None]]) -> None:
+        """One process on a SQLite file: nothing to listen to."""
 
     @asynccontextmanager
     async def _block(self, begin: str) -> AsyncIterator[Tx]:

@@ -106,10 +106,22 @@ class HostService(WriteBehind):
         self._alive.add(host_id)
         self._pending.pop(host_id, None)
 
+    async def refresh(self, tx: Tx) -> None:
+        """Take the hosts other replicas registered or declared lost (once per tick)."""
+        rows = await tx.all("SELECT id FROM hosts WHERE state = ?", (HostState.READY,))
+        self._alive = {r["id"] for r in rows}
+        self._loaded = True
+
     async def heartbeat(self, host_id: str, request: wire.Heartbeat) -> wire.HeartbeatReply:
         if not self._loaded:
             await self.load()
         known = host_id in self._alive
+        if not known:
+            # Registered through another replica since this one last looked?
+            row = await self.db.query_one("SELECT state FROM hosts WHERE id = ?", (host_id,))
+            known = row is not None and row["state"] == HostState.READY
+            if known:
+                self._alive.add(host_id)
         if known:
             earlier = self._pending.get(host_id)
             beat = _Beat(self.clock(), request.gpus, request.disk)
@@ -165,15 +177,23 @@ class HostService(WriteBehind):
             ),
         )
 
-    async def mark_lost(self, tx: Tx, *, now: float) -> list[str]:
-        """Declare hosts silent for longer than the TTL lost; returns their ids."""
+    async def mark_lost(
+        self, tx: Tx, *, now: float, flushed_through: float | None = None
+    ) -> list[str]:
+        """Declare hosts silent for longer than the TTL lost; returns their ids.
+
+        ``flushed_through``: the time before which every replica has written the heartbeats it
+        received (:meth:`scheduler.replicas.Replica.flushed_through`; ``now`` when omitted). A
+        host counts as silent only up to then: a heartbeat another replica still holds in memory
+        is not silence."""
         ttl = self.ttl_s
         if now - self._started_at <= ttl:
             return []  # right after a restart: agents have not had a TTL to reach us yet
+        known_until = now if flushed_through is None else min(now, flushed_through)
         rows = await tx.all(
             f"SELECT {HOST_STATE_COLUMNS}, last_heartbeat FROM hosts "
             "WHERE state = ? AND last_heartbeat < ?",
-            (HostState.READY, now - ttl),
+            (HostState.READY, known_until - ttl),
         )
         for host in rows:
             host_id, last = host["id"], host["last_heartbeat"]

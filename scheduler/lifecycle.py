@@ -193,8 +193,7 @@ async def add_usage(tx: Tx, notebook_id: str, generation: int, minutes: int) -> 
 
 async def bump_assignments(tx: Tx, board: AssignmentBoard, host_ids: set[str | None]) -> None:
     await refresh_hosts(tx, host_ids, bump=True)
-    for host_id in sorted(h for h in host_ids if h):
-        tx.after_commit(lambda host_id=host_id: board.wake(host_id))
+    board.wake_on_commit(tx, (h for h in host_ids if h))
 
 
 async def stop_by_scheduler(

@@ -20,7 +20,7 @@ from common.states import NotebookState
 from scheduler.datastores import stored_volumes
 from scheduler.db import Database, Row, Tx
 from scheduler.queue import queue_info, queue_infos
-from scheduler.snapshots import ProgressBoard, latest_snapshot
+from scheduler.snapshots import ProgressBoard, latest_snapshot, stored_progress
 from scheduler.ssh_keys import key_infos, ssh_address
 
 S = NotebookState
@@ -119,7 +119,7 @@ class NotebookViews:
 
     def _with_progress(self, nb: wire.Notebook) -> wire.Notebook:
         """What is held in memory: sync progress, and proxy activity not written yet."""
-        nb.progress = self.progress.get(nb.id, nb.generation, nb.state)
+        nb.progress = self.progress.get(nb.id, nb.generation, nb.state, nb.progress)
         activity = self.activity.pending(nb.id, nb.host)
         if activity is not None:
             at, carried = activity
@@ -242,4 +242,6 @@ async def _view(
         workspace_used_at=row["workspace_used_at"],
         ssh_keys=key_infos(row),
         ssh=await ssh_address(tx, row),
+        # What is written; NotebookViews puts what this replica holds unwritten over it.
+        progress=stored_progress(row),
     )

@@ -2,20 +2,20 @@
 
 Agents report every committed snapshot with the ids retention kept; the scheduler keeps one row
 per snapshot (``retained = 0`` once retention dropped it, since storage billing needs the size
-history) and answers ``nbfleet notebook backup list`` from them. Progress reports are held in
-memory only: they describe the sync happening now, and a scheduler restart loses nothing a user
-needs (the next report arrives within a second).
+history) and answers ``nbfleet notebook backup list`` from them. Progress reports describe the
+sync happening now: held in memory as they arrive and written once per loop tick
+(:class:`ProgressBoard`), so whichever replica a user asks shows them; a crash loses at most one
+tick of them, and the next report arrives within a second.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from common import wire
 from common.errors import not_found
 from common.states import ON_HOST, NotebookState
-from scheduler.db import Database, Row, Tx
+from scheduler.db import Database, Row, Tx, WriteBehind
 
 S = NotebookState
 
@@ -61,32 +61,50 @@ async def restore_source(tx: Tx, row: Row) -> wire.RestoreSource | None:
     return wire.RestoreSource(notebook=row["fork_notebook"], snapshot=row["fork_snapshot"])
 
 
-@dataclass
-class _Current:
-    generation: int
-    progress: wire.Progress
+class ProgressBoard(WriteBehind):
+    """The latest sync progress per notebook run, from agents' reports (latest wins; ``None``
+    clears it). Held in memory and written once per loop tick (one transaction for all), so
+    every replica shows it, not only the one the report reached; :meth:`get` gives what this
+    replica holds and has not written yet, which is newer than the stored figure."""
 
-
-class ProgressBoard:
-    """The latest sync progress per notebook run; cleared when the agent reports ``None``."""
-
-    def __init__(self) -> None:
-        self._latest: dict[str, _Current] = {}
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        #: notebook → (generation, progress or None to clear).
+        self._pending: dict[str, tuple[int, wire.Progress | None]] = {}
 
     def update(self, notebook: str, generation: int, progress: wire.Progress | None) -> None:
-        current = self._latest.get(notebook)
-        if current is not None and current.generation > generation:
+        held = self._pending.get(notebook)
+        if held is not None and held[0] > generation:
             return  # a late report from an older run
-        if progress is None:
-            self._latest.pop(notebook, None)
-        else:
-            self._latest[notebook] = _Current(generation, progress)
+        self._pending[notebook] = (generation, progress)
 
-    def get(self, notebook: str, generation: int, state: NotebookState) -> wire.Progress | None:
-        current = self._latest.get(notebook)
-        if current is None or current.generation != generation or state not in ON_HOST:
+    def get(
+        self, notebook: str, generation: int, state: NotebookState, stored: wire.Progress | None
+    ) -> wire.Progress | None:
+        """What to show: the report held here if any, else ``stored`` (the database's)."""
+        if state not in ON_HOST:
             return None
-        return current.progress
+        held = self._pending.get(notebook)
+        if held is None or held[0] != generation:
+            return stored
+        return held[1]
+
+    async def _write(self, tx: Tx, pending: dict[str, tuple[int, wire.Progress | None]]) -> None:
+        await tx.run_many(
+            "UPDATE notebooks SET progress = ?, progress_generation = ? "
+            "WHERE id = ? AND generation = ?",
+            (
+                (None if p is None else wire.encode(p).decode(), generation, notebook, generation)
+                for notebook, (generation, p) in pending.items()
+            ),
+        )
+
+
+def stored_progress(row: Row) -> wire.Progress | None:
+    """The progress written for the notebook's current run, if any."""
+    if row["progress"] is None or row["progress_generation"] != row["generation"]:
+        return None
+    return wire.decode(row["progress"].encode(), wire.Progress)
 
 
 class SnapshotService:

@@ -240,7 +240,7 @@ class SnapshotReport(Struct, forbid_unknown_fields=True):
 
 
 class ProgressReport(Struct, forbid_unknown_fields=True):
-    """``POST /v1/agents/progress``: best effort, latest wins; not stored across restarts."""
+    """``POST /v1/agents/progress``: best effort, latest wins; written once per scheduler tick."""
 
     notebook: str
     generation: Annotated[int, Meta(ge=1)]

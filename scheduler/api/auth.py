@@ -6,7 +6,7 @@ import hmac
 
 from aiohttp import web
 
-from common.auth import token_digest
+from common.auth import H_NONCE, H_TIMESTAMP, token_digest
 from common.errors import ApiError
 from scheduler.api.context import ctx
 from scheduler.projects import Principal
@@ -55,5 +55,10 @@ async def require_admin(request: web.Request) -> None:
 async def signed_agent(request: web.Request) -> tuple[str, bytes]:
     """``(host_id, body)`` of a correctly signed, fresh, first-seen agent request."""
     body = await request.read()
-    host_id = ctx(request).verifier.verify(request.method, request.raw_path, request.headers, body)
+    context = ctx(request)
+    host_id = context.verifier.verify(request.method, request.raw_path, request.headers, body)
+    # This replica had not seen the nonce; no other replica may have either.
+    await context.replay.first_use(
+        host_id, request.headers[H_NONCE], float(request.headers[H_TIMESTAMP])
+    )
     return host_id, body

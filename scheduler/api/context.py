@@ -22,6 +22,8 @@ from scheduler.loops.maintenance import Maintenance
 from scheduler.notebook_views import NotebookViews
 from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
+from scheduler.replay import ReplayGuard
+from scheduler.replicas import Replica
 from scheduler.snapshots import SnapshotService
 
 
@@ -45,6 +47,10 @@ class Context:
     activity: ProxyActivity
     #: sha256 of the admin token (``admin_token_file``).
     admin_digest: str
+    #: Signed requests' nonces, claimed for every replica.
+    replay: ReplayGuard
+    #: This process among the replicas on the database.
+    replica: Replica
     #: The routing tier at notebooks' stable URLs.
     forwarder: NotebookForwarder = field(default_factory=NotebookForwarder)
 

@@ -7,7 +7,8 @@ Every test that uses ``harness`` or ``clock`` (the scheduler's tests) runs twice
 ``[sqlite]`` and ``[postgresql]``: :func:`make_config` puts in the config the database the
 autouse fixture ``scheduler_database`` made for the test (a SQLite file in ``tmp_path``, or a
 database of its own on the cluster ``NBFLEET_TEST_POSTGRES_URL`` names, copied from one
-migrated once per session), so tests that build their own harness get it too.
+migrated once per session), so tests that build their own harness get it too. A test marked
+``postgresql_only`` (what only replicas sharing PostgreSQL do) runs as ``[postgresql]`` alone.
 ``agent_server`` is a real agent process (FakeRuntime, a fake scheduler) serving its own HTTP
 API on a loopback port, for what both servers must do alike.
 """
@@ -31,6 +32,7 @@ from common.config import SchedulerConfig
 from scheduler.agent_secrets import add_host
 from scheduler.api.context import CONTEXT
 from scheduler.app import LOOPS, create_app
+from scheduler.replicas import BOOKKEEPING
 from scheduler.secrets import ensure_admin_token
 from tests.fakes.runtime import FakeRuntime
 from tests.support.postgres import (
@@ -199,8 +201,10 @@ class Harness:
         return committed_rows(self.database, sql, params)
 
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every stored row (read through a second connection: committed data only)."""
-        return committed_snapshot(self.database)
+        """Every stored row (read through a second connection: committed data only), but the
+        replicas' bookkeeping: a refused request's nonce is still used up, which is the point."""
+        rows = committed_snapshot(self.database)
+        return {table: found for table, found in rows.items() if table not in BOOKKEEPING}
 
     def agent(self, host_id: str) -> Agent:
         if host_id not in self._agents:
@@ -327,7 +331,11 @@ class Agent:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if {"harness", "clock"} & set(metafunc.fixturenames):
-        metafunc.parametrize("database_backend", ["sqlite", "postgresql"])
+        # Replicas share state through PostgreSQL only; one SQLite process has nothing to share.
+        only = metafunc.definition.get_closest_marker("postgresql_only")
+        metafunc.parametrize(
+            "database_backend", ["postgresql"] if only else ["sqlite", "postgresql"]
+        )
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from scheduler.main import main
+from scheduler.replicas import BOOKKEEPING
 from scheduler.schema import migration_files
 from tests.component.conftest import START, FakeClock, Harness, Tokens, make_config
 from tests.component.test_scheduler_datastores import add_store, volume
@@ -197,6 +198,7 @@ async def test_every_listing_reads_the_same_after_the_copy(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
             "AND name != 'schema_migrations'"
         )
+        if t not in BOOKKEEPING  # what the running scheduler kept of itself is not copied
     }
     assert counts["state_history"] > 5 and counts["snapshots"] == 2 and counts["usage"] > 0
 

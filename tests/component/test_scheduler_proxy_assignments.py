@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler.api.context import CONTEXT
-from scheduler.loops.activity import ActivityFlush
 from tests.component.conftest import Agent, Harness, Tokens
 from tests.component.test_scheduler_snapshots import report_snapshot, snapshot
 
@@ -29,7 +28,7 @@ def stored_activity(harness: Harness, notebook: str) -> tuple[Any, Any]:
 
 
 async def flush(harness: Harness) -> None:
-    await ActivityFlush(harness.app[CONTEXT].activity).tick()
+    await harness.app[CONTEXT].activity.flush()
 
 
 async def test_unsecure_http_is_stored_shown_and_sent(

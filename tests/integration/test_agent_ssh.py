@@ -295,7 +295,13 @@ async def test_forwarding_anywhere_but_the_containers_loopback_is_refused(rig: R
         assert await asyncio.to_thread(connect_and_read) == b""
     finally:
         tunnel.terminate()
-        _, stderr = await asyncio.to_thread(tunnel.communicate, timeout=10)
+        try:
+            _, stderr = await asyncio.to_thread(tunnel.communicate, timeout=10)
+        except subprocess.TimeoutExpired:
+            # Seen once on a loaded machine: ssh -N outlived SIGTERM by 10 s. Its exit is not
+            # what this test is about; what it printed is.
+            tunnel.kill()
+            _, stderr = await asyncio.to_thread(tunnel.communicate, timeout=10)
     assert "administratively prohibited" in stderr and "inside the notebook" in stderr
 
 
