@@ -1,7 +1,8 @@
-"""scripts/bench-scheduler: a simulated fleet against one real scheduler on this machine.
+"""scripts/bench-scheduler: a simulated fleet against real schedulers on this machine.
 
     scripts/bench-scheduler [--hosts 1000] [--notebooks 5000] [--clients 200] [--duration 10]
                             [--projects 1] [--workers 2] [--long-poll] [--phases LIST]
+                            [--db sqlite|postgresql] [--database-url URL] [--replicas 1]
                             [--sql-stats DIR] [--py-spy DIR] [--profile FILE] [--keep] [--json]
 
 Starts this checkout's scheduler (``python -m scheduler.main run``) on 127.0.0.1 with a
@@ -19,6 +20,14 @@ registers that many simulated hosts (``--gpus-per-host`` fake H100s each) with s
                p50 and p99 latency in ms.
   post         the same clients POST CPU notebooks (``gpu=0, cpu=1``; hosts have
                ``--host-cpus`` CPUs each) for ``--duration``: p50 and p99 in ms.
+
+``--db postgresql`` puts the database on a throwaway PostgreSQL cluster in the temporary
+directory (bench/scheduler_database.py; root, as scripts/lib.sh makes it) or on an existing,
+empty database (``--database-url``), migrated once with ``scheduler.main migrate``. On it,
+``--replicas N`` starts N schedulers sharing one config (each its own port and
+``scheduler-<n>.log``): user and operator requests go to them in turn, and host i talks to
+replica i mod N only (register, heartbeats, long-polls), as real agents stay with the
+scheduler that answered. The figures are the whole group's.
 
 Between and during the phases (except the heartbeat phase) the parent keeps the fleet alive as
 agents do: one heartbeat per host per interval the scheduler asked for, and with
@@ -39,8 +48,10 @@ figure / goal; ``--json`` prints one JSON object instead (``placements_per_s``,
 run's context). Where the scheduler's time goes, printed on stderr: ``--sql-stats DIR`` times
 every SQL statement per phase (bench/scheduler_sqltrace.py), ``--py-spy DIR`` samples it per
 phase with py-spy (a developer tool, not a dependency), ``--profile FILE`` runs it under
-cProfile. Exits 1 when a notebook was not placed or a phase got errors, 2 when the
-scheduler died (with the tail of its log).
+cProfile (those three: one scheduler only; ``--sql-stats`` on SQLite only). The
+output names the database (and its version) and the number of replicas, and quotes the
+schedulers' ERROR log lines. Exits 1 when a notebook was not placed or a phase got errors, 2
+when a scheduler died (with the tail of its log).
 """
 
 from __future__ import annotations
@@ -49,7 +60,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -63,7 +73,9 @@ from typing import Any
 from bench import scheduler_fleet as fleet
 from bench import scheduler_load as load
 from bench import scheduler_report as report
-from bench.scheduler_http import Api, Connection, HttpError
+from bench.scheduler_database import BenchDatabase, database_for
+from bench.scheduler_http import Api, HttpError, client_for
+from bench.scheduler_options import parse
 from bench.scheduler_profile import (
     PySpy,
     machine_busy_seconds,
@@ -71,108 +83,45 @@ from bench.scheduler_profile import (
     summarize_collapsed,
     summarize_sql,
 )
+from bench.scheduler_projects import make_projects
 from bench.scheduler_server import (
     EDITOR,
     FRAMEWORK,
-    QUOTA,
     SchedulerDied,
-    SchedulerProcess,
+    SchedulerReplicas,
     checkout_commit,
-    free_port,
     raise_fd_limit,
-    write_config,
 )
 from scheduler.secrets import ensure_admin_token, new_agent_secret, write_agent_secret_file
 
 log = logging.getLogger("bench-scheduler")
 
 REPO = Path(__file__).resolve().parents[2]
-PHASES = ("placements", "heartbeats", "get", "post")
 HOST_MEMORY_MB = 2_000_000
-#: A scheduler without quotas (or one that never says) is treated as unlimited.
-UNLIMITED = 10**9
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bench-scheduler",
-        description="simulated fleet of signed agents and users against one local scheduler",
-    )
-    parser.add_argument("--hosts", type=int, default=1000, help="simulated agents (1000)")
-    parser.add_argument("--gpus-per-host", type=int, default=8, help="fake GPUs per host (8)")
-    parser.add_argument("--host-cpus", type=int, default=128, help="CPUs per host (128)")
-    parser.add_argument(
-        "--notebooks", type=int, default=5000, help="1-GPU notebooks submitted at once (5000)"
-    )
-    parser.add_argument(
-        "--projects",
-        type=int,
-        default=1,
-        help="projects the notebooks are spread over, round-robin (1: one big project)",
-    )
-    parser.add_argument(
-        "--submit-concurrency", type=int, default=200, help="submissions in flight (200)"
-    )
-    parser.add_argument(
-        "--clients", type=int, default=200, help="concurrent clients for GET/POST latency (200)"
-    )
-    parser.add_argument(
-        "--duration", type=float, default=10.0, help="seconds of heartbeats, GETs, POSTs (10)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=2, help="load-generator processes for timed phases (2)"
-    )
-    parser.add_argument(
-        "--long-poll", action="store_true", help="hosts also hold assignment long-polls open"
-    )
-    parser.add_argument(
-        "--phases",
-        default=",".join(PHASES),
-        help=f"comma-separated subset of {','.join(PHASES)} (get needs placements)",
-    )
-    parser.add_argument(
-        "--placed-within",
-        type=float,
-        default=120.0,
-        help="seconds QUEUED notebooks get to be placed after the last submit (120)",
-    )
-    parser.add_argument("--profile", type=Path, help="run the scheduler under cProfile into FILE")
-    parser.add_argument(
-        "--py-spy",
-        type=Path,
-        metavar="DIR",
-        help="sample the scheduler with py-spy during each phase into DIR/<phase>.txt",
-    )
-    parser.add_argument(
-        "--sql-stats",
-        type=Path,
-        metavar="DIR",
-        help="time every SQL statement the scheduler runs, per phase, into DIR",
-    )
-    parser.add_argument("--scheduler-log-level", default="INFO", help="scheduler --log-level")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, database: BenchDatabase) -> None:
         self.args = args
         self.workdir = workdir
-        self.port = free_port()
-        config = write_config(workdir, self.port)
-        self.server = SchedulerProcess(
+        self.database = database
+        self.replicas = SchedulerReplicas(
             REPO,
-            config,
-            self.port,
-            workdir / "scheduler.log",
+            workdir,
+            args.replicas,
             log_level=args.scheduler_log_level,
             profile_to=args.profile,
             sql_stats_dir=args.sql_stats,
         )
-        self.api = Api(Connection("127.0.0.1", self.port))
+        self.ports = self.replicas.ports
+        # Setup and verification calls go to the replicas in turn too.
+        self.api = Api(client_for(self.ports))
         self.admin = ""
         self.figures: dict[str, Any] = {
+            "database": database.kind,
+            "database_source": database.source,
+            "database_version": database.version,
+            "replicas": args.replicas,
             "hosts": args.hosts,
             "gpus_per_host": args.gpus_per_host,
             "notebooks": args.notebooks,
@@ -184,6 +133,7 @@ class Bench:
             "commit": checkout_commit(REPO),
             "statuses": {},
             "scheduler_cpu_s": {},
+            "database_cpu_s": {},
             "loadgen_cpu_s": {},
             "other_cpu_s": {},
             "problems": [],
@@ -194,40 +144,52 @@ class Bench:
         self.py_spy = PySpy(args.py_spy) if args.py_spy is not None else None
         self.sql: dict[str, dict[str, list[float]]] = {}
 
+    def stop(self) -> None:
+        """Stop the schedulers, then the database; note the ERROR lines of their logs."""
+        self.replicas.stop()
+        self.database.stop()
+        self.figures["scheduler_log_errors"] = self.replicas.log_errors()
+
     # ------------------------------------------------------------ helpers
 
     def problem(self, message: str) -> None:
         log.warning("%s", message)
         self.figures["problems"].append(message)
 
-    async def admin_call(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
-        return await self.api.call(method, path, payload, token=self.admin)
-
     async def jobs(self, pool: ProcessPoolExecutor, phase: str, kind: str, specs: list[dict]):
-        """Run one job per spec in the pool, check the scheduler, and note the CPU seconds the
-        scheduler, the load generator and everything else on the machine used meanwhile."""
-        scheduler_before = self.server.cpu_seconds()
+        """Run one job per spec in the pool, check the schedulers, and note the CPU seconds the
+        schedulers, the database server (when the bench started it), the load generator and
+        everything else on the machine used meanwhile."""
+        first = self.replicas.processes[0]  # the one --sql-stats and --py-spy follow
+        scheduler_before = self.replicas.cpu_seconds()
+        database_before = self.database.cpu_seconds()
         machine_before = machine_busy_seconds()
         parent_before = time.process_time()
-        await self.server.sql_stats()
+        await first.sql_stats()
         if self.py_spy is not None:
-            self.py_spy.start(self.server.pid, phase)
+            self.py_spy.start(first.pid, phase)
         futures = [asyncio.wrap_future(pool.submit(load.run_job, kind, spec)) for spec in specs]
         try:
             results = await asyncio.gather(*futures)
         except HttpError:
-            self.server.check_alive(grace_s=3.0)
+            self.replicas.check_alive(grace_s=3.0)
             raise
         finally:
             if self.py_spy is not None:
                 self.py_spy.stop()
-        self.server.check_alive()
-        scheduler_cpu = self.server.cpu_seconds() - scheduler_before
+        self.replicas.check_alive()
+        scheduler_cpu = self.replicas.cpu_seconds() - scheduler_before
+        database_after = self.database.cpu_seconds()
+        database_cpu = 0.0
+        if database_before is not None and database_after is not None:
+            database_cpu = database_after - database_before
+            self.figures["database_cpu_s"][phase] = round(database_cpu, 2)
         if self.args.sql_stats is not None:
-            self.sql[phase] = await self.server.sql_stats()
+            self.sql[phase] = await first.sql_stats()
         loadgen_cpu = sum(r["loadgen_cpu_s"] for r in results)
         loadgen_cpu += time.process_time() - parent_before
-        others = machine_busy_seconds() - machine_before - scheduler_cpu - loadgen_cpu
+        ours = scheduler_cpu + database_cpu + loadgen_cpu
+        others = machine_busy_seconds() - machine_before - ours
         self.figures["scheduler_cpu_s"][phase] = round(scheduler_cpu, 2)
         self.figures["loadgen_cpu_s"][phase] = round(loadgen_cpu, 2)
         self.figures["other_cpu_s"][phase] = round(max(0.0, others), 2)
@@ -242,25 +204,35 @@ class Bench:
     # ------------------------------------------------------------ setup
 
     async def setup(self, pool: ProcessPoolExecutor) -> None:
+        self.replicas.write_config(self.database.url)
+        if self.database.kind != "sqlite":
+            # SQLite migrates at start; PostgreSQL once, before any replica runs.
+            log.info("%s", self.replicas.migrate())
+        await self.database.check()
+        self.figures["database_version"] = self.database.version
         self.admin = ensure_admin_token(self.workdir / "admin.token")
         secrets_dir = self.workdir / "agents"
         # Written as files into the server's agent_secrets_dir before it starts: the
         # scheduler imports them into its database at start, as on an upgrade.
         self.hosts = []
-        for host_id in (f"bench-host-{i:05d}" for i in range(self.args.hosts)):
+        for i in range(self.args.hosts):
+            host_id = f"bench-host-{i:05d}"
             secret = new_agent_secret()
             write_agent_secret_file(secrets_dir, host_id, secret)
-            self.hosts.append(fleet.SimHost(id=host_id, secret=secret.encode()))
-        self.server.start()
-        await self.server.wait_healthy()
-        await self._projects()
+            port = self.ports[i % len(self.ports)]
+            self.hosts.append(fleet.SimHost(id=host_id, secret=secret.encode(), port=port))
+        await self.replicas.start()
+        projects = await make_projects(
+            self.api, self.admin, self.args.projects, self.args.notebooks
+        )
+        self.tokens = projects.tokens
+        self.figures.update(projects=len(projects.tokens), quota=projects.quota)
         results = await self.jobs(
             pool,
             "register",
             "register",
             [
                 {
-                    "port": self.port,
                     "hosts": part,
                     "gpus": self.args.gpus_per_host,
                     "cpus": self.args.host_cpus,
@@ -274,52 +246,11 @@ class Bench:
         if registered != len(self.hosts):
             raise SystemExit(
                 f"bench-scheduler: only {registered} of {len(self.hosts)} hosts registered: "
-                f"{self.figures['statuses']['register']}\n{self.server.log_tail()}"
+                f"{self.figures['statuses']['register']}\n{self.replicas.log_tail()}"
             )
         elapsed = max(r["finished"] for r in results) - min(r["started"] for r in results)
         self.figures["registrations_per_s"] = registered / elapsed if elapsed > 0 else 0.0
         self.figures["heartbeat_interval_s"] = max(r["heartbeat_interval_s"] for r in results)
-
-    async def _projects(self) -> None:
-        """One project with its quota raised, or enough projects to hold every notebook when
-        this scheduler cannot raise one."""
-        status, body = await self.admin_call("POST", "/v1/admin/projects", {"name": "bench-0"})
-        if status != 201:
-            raise SystemExit(f"bench-scheduler: cannot create a project: HTTP {status} {body}")
-        status, body = await self.admin_call("PATCH", "/v1/admin/projects/bench-0/quota", QUOTA)
-        room = UNLIMITED
-        if status in (404, 405):
-            room = await self._project_room("bench-0")
-            self.figures["quota"] = f"PATCH answered {status}; per-project room {room}"
-        elif status >= 300:
-            raise SystemExit(f"bench-scheduler: raising the quota failed: HTTP {status} {body}")
-        else:
-            self.figures["quota"] = "raised with PATCH"
-        count = max(self.args.projects, math.ceil(self.args.notebooks / room))
-        for n in range(1, count):
-            project = {"name": f"bench-{n}"}
-            status, body = await self.admin_call("POST", "/v1/admin/projects", project)
-            if status != 201:
-                raise SystemExit(f"bench-scheduler: cannot create a project: HTTP {status} {body}")
-        for n in range(count):
-            status, body = await self.admin_call(
-                "POST", "/v1/admin/tokens", {"project": f"bench-{n}", "role": "operator"}
-            )
-            if status != 201:
-                raise SystemExit(f"bench-scheduler: cannot create a token: HTTP {status} {body}")
-            self.tokens.append(body["token"])
-        self.figures["projects"] = count
-
-    async def _project_room(self, name: str) -> int:
-        """How many 1-GPU notebooks one project may hold, as the scheduler reports it."""
-        status, body = await self.admin_call("GET", "/v1/admin/projects")
-        if status != 200:
-            return UNLIMITED
-        for project in body.get("items", []):
-            quota = project.get("quota") if project.get("name") == name else None
-            if quota:
-                return max(1, min(quota.get("gpus", UNLIMITED), quota.get("notebooks", UNLIMITED)))
-        return UNLIMITED
 
     # ------------------------------------------------------------ phases
 
@@ -335,7 +266,7 @@ class Bench:
             "submit",
             [
                 {
-                    "port": self.port,
+                    "ports": self.ports,
                     "requests": part,
                     "concurrency": share,
                     "start_at": start_at,
@@ -373,7 +304,6 @@ class Bench:
                 "heartbeat",
                 [
                     {
-                        "port": self.port,
                         "hosts": part,
                         "gpus": self.args.gpus_per_host,
                         "start_at": start_at,
@@ -406,7 +336,7 @@ class Bench:
             kind,
             [
                 {
-                    "port": self.port,
+                    "ports": self.ports,
                     "clients": share,
                     key: targets,
                     "start_at": start_at,
@@ -430,7 +360,8 @@ class Bench:
 
     async def verify(self) -> None:
         """Count, through the user API, the placed 1-GPU notebooks and the distinct GPUs they
-        hold: every notebook the placement phase saw placed must have a GPU of its own."""
+        hold: every notebook the placement phase saw placed must have a GPU of its own. Done
+        once for the whole database, whichever replica placed each notebook."""
         holders = 0
         gpus: set[str] = set()
         for token in self.tokens:
@@ -457,9 +388,6 @@ class Bench:
         return [p for p in self.args.phases.split(",") if p]
 
     async def run(self) -> dict[str, Any]:
-        unknown = set(self.phases) - set(PHASES)
-        if unknown:
-            raise SystemExit(f"bench-scheduler: unknown phase(s) {sorted(unknown)}")
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(self.args.workers, mp_context=context) as pool:
             loop = asyncio.get_running_loop()
@@ -468,7 +396,6 @@ class Bench:
             )
             await self.setup(pool)
             idle = fleet.IdleFleet(
-                self.port,
                 self.hosts,
                 self.args.gpus_per_host,
                 self.figures["heartbeat_interval_s"],
@@ -503,24 +430,17 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("bench-scheduler: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    counts = (args.hosts, args.notebooks, args.clients, args.workers, args.submit_concurrency)
-    if min(*counts, args.projects) < 1:
-        raise SystemExit("bench-scheduler: counts must be at least 1")
-    if args.profile is not None:
-        args.profile = args.profile.resolve()
-    if args.sql_stats is not None:
-        args.sql_stats = args.sql_stats.resolve()
-        shutil.rmtree(args.sql_stats, ignore_errors=True)
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="nbfleet-bench-scheduler-"))
-    bench = Bench(args, workdir)
+    bench = Bench(args, workdir, database_for(args.db, args.database_url, REPO, workdir))
     failed = True
     try:
+        bench.database.start()
         figures = asyncio.run(bench.run())
         failed = bool(figures["problems"])
     except SchedulerDied as exc:
@@ -528,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-scheduler: kept {workdir}", file=sys.stderr)
         return 2
     finally:
-        bench.server.stop()
+        bench.stop()
         if args.keep or failed:
             log.info("temporary directory kept: %s", workdir)
         else:

@@ -3,6 +3,8 @@
 Simulated hosts speak the real agent protocol: ``POST /v1/agents/register`` and
 ``/v1/agents/heartbeat`` with :class:`common.wire` bodies, signed per request. Their GPUs have
 stable fake UUIDs derived from the host id, so heartbeats name the GPUs the host registered.
+Each host talks to one scheduler replica only (its ``port``: register, heartbeats, long-polls),
+as a real agent stays with the scheduler URL that answered it last.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ NOTEBOOKS = "/v1/notebooks"
 
 @dataclass(frozen=True)
 class SimHost:
-    """One simulated agent: its host id and HMAC secret."""
+    """One simulated agent: its host id, HMAC secret and the scheduler replica it talks to."""
 
     id: str
     secret: bytes
+    port: int
 
 
 def gpu_uuid(host_id: str, index: int) -> str:
@@ -89,7 +92,6 @@ class IdleFleet:
 
     def __init__(
         self,
-        port: int,
         hosts: list[SimHost],
         gpus: int,
         interval_s: float,
@@ -97,7 +99,6 @@ class IdleFleet:
         long_poll: bool = False,
         senders: int = 16,
     ) -> None:
-        self.port = port
         self.hosts = hosts
         self.gpus = gpus
         self.interval_s = interval_s
@@ -130,7 +131,8 @@ class IdleFleet:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _heartbeats(self, k: int, mine: list[tuple[SimHost, bytes]]) -> None:
-        connection = Connection("127.0.0.1", self.port)
+        # One connection per replica this sender's hosts talk to.
+        connections = {host.port: Connection("127.0.0.1", host.port) for host, _ in mine}
         gap = self.interval_s / max(len(self.hosts), 1)
         # Sender k sends hosts k, k+senders, ...: one host every `gap` seconds fleet-wide.
         await asyncio.sleep(gap * k)
@@ -140,7 +142,7 @@ class IdleFleet:
                 started = time.monotonic()
                 try:
                     status, _ = await signed_call(
-                        connection, host.secret, host.id, "POST", HEARTBEAT, body
+                        connections[host.port], host.secret, host.id, "POST", HEARTBEAT, body
                     )
                     self.heartbeats[status] += 1
                 except HttpError as exc:
@@ -148,7 +150,7 @@ class IdleFleet:
                 await asyncio.sleep(max(0.0, gap * self.senders - (time.monotonic() - started)))
 
     async def _poll(self, host: SimHost) -> None:
-        connection = Connection("127.0.0.1", self.port)
+        connection = Connection("127.0.0.1", host.port)
         since: int | None = None
         while True:
             path = "/v1/agents/assignments" + ("" if since is None else f"?since={since}&wait=25")

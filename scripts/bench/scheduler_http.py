@@ -4,7 +4,9 @@ On a 2-core machine the load generator and the scheduler share the CPU, so every
 client spends is one the scheduler does not get. aiohttp's client costs a few times more per
 request than this: one connection, one request at a time, the request written as one buffer,
 the reply read by ``Content-Length`` (or chunked). No TLS, redirects, proxies or cookies: it
-only ever talks to the scheduler the bench started on 127.0.0.1.
+only ever talks to the schedulers the bench started on 127.0.0.1 (or a database's replicas:
+:class:`RoundRobin` sends each request to the next one, as a load balancer in front of them
+would).
 
 Agent requests are signed per request with :func:`common.auth.sign` (a fresh nonce each time;
 the scheduler refuses a replayed one).
@@ -103,6 +105,48 @@ class Connection:
             await self._reader.readexactly(2)
 
 
+class RoundRobin:
+    """Requests spread over several scheduler replicas: one keep-alive :class:`Connection` to
+    each, used in turn, so consecutive requests of one client go to consecutive replicas (a
+    load balancer that balances requests, not connections). ``first`` is the index of the
+    replica the first request goes to: clients started at different ones keep every replica
+    equally busy at every moment. Like a Connection, owned by one coroutine."""
+
+    def __init__(self, host: str, ports: list[int], first: int = 0) -> None:
+        self.connections = [Connection(host, port) for port in ports]
+        self._next = first % len(self.connections)
+
+    async def open(self) -> None:
+        await asyncio.gather(*(c.open() for c in self.connections))
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        connection = self.connections[self._next]
+        self._next = (self._next + 1) % len(self.connections)
+        return await connection.request(method, path, body, headers)
+
+
+#: What user and operator traffic is sent through: one scheduler, or several in turn.
+Client = Connection | RoundRobin
+
+
+def client_for(ports: list[int], first: int = 0) -> Client:
+    """A plain :class:`Connection` for one scheduler (nothing in between), else a
+    :class:`RoundRobin` over every port starting at ``ports[first % len(ports)]``."""
+    if len(ports) == 1:
+        return Connection("127.0.0.1", ports[0])
+    return RoundRobin("127.0.0.1", ports, first)
+
+
 def _parse_head(head: bytes) -> tuple[int, int, bool, bool]:
     """``(status, content length, chunked, server closes)`` from a reply's header block."""
     if not head.startswith(b"HTTP/1."):
@@ -122,7 +166,7 @@ def _parse_head(head: bytes) -> tuple[int, int, bool, bool]:
 class Api:
     """JSON calls with a bearer token (setup, user and operator traffic)."""
 
-    def __init__(self, connection: Connection, token: str = "") -> None:
+    def __init__(self, connection: Client, token: str = "") -> None:
         self.connection = connection
         self.token = token
 

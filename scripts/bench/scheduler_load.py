@@ -6,6 +6,10 @@ sleeps until the shared wall-clock ``start_at``, then sends as fast as the sched
 one request in flight per connection. Jobs return plain dicts (counts, wall-clock times,
 latencies in ms) that the parent merges.
 
+With several scheduler replicas (``ports``), user traffic goes to them in turn
+(:class:`bench.scheduler_http.RoundRobin`) and each simulated host only ever talks to its own
+(``SimHost.port``).
+
 The simulated hosts and their bodies are in bench/scheduler_fleet.py.
 """
 
@@ -17,7 +21,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.scheduler_fleet import (
     HEARTBEAT,
@@ -27,7 +31,9 @@ from bench.scheduler_fleet import (
     heartbeat_body,
     register_body,
 )
-from bench.scheduler_http import Connection, signed_call
+from bench.scheduler_http import Client, Connection, client_for, signed_call
+
+C = TypeVar("C", bound=Client)
 
 # ---------------------------------------------------------------- job plumbing
 
@@ -64,27 +70,43 @@ async def _sleep_until(wall_time: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _open_all(port: int, count: int) -> list[Connection]:
-    connections = [Connection("127.0.0.1", port) for _ in range(count)]
-    for start in range(0, count, 100):
-        await asyncio.gather(*(c.open() for c in connections[start : start + 100]))
-    return connections
+async def _open_all(clients: list[C]) -> list[C]:
+    for start in range(0, len(clients), 100):
+        await asyncio.gather(*(c.open() for c in clients[start : start + 100]))
+    return clients
 
 
-def _close_all(connections: Sequence[Connection]) -> None:
+async def _open_users(ports: list[int], count: int) -> list[Client]:
+    """``count`` user clients, each spreading its requests over every replica in turn."""
+    return await _open_all([client_for(ports, k) for k in range(count)])
+
+
+async def _open_per_host(hosts: Sequence[SimHost]) -> list[Connection]:
+    """One connection per host, to the replica that host talks to."""
+    return await _open_all([Connection("127.0.0.1", host.port) for host in hosts])
+
+
+def _by_port(hosts: Sequence[SimHost]) -> dict[int, list[SimHost]]:
+    groups: dict[int, list[SimHost]] = {}
+    for host in hosts:
+        groups.setdefault(host.port, []).append(host)
+    return groups
+
+
+def _close_all(connections: Sequence[Client]) -> None:
     for connection in connections:
         connection.close()
 
 
 async def _drain(
-    connections: Sequence[Connection],
+    connections: Sequence[C],
     items: Sequence[Any],
-    one: Callable[[Connection, Any], Awaitable[None]],
+    one: Callable[[C, Any], Awaitable[None]],
 ) -> None:
     """Every item through ``one``, one item in flight per connection."""
     cursor = iter(items)
 
-    async def worker(connection: Connection) -> None:
+    async def worker(connection: C) -> None:
         for item in cursor:
             await one(connection, item)
 
@@ -95,11 +117,20 @@ async def _drain(
 
 
 async def register_hosts(
-    port: int, hosts: list[SimHost], gpus: int, cpus: int, memory_mb: int, concurrency: int
+    hosts: list[SimHost], gpus: int, cpus: int, memory_mb: int, concurrency: int
 ) -> dict[str, Any]:
+    """Register every host with its own replica, ``concurrency`` requests in flight (shared
+    among the replicas)."""
     statuses: Counter[int] = Counter()
     intervals: set[float] = set()
-    connections = await _open_all(port, min(concurrency, len(hosts)) or 1)
+    groups = _by_port(hosts)
+    shared = shares(concurrency, len(groups))
+    connections = {
+        port: await _open_all(
+            [Connection("127.0.0.1", port) for _ in range(max(1, min(share, len(group))))]
+        )
+        for (port, group), share in zip(groups.items(), shared, strict=True)
+    }
 
     async def one(connection: Connection, host: SimHost) -> None:
         body = register_body(host.id, gpus=gpus, cpus=cpus, memory_mb=memory_mb)
@@ -109,9 +140,10 @@ async def register_hosts(
             intervals.add(json.loads(reply)["heartbeat_interval_s"])
 
     started = time.time()
-    await _drain(connections, hosts, one)
+    await asyncio.gather(*(_drain(connections[port], group, one) for port, group in groups.items()))
     finished = time.time()
-    _close_all(connections)
+    for opened in connections.values():
+        _close_all(opened)
     return {
         "statuses": dict(statuses),
         "started": started,
@@ -121,7 +153,7 @@ async def register_hosts(
 
 
 async def submit_notebooks(
-    port: int,
+    ports: list[int],
     requests: list[tuple[str, bytes]],
     concurrency: int,
     start_at: float,
@@ -129,7 +161,7 @@ async def submit_notebooks(
 ) -> dict[str, Any]:
     """POST every ``(token, body)``; then poll the QUEUED ones until placed (STARTING) or
     ``placed_within_s`` has passed. ``placed_at`` holds the wall time each placement was seen."""
-    connections = await _open_all(port, min(concurrency, len(requests)) or 1)
+    connections = await _open_users(ports, min(concurrency, len(requests)) or 1)
     statuses: Counter[int] = Counter()
     states: Counter[str] = Counter()
     placed_at: list[float] = []
@@ -137,7 +169,7 @@ async def submit_notebooks(
     queued: list[tuple[str, str]] = []
     errors: list[str] = []
 
-    async def submit(connection: Connection, request: tuple[str, bytes]) -> None:
+    async def submit(connection: Client, request: tuple[str, bytes]) -> None:
         token, body = request
         headers = {"Authorization": f"Bearer {token}"}
         status, reply = await connection.request("POST", NOTEBOOKS, body, headers)
@@ -176,7 +208,7 @@ async def submit_notebooks(
 
 
 async def _poll_until_placed(
-    connections: Sequence[Connection],
+    connections: Sequence[Client],
     queued: list[tuple[str, str]],
     placed_at: list[float],
     placed: list[tuple[str, str]],
@@ -188,7 +220,7 @@ async def _poll_until_placed(
     waiting = list(queued)
     still: list[tuple[str, str]] = []
 
-    async def check(connection: Connection, item: tuple[str, str]) -> None:
+    async def check(connection: Client, item: tuple[str, str]) -> None:
         token, notebook_id = item
         headers = {"Authorization": f"Bearer {token}"}
         path = f"{NOTEBOOKS}/{notebook_id}"
@@ -209,11 +241,11 @@ async def _poll_until_placed(
 
 
 async def heartbeat_storm(
-    port: int, hosts: list[SimHost], gpus: int, start_at: float, duration_s: float
+    hosts: list[SimHost], gpus: int, start_at: float, duration_s: float
 ) -> dict[str, Any]:
-    """Every host sends heartbeats back to back on its own connection for ``duration_s``;
-    replies that arrive after the window are not counted."""
-    connections = await _open_all(port, len(hosts))
+    """Every host sends heartbeats back to back on its own connection (to its own replica)
+    for ``duration_s``; replies that arrive after the window are not counted."""
+    connections = await _open_per_host(hosts)
     bodies = [heartbeat_body(h.id, gpus=gpus) for h in hosts]
     statuses: Counter[int] = Counter()
     end = start_at + duration_s
@@ -232,7 +264,11 @@ async def heartbeat_storm(
 
 
 async def latency_get(
-    port: int, clients: int, targets: list[tuple[str, str]], start_at: float, duration_s: float
+    ports: list[int],
+    clients: int,
+    targets: list[tuple[str, str]],
+    start_at: float,
+    duration_s: float,
 ) -> dict[str, Any]:
     """``clients`` closed-loop users, each GETting random notebooks of ``targets``
     (``(token, notebook id)``) for ``duration_s``."""
@@ -241,11 +277,15 @@ async def latency_get(
         token, notebook_id = rng.choice(targets)
         return "GET", f"{NOTEBOOKS}/{notebook_id}", b"", {"Authorization": f"Bearer {token}"}
 
-    return await _closed_loop(port, clients, next_request, start_at, duration_s, 200)
+    return await _closed_loop(ports, clients, next_request, start_at, duration_s, 200)
 
 
 async def latency_post(
-    port: int, clients: int, requests: list[tuple[str, bytes]], start_at: float, duration_s: float
+    ports: list[int],
+    clients: int,
+    requests: list[tuple[str, bytes]],
+    start_at: float,
+    duration_s: float,
 ) -> dict[str, Any]:
     """``clients`` closed-loop users, each POSTing notebooks (``(token, body)`` picked at
     random) for ``duration_s``."""
@@ -254,11 +294,11 @@ async def latency_post(
         token, body = rng.choice(requests)
         return "POST", NOTEBOOKS, body, {"Authorization": f"Bearer {token}"}
 
-    return await _closed_loop(port, clients, next_request, start_at, duration_s, 201)
+    return await _closed_loop(ports, clients, next_request, start_at, duration_s, 201)
 
 
 async def _closed_loop(
-    port: int,
+    ports: list[int],
     clients: int,
     next_request: Callable[[random.Random], tuple[str, str, bytes, dict[str, str]]],
     start_at: float,
@@ -266,13 +306,13 @@ async def _closed_loop(
     expected: int,
 ) -> dict[str, Any]:
     """Latency (ms) of every request that got ``expected`` and finished inside the window."""
-    connections = await _open_all(port, clients)
+    connections = await _open_users(ports, clients)
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     errors: list[str] = []
     end = start_at + duration_s
 
-    async def client(connection: Connection, seed: int) -> None:
+    async def client(connection: Client, seed: int) -> None:
         rng = random.Random(seed)
         while time.time() < end:
             method, path, body, headers = next_request(rng)

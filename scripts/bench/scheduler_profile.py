@@ -9,7 +9,8 @@ Two ways, both optional and both for the scheduler process only:
 * ``--profile FILE``: the whole run under cProfile (deterministic, slower), summarised at the end.
 
 Also the machine-wide CPU accounting that tells whether something else was running during a
-phase (other people's tests on a shared machine skew every figure).
+phase (other people's tests on a shared machine skew every figure), and the CPU use of a
+process tree (the bench's own PostgreSQL server).
 """
 
 from __future__ import annotations
@@ -36,6 +37,33 @@ def machine_busy_seconds() -> float:
     ticks = [int(v) for v in fields[:8]]
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root_pid: int) -> float | None:
+    """CPU seconds a process and its children have used so far, the children that exited
+    included (Linux /proc; None when ``root_pid`` is gone). For a server that forks a process
+    per connection, as PostgreSQL does: its children are one level deep."""
+    tick = os.sysconf("SC_CLK_TCK")
+    root = _stat_fields(root_pid)
+    if root is None:
+        return None
+    # utime, stime, cutime, cstime: fields 14-17 of stat(5), counted after the ")".
+    total = sum(int(v) for v in root[11:15])
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and fields[1] == str(root_pid):  # field 4, ppid
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from its 3rd field (state) on; None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
 
 
 class PySpy:

@@ -3,6 +3,8 @@
 The six headline figures and their goals (issue 4): placements/s when the notebooks are
 submitted at once, heartbeats ingested/s, and p50/p99 latency in ms of ``GET`` and ``POST``
 ``/v1/notebooks`` under the concurrent clients. Latencies have no goal; they are reported.
+The details under the table say what was measured: the database (kind, server version) and
+how many scheduler replicas shared the load, and quote the schedulers' ERROR log lines.
 """
 
 from __future__ import annotations
@@ -106,8 +108,13 @@ def format_table(figures: Mapping[str, Any]) -> str:
 
 
 def format_details(figures: Mapping[str, Any]) -> str:
-    """The run's context under the table: scale, processes, CPU use, non-2xx replies."""
+    """The run's context under the table: database and replicas, scale, processes, CPU use,
+    non-2xx replies, scheduler errors."""
+    replicas = figures.get("replicas", 1)
     lines = [
+        f"scheduler: {replicas} process{'es' if replicas != 1 else ''} on "
+        f"{figures.get('database', 'sqlite')} {figures.get('database_version', '?')} "
+        f"({figures.get('database_source', '?')})",
         f"hosts {figures['hosts']} x {figures['gpus_per_host']} GPUs, "
         f"notebooks {figures['notebooks']} (placed {figures['notebooks_placed']}, "
         f"{figures['gpus_reserved']} GPUs reserved) in {figures.get('projects', '?')} "
@@ -127,6 +134,12 @@ def format_details(figures: Mapping[str, Any]) -> str:
             "scheduler CPU seconds per phase: "
             + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in cpu.items())
         )
+    database_cpu = figures.get("database_cpu_s") or {}
+    if database_cpu:
+        lines.append(
+            "database server CPU seconds per phase: "
+            + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in database_cpu.items())
+        )
     load_cpu = figures.get("loadgen_cpu_s") or {}
     if load_cpu:
         lines.append(
@@ -143,6 +156,10 @@ def format_details(figures: Mapping[str, Any]) -> str:
         odd = {s: n for s, n in statuses.items() if not s.startswith("2")}
         if odd:
             lines.append(f"{phase}: non-2xx replies {odd}")
+    for log_name, errors in (figures.get("scheduler_log_errors") or {}).items():
+        lines.append(f"{log_name}: {sum(errors.values())} ERROR line(s), e.g.:")
+        for text, count in sorted(errors.items(), key=lambda item: -item[1])[:3]:
+            lines.append(f"  {count}x {text if len(text) <= 200 else text[:197] + '...'}")
     for problem in figures.get("problems") or []:
         lines.append(f"PROBLEM: {problem}")
     return "\n".join(lines)

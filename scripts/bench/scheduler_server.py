@@ -1,9 +1,13 @@
-"""The scheduler process scripts/bench-scheduler measures: its temporary config, start, stop.
+"""The scheduler processes scripts/bench-scheduler measures: their temporary config, start, stop.
 
-The scheduler is this checkout's ``python -m scheduler.main run`` on 127.0.0.1 and a free
-port, with its database, admin token and agent secrets in the bench's temporary directory and
-its stderr in ``scheduler.log`` there. Project quota defaults in the config are raised far above
-what the bench submits, so quotas never decide a placement figure.
+A scheduler is this checkout's ``python -m scheduler.main run`` on 127.0.0.1 and a free port,
+with its admin token, agent secrets and keys (and the SQLite database) in the bench's temporary
+directory and its stderr in ``scheduler.log`` there. Project quota defaults in the config are
+raised far above what the bench submits, so quotas never decide a placement figure.
+
+Several replicas on one PostgreSQL database (:class:`SchedulerReplicas`) share that one config
+file, which names every file they must share (admin token, secrets key, SSH host key); each is
+told its own ``listen`` through ``NBFLEET_SCHEDULER_LISTEN`` and logs to ``scheduler-<n>.log``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -34,15 +39,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(workdir: Path, port: int) -> Path:
-    """A scheduler TOML with a one-framework catalog; returns its path."""
+def write_config(workdir: Path, port: int, database_url: str = "") -> Path:
+    """A scheduler TOML with a one-framework catalog; returns its path. Without
+    ``database_url`` the database is ``scheduler.db`` in ``workdir``."""
     config = workdir / "scheduler.toml"
+    database = (
+        f"database_url = {json.dumps(database_url)}"
+        if database_url
+        else f'database = "{workdir / "scheduler.db"}"'
+    )
+    # The two key files are where the scheduler puts them by default (beside the admin
+    # token), named so that every replica reads the same ones.
     config.write_text(
         f"""\
 listen = "127.0.0.1:{port}"
-database = "{workdir / "scheduler.db"}"
+{database}
 admin_token_file = "{workdir / "admin.token"}"
 agent_secrets_dir = "{workdir / "agents"}"
+secrets_key_file = "{workdir / "agent_secrets.key"}"
+ssh_host_key_file = "{workdir / "ssh_host_ed25519_key"}"
 
 [quota]
 gpus = {QUOTA["gpus"]}
@@ -128,7 +143,12 @@ class SchedulerProcess:
             entry = ["-m", "bench.scheduler_sqltrace", str(self.sql_stats_dir)]
         argv = [sys.executable, *profiler, *entry, "run"]
         argv += ["--config", str(self.config), "--log-level", self.log_level]
-        env = {**os.environ, "PYTHONPATH": f"{self.repo}{os.pathsep}{self.repo / 'scripts'}"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{self.repo}{os.pathsep}{self.repo / 'scripts'}",
+            # Replicas share one config file; each listens on its own port.
+            "NBFLEET_SCHEDULER_LISTEN": f"127.0.0.1:{self.port}",
+        }
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv, cwd=self.repo, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
@@ -209,3 +229,119 @@ class SchedulerProcess:
         """SIGTERM (the scheduler shuts down cleanly and cProfile writes its file), then
         SIGKILL if it is still there after ``timeout_s``."""
         terminate(self.proc, timeout_s)
+
+
+#: A scheduler log line at ERROR or worse (scheduler/main.py's format: date, time, level).
+_ERROR_LINE = re.compile(r"^\S+ \S+ (?:ERROR|CRITICAL) (?P<what>.*)$")
+
+
+class SchedulerReplicas:
+    """``count`` schedulers on one config file (so one database), each on a port of its own:
+    ``ports[n]`` logs to ``scheduler-<n+1>.log`` (one replica: ``scheduler.log``). The
+    profiling options apply to a single replica only (the bench refuses them otherwise)."""
+
+    def __init__(
+        self,
+        repo: Path,
+        workdir: Path,
+        count: int,
+        *,
+        log_level: str = "INFO",
+        profile_to: Path | None = None,
+        sql_stats_dir: Path | None = None,
+    ) -> None:
+        self.repo = repo
+        self.config = workdir / "scheduler.toml"
+        self.ports: list[int] = []
+        while len(self.ports) < count:
+            port = free_port()
+            if port not in self.ports:
+                self.ports.append(port)
+        logs = ["scheduler.log"] if count == 1 else [f"scheduler-{n + 1}.log" for n in range(count)]
+        self.processes = [
+            SchedulerProcess(
+                repo,
+                self.config,
+                port,
+                workdir / name,
+                log_level=log_level,
+                profile_to=profile_to,
+                sql_stats_dir=sql_stats_dir,
+            )
+            for port, name in zip(self.ports, logs, strict=True)
+        ]
+
+    def write_config(self, database_url: str = "") -> None:
+        write_config(self.config.parent, self.ports[0], database_url)
+
+    def migrate(self) -> str:
+        """``nbfleet-scheduler migrate`` once, for all replicas (PostgreSQL: ``run`` refuses an
+        unmigrated database); returns what it printed. Raises SystemExit when it fails."""
+        done = subprocess.run(
+            [sys.executable, "-m", "scheduler.main", "migrate", "--config", str(self.config)],
+            cwd=self.repo,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(self.repo)},
+        )
+        if done.returncode != 0:
+            raise SystemExit(
+                f"bench-scheduler: scheduler migrate failed (exit {done.returncode}):\n"
+                f"{done.stdout}{done.stderr}"
+            )
+        return done.stdout.strip()
+
+    async def start(self) -> None:
+        """The first replica alone until it answers (it creates the shared key files and
+        imports the agent secret files into the database: two at once would race for
+        both), then the others together."""
+        first, *others = self.processes
+        first.start()
+        await first.wait_healthy()
+        for process in others:
+            process.start()
+        await asyncio.gather(*(process.wait_healthy() for process in others))
+
+    def check_alive(self, grace_s: float = 0.0) -> None:
+        """:meth:`SchedulerProcess.check_alive` for every replica, ``grace_s`` in all."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            for process in self.processes:
+                process.check_alive()
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def cpu_seconds(self) -> float:
+        return sum(process.cpu_seconds() for process in self.processes)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if len(self.processes) == 1:
+            return self.processes[0].log_tail(lines)
+        return "\n".join(
+            f"---- last lines of {process.log_path} ----\n{process.log_tail(lines)}"
+            for process in self.processes
+        )
+
+    def log_errors(self) -> dict[str, dict[str, int]]:
+        """Per log file name with any, its ERROR and CRITICAL lines without their time stamp
+        (identical ones counted together)."""
+        found: dict[str, dict[str, int]] = {}
+        for process in self.processes:
+            try:
+                text = process.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            lines: dict[str, int] = {}
+            for line in text.splitlines():
+                match = _ERROR_LINE.match(line)
+                if match:
+                    lines[match["what"]] = lines.get(match["what"], 0) + 1
+            if lines:
+                found[process.log_path.name] = lines
+        return found
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()

@@ -21,6 +21,7 @@ from bench.scheduler_load import shares, split  # noqa: E402
 from bench.scheduler_profile import summarize_collapsed, summarize_sql  # noqa: E402
 
 from common import wire  # noqa: E402
+from tests.support.postgres import PostgresDatabases, postgres_url  # noqa: E402
 
 
 def test_percentile_is_nearest_rank():
@@ -146,3 +147,32 @@ def test_tiny_run_measures_every_figure_and_places_every_notebook():
     assert figures["statuses"]["placements"] == {"201": 20}
     assert figures["hosts"] == 5 and figures["load_processes"] >= 1
     assert figures["problems"] == []
+
+
+def test_tiny_run_on_two_replicas_over_postgresql_places_every_notebook_once():
+    """Two replicas on a database of the test cluster (``--database-url``): every notebook is
+    placed, none twice, and the report says what ran."""
+    databases = PostgresDatabases(postgres_url())
+    try:
+        url = databases.empty()
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "bench-scheduler"),
+                *("--database-url", url, "--replicas", "2"),
+                *("--hosts", "6", "--notebooks", "24", "--clients", "4", "--duration", "1"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=REPO,
+        )
+    finally:
+        databases.close()
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    figures = json.loads(done.stdout)
+    assert (figures["database"], figures["replicas"]) == ("postgresql", 2)
+    assert figures["notebooks_placed"] == figures["gpus_reserved"] == 24
+    assert figures["statuses"]["placements"] == {"201": 24}
+    assert figures["problems"] == [] and not figures["scheduler_log_errors"]
