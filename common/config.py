@@ -119,6 +119,10 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     #: start when absent; default: agent_secrets.key beside admin_token_file). Every replica
     #: must be given the same file.
     secrets_key_file: str = ""
+    #: The token ``nbfleet-router`` asks notebooks' locations with (created on first start
+    #: when absent; default: router.token beside admin_token_file). It reaches
+    #: ``/v1/router/*`` only. Every replica needs the same file; give routers a copy.
+    router_token_file: str = ""
     #: The SSH host key every agent presents (ed25519, created on first start when absent;
     #: default: ssh_host_ed25519_key beside admin_token_file). Agents get it when they register.
     ssh_host_key_file: str = ""
@@ -244,6 +248,27 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         parse_urls(self.scheduler_url, "scheduler_url")  # a bad URL fails at load, named
+
+
+class RouterConfig(Struct, forbid_unknown_fields=True):
+    """``nbfleet-router``: serves notebooks' stable URLs (``/notebooks/{id}/...``) in front of
+    the scheduler replicas, and keeps serving open editors while none answers."""
+
+    listen: str = "127.0.0.1:8472"
+    #: The scheduler's URL or several (replicas, or a load balancer's address that does not
+    #: route ``/notebooks/`` back to this router), as ``AgentConfig.scheduler_url`` takes them.
+    scheduler_url: str | list[str] = "http://127.0.0.1:8470"
+    #: A copy of the scheduler's ``router_token_file``.
+    token_file: str = "/etc/nbfleet/router.token"
+    #: How long a notebook's location, once confirmed by a scheduler, is used while no scheduler
+    #: answers (the agent's ``authorize_grace_s`` bounds who may use it).
+    outage_grace_s: Annotated[float, Meta(ge=0)] = 900.0
+    #: How long a location is used before a scheduler is asked again (a notebook that moved to
+    #: another host is followed within this).
+    lookup_ttl_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+
+    def __post_init__(self) -> None:
+        parse_urls(self.scheduler_url, "scheduler_url")
 
 
 class ClientConfig(Struct, forbid_unknown_fields=True):

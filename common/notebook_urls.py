@@ -25,6 +25,15 @@ def editor_path(notebook_id: str) -> str:
     return f"/notebooks/{notebook_id}/"
 
 
+def with_slash(notebook_id: str, raw_path: str, raw_query: str) -> str | None:
+    """Where a request for the bare ``/notebooks/{id}`` is sent (its slash added, query kept:
+    the editor serves under ``/notebooks/{id}/``, on the same origin); ``None`` for any other
+    path, which is forwarded as it is."""
+    if raw_path != editor_path(notebook_id).rstrip("/"):
+        return None
+    return editor_path(notebook_id) + ("?" + raw_query if raw_query else "")
+
+
 def editor_base_url(notebook_id: str, command_template: str, url_path_template: str) -> str:
     """``Assignment.base_url``: where the editor serves (see the module docstring)."""
     if BASE_URL_PLACEHOLDER in command_template or BASE_URL_PLACEHOLDER in url_path_template:

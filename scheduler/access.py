@@ -2,7 +2,7 @@
 traffic the agents' editor proxies report.
 
 **The URL scheme** and the editor's base URL are :mod:`common.notebook_urls`; a request for a
-notebook's URL is forwarded by :mod:`scheduler.forward` to the agent that runs it, and a
+notebook's URL is forwarded by :mod:`common.notebook_forward` to the agent that runs it, and a
 notebook that is not RUNNING answers with its state and what to do (:mod:`scheduler.api.editor`).
 
 **Authorization** (``POST /v1/agents/authorize``, asked by an agent per request it has not

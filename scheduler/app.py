@@ -42,7 +42,7 @@ from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.replay import ReplayGuard
 from scheduler.replicas import Replica
-from scheduler.secrets import ensure_admin_token, ensure_ssh_host_key
+from scheduler.secrets import ensure_admin_token, ensure_router_token, ensure_ssh_host_key
 from scheduler.snapshots import ProgressBoard, SnapshotService
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def create_app(
     # Secrets on disk, created at the first start: read once, here, so every service gets
     # them through its constructor.
     admin_digest = token_digest(ensure_admin_token(config.admin_token_file))
+    router_digest = token_digest(ensure_router_token(config))
     ssh_host_key = ensure_ssh_host_key(
         config.ssh_host_key_file
         or os.path.join(os.path.dirname(config.admin_token_file), "ssh_host_ed25519_key")
@@ -103,6 +104,7 @@ def create_app(
         snapshots=SnapshotService(db, clock, progress),
         activity=activity,
         admin_digest=admin_digest,
+        router_digest=router_digest,
         replay=ReplayGuard(db),
         replica=replica,
     )

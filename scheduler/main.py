@@ -14,7 +14,7 @@ from aiohttp import web
 from common.config import ConfigError, SchedulerConfig, load, split_hostport
 from scheduler.agent_secrets import SecretsKeyMismatch, add_host
 from scheduler.db import MigrationsPending, database_for
-from scheduler.secrets import ensure_admin_token
+from scheduler.secrets import ensure_admin_token, ensure_router_token
 
 ENV_PREFIX = "NBFLEET_SCHEDULER_"
 
@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     adding.add_argument("host", help="host id, as the agent's host_id")
     admin = sub.add_parser("admin-token", help="print the admin token, creating it if absent")
-    for command in (run, migrate, adding, admin):
+    router = sub.add_parser(
+        "router-token", help="print the token routers use (nbfleet-router), creating it if absent"
+    )
+    for command in (run, migrate, adding, admin, router):
         command.add_argument("--config", required=True, help="scheduler TOML file")
     copy_db = sub.add_parser(
         "copy-db",
@@ -71,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         return _add_host(config, args.host, args.config)
     if args.command == "migrate":
         return _migrate(config)
-    if args.command == "admin-token":
+    if args.command in ("admin-token", "router-token"):
         try:
-            print(ensure_admin_token(config.admin_token_file))
+            if args.command == "admin-token":
+                print(ensure_admin_token(config.admin_token_file))
+            else:
+                print(ensure_router_token(config))
         except (ValueError, OSError) as exc:
             print(f"nbfleet-scheduler: {exc}", file=sys.stderr)
             return 2

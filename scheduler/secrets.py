@@ -50,6 +50,21 @@ def ensure_admin_token(path: str | Path) -> str:
     return read_secret(path).decode()
 
 
+def router_token_path(config: SchedulerConfig) -> Path:
+    """``router_token_file``, by default ``router.token`` beside ``admin_token_file``."""
+    if config.router_token_file:
+        return Path(config.router_token_file)
+    return Path(config.admin_token_file).parent / "router.token"
+
+
+def ensure_router_token(config: SchedulerConfig) -> str:
+    """The token routers ask notebooks' locations with, created (0600) if absent."""
+    path = router_token_path(config)
+    if _create_exclusive(path, new_token("nbr_")):
+        log.info("router token created in %s: give every router a copy", path)
+    return read_secret(path).decode()
+
+
 def ensure_ssh_host_key(path: str | Path) -> str:
     """The fleet's SSH host key in ``path`` (OpenSSH format), created (ed25519, 0600) if
     absent."""

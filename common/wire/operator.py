@@ -172,3 +172,14 @@ class Host(Struct):
 
 class HostList(Struct):
     items: list[Host]
+
+
+class Route(Struct):
+    """``GET /v1/router/notebooks/{id}`` (the router token): where ``nbfleet-router`` sends a
+    request for the notebook's stable URL. ``agent_url`` is set while the notebook is RUNNING
+    (the agent of its host); otherwise the router lets a scheduler answer with the notebook's
+    state."""
+
+    notebook: str
+    state: str | None
+    agent_url: str | None = None

@@ -37,6 +37,8 @@ def add_routes(app: web.Application) -> None:
     r.add_route("*", "/notebooks/{id}", editor.open_editor)
     r.add_route("*", "/notebooks/{id}/{tail:.*}", editor.open_editor)
 
+    r.add_get("/v1/router/notebooks/{id}", editor.route)
+
     r.add_post("/v1/admin/projects", admin.create_project)
     r.add_get("/v1/admin/projects", admin.list_projects)
     r.add_post("/v1/admin/tokens", admin.create_token)

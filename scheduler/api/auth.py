@@ -52,6 +52,13 @@ async def require_admin(request: web.Request) -> None:
     raise ApiError("unauthenticated", "unknown token")
 
 
+def require_router(request: web.Request) -> None:
+    """The routers' token (``router_token_file``), and nothing else, reaches ``/v1/router/*``."""
+    token = _bearer(request)
+    if not hmac.compare_digest(token_digest(token), ctx(request).router_digest):
+        raise ApiError("unauthenticated", "this endpoint needs the router token")
+
+
 async def signed_agent(request: web.Request) -> tuple[str, bytes]:
     """``(host_id, body)`` of a correctly signed, fresh, first-seen agent request."""
     body = await request.read()

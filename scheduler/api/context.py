@@ -10,13 +10,13 @@ from aiohttp import web
 
 from common.auth import Verifier
 from common.config import SchedulerConfig
+from common.notebook_forward import NotebookForwarder
 from scheduler.access import ProxyActivity
 from scheduler.agent_client import AgentClient
 from scheduler.agent_secrets import AgentSecrets
 from scheduler.agents import AgentService
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database
-from scheduler.forward import NotebookForwarder
 from scheduler.hosts import HostService
 from scheduler.loops.maintenance import Maintenance
 from scheduler.notebook_views import NotebookViews
@@ -47,6 +47,8 @@ class Context:
     activity: ProxyActivity
     #: sha256 of the admin token (``admin_token_file``).
     admin_digest: str
+    #: sha256 of the routers' token (``router_token_file``).
+    router_digest: str
     #: Signed requests' nonces, claimed for every replica.
     replay: ReplayGuard
     #: This process among the replicas on the database.

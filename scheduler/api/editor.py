@@ -1,5 +1,5 @@
 """``/notebooks/{id}/...``: a notebook's stable URL, forwarded to the agent that runs it now
-(:mod:`scheduler.forward`; :mod:`scheduler.access` for where that is).
+(:mod:`common.notebook_forward`; :mod:`scheduler.access` for where that is).
 
 Not authenticated here on purpose: the agent's proxy checks the project token of every
 forwarded request, and a notebook that is not running only has its state told. Those answers
@@ -11,10 +11,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
-from common.notebook_urls import editor_path
+from common.notebook_urls import with_slash
 from common.states import NotebookState
 from scheduler.access import locate
+from scheduler.api.auth import require_router
 from scheduler.api.context import ctx
+from scheduler.api.middleware import json_reply
 
 S = NotebookState
 
@@ -51,6 +53,19 @@ def with_url(request: web.Request, nb: wire.Notebook) -> wire.Notebook:
     return nb
 
 
+async def route(request: web.Request) -> web.Response:
+    """Where ``nbfleet-router`` sends the notebook's stable URL (the router token only)."""
+    require_router(request)
+    notebook_id = request.match_info["id"]
+    where = await locate(ctx(request).db, notebook_id)
+    found = wire.Route(
+        notebook=notebook_id,
+        state=None if where.state is None else where.state.value,
+        agent_url=where.agent_url,
+    )
+    return json_reply(found)
+
+
 def _text(status: int, text: str, **headers: str) -> web.Response:
     return web.Response(
         status=status,
@@ -70,10 +85,10 @@ async def open_editor(request: web.Request) -> web.StreamResponse:
     if state is None or state == S.DELETED:
         return _text(404, f"notebook {notebook_id} does not exist")
     if where.agent_url is not None:
-        if request.rel_url.raw_path == editor_path(notebook_id).rstrip("/"):
-            # A bare /notebooks/{id} gains its slash, where the editor serves (same origin).
-            query = request.rel_url.raw_query_string
-            location = editor_path(notebook_id) + ("?" + query if query else "")
+        location = with_slash(
+            notebook_id, request.rel_url.raw_path, request.rel_url.raw_query_string
+        )
+        if location is not None:
             return _text(307, f"notebook {notebook_id} is at {location}", Location=location)
         return await ctx(request).forwarder.forward(request, notebook_id, where.agent_url)
     if state in (S.QUEUED, S.STARTING):

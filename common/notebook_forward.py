@@ -1,13 +1,15 @@
 """The routing tier: a notebook's stable URL, ``{scheduler}/notebooks/{id}/...``, forwarded to
-the agent of the host running the notebook now, HTTP and WebSocket, so that every client works
-at that one URL: browsers, VS Code desktop's Jupyter extension, ``@jupyterlab/services``,
-``jupyter_client``, curl. A redirect to the agent's origin (what the scheduler answered before)
-loses ``Authorization`` and cookies in HTTP clients and is not followed at all by WebSocket
-clients on the handshake.
+the agent of the host running the notebook now (by the scheduler replicas, and by
+``nbfleet-router``, which outlives them: :mod:`router`), HTTP and WebSocket, so that every
+client works at that one URL: browsers, VS Code desktop's Jupyter extension,
+``@jupyterlab/services``, ``jupyter_client``, curl. A redirect to the agent's origin (what the
+scheduler answered before) loses ``Authorization`` and cookies in HTTP clients and is not
+followed at all by WebSocket clients on the handshake.
 
-The scheduler replicas are the tier, not a separate gateway process: they already know where
-every notebook runs (one keyed read per request), they sit behind the same address and load
-balancer as the API, and nothing more has to be deployed or kept in sync. The tier is
+The scheduler replicas are a tier of their own: they know where every notebook runs (one keyed
+read per request) and sit behind the same address as the API. ``nbfleet-router`` is the same
+forwarding with the location asked of the scheduler and remembered, so open editors keep
+working while no replica answers. Either way the tier is
 stateless and authenticates nothing itself: the request goes to the agent as the client sent
 it (path and query as sent, ``Authorization``, cookies, ``?token=``), and the agent's proxy
 checks the project token and never passes it to the editor. Only the connection-specific
