@@ -24,7 +24,21 @@ log = logging.getLogger(__name__)
 FOLLOW_CHECK_S = 5.0
 
 
+#: A health check that waits longer than this for the database calls it unreachable.
+HEALTH_DATABASE_TIMEOUT_S = 2.0
+
+
 async def health(request: web.Request) -> web.Response:
+    """Open to all (load balancers check it). 503 when this replica cannot reach its database:
+    it could answer nothing else, and a load balancer should send requests elsewhere."""
+    try:
+        await asyncio.wait_for(
+            ctx(request).db.query_one("SELECT 1 AS ok"), HEALTH_DATABASE_TIMEOUT_S
+        )
+    except Exception as exc:
+        log.warning("health: the database does not answer (%r); answering 503", exc)
+        status = f"database unreachable ({type(exc).__name__})"
+        return json_reply(wire.Health(status=status, version=__version__), 503)
     return json_reply(wire.Health(status="ok", version=__version__))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.api.context import CONTEXT
 from tests.component.conftest import START, Agent, Harness, Tokens
 
 
@@ -286,3 +287,15 @@ async def test_catalog(harness: Harness, project: Tokens) -> None:
 async def test_health_is_open(harness: Harness) -> None:
     reply = await harness.call("GET", "/health")
     assert reply.status == 200 and reply.json["status"] == "ok"
+
+
+async def test_health_says_503_while_the_database_is_unreachable(harness: Harness) -> None:
+    """A load balancer sends requests elsewhere: this replica could answer none of them."""
+    db = harness.app[CONTEXT].db
+    await db.close()
+    try:
+        reply = await harness.call("GET", "/health")
+        assert reply.status == 503 and reply.json["status"].startswith("database unreachable")
+    finally:
+        await db.open()
+    assert (await harness.call("GET", "/health")).status == 200

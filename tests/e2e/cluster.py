@@ -74,6 +74,50 @@ url_path = "/"
 
 
 @dataclass
+class Router:
+    """``nbfleet-router run`` on a port of its own, asking ``scheduler_url`` with the
+    scheduler's router token (the file the scheduler created)."""
+
+    root: Path
+    scheduler_url: str
+    token_file: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "router.log"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "router.toml"
+        config.write_text(
+            f'listen = "127.0.0.1:{self.port}"\n'
+            f'scheduler_url = "{self.scheduler_url}"\n'
+            f'token_file = "{self.token_file}"\n'
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router.main", "run", "--config", str(config)],
+            cwd=REPO,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(f"router {self.url}/health", lambda: Cluster._health(self.url), 30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
 class Agent:
     host_id: str
     gpus: list[tuple[str, str, int]]
@@ -102,6 +146,7 @@ class Cluster:
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     scheduler: subprocess.Popen | None = None
     agents: dict[str, Agent] = field(default_factory=dict)
+    routers: list[Router] = field(default_factory=list)
     admin_token: str = ""
     token: str = ""
 
@@ -200,6 +245,29 @@ checkpoint_interval_s = 3
         wait_for(f"agent {host_id} /health", lambda: self._health(f"http://127.0.0.1:{agent.port}"))
         wait_for(f"agent {host_id} registered with its GPUs", lambda: self._registered(agent))
 
+    def kill_scheduler(self) -> None:
+        """kill -9 the scheduler (every replica of this one-replica cluster) and wait until
+        its port refuses; ``start_scheduler`` brings it back on the same port and state."""
+        assert self.scheduler is not None
+        self.scheduler.send_signal(signal.SIGKILL)
+        self.scheduler.wait(10)
+
+        def refused() -> bool:
+            try:
+                self._health(self.url)
+            except OSError:
+                return True
+            return False
+
+        wait_for("scheduler port to refuse", refused, 10)
+
+    def start_router(self) -> Router:
+        """An ``nbfleet-router`` in front of this cluster's scheduler (stopped by ``stop``)."""
+        router = Router(self.root / "router", self.url, self.root / "router.token")
+        router.start()
+        self.routers.append(router)
+        return router
+
     def kill_agent(self, host_id: str) -> None:
         """kill -9: no chance to clean up, as when the daemon crashes."""
         proc = self.agents[host_id].proc
@@ -234,6 +302,8 @@ checkpoint_interval_s = 3
                 )
 
     def stop(self) -> None:
+        for router in self.routers:
+            router.stop()
         for agent in self.agents.values():
             if agent.proc and agent.proc.poll() is None:
                 agent.proc.terminate()
@@ -333,9 +403,11 @@ checkpoint_interval_s = 3
 
     def dump(self) -> str:
         parts = []
-        for name, path in [("scheduler", self.scheduler_log)] + [
-            (f"agent {a.host_id}", a.log) for a in self.agents.values()
-        ]:
+        for name, path in (
+            [("scheduler", self.scheduler_log)]
+            + [(f"agent {a.host_id}", a.log) for a in self.agents.values()]
+            + [(f"router {r.url}", r.log) for r in self.routers]
+        ):
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-80:]
                 parts.append(

@@ -38,7 +38,7 @@ from common.states import NotebookState
 from scheduler.agent_client import EXEC_GRACE_S
 from scheduler.agents import MAX_WAIT_S
 from tests.e2e.cluster import wait_for
-from tests.support.load_balancer import HAPROXY_CFG, Stack, haproxy_binary
+from tests.support.load_balancer import HAPROXY_CFG, ROUTERS, Stack, haproxy_binary
 from tests.support.postgres import PostgresDatabases, postgres_url
 
 pytestmark = pytest.mark.integration
@@ -399,6 +399,24 @@ async def test_agents_long_polls_and_editor_websockets_pass_through_haproxy(
             assert heartbeat_errors == []
             assert answered.version == current.version, answered
             assert waited >= MAX_WAIT_S - 1, f"the long-poll came back after {waited:.1f}s"
+
+            # The stable URL went to the routers, not the replicas...
+            assert int(stack.lb.servers(ROUTERS)["BACKEND"]["stot"]) > 0
+            # ...so it outlives every replica: the notebook's editor still answers through
+            # the load balancer, from what its router remembers.
+            beating.cancel()
+            for replica in stack.replicas:
+                replica.kill()
+            async with aiohttp.ClientSession() as session:
+                url = f"{stack.lb.url}/notebooks/{notebook_id}/api/status?x=2"
+                async with session.get(url) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert (await resp.json())["path"] == f"/notebooks/{notebook_id}/api/status"
+                ws_url = f"ws://127.0.0.1:{stack.lb.port}/notebooks/{notebook_id}/api/kernels/k"
+                async with session.ws_connect(ws_url) as ws:
+                    await ws.send_str("no replica")
+                    echoed = await asyncio.wait_for(ws.receive(), 10)
+                    assert echoed.data == "echo no replica"
         finally:
             for task in (beating, poll):
                 if task is not None:

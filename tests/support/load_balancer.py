@@ -45,11 +45,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import REPO, free_port, scheduler_toml, wait_for
+from tests.e2e.cluster import REPO, Router, free_port, scheduler_toml, wait_for
 
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
 #: The backend's name in deploy/haproxy.cfg; its servers are replica1, replica2, ...
 BACKEND = "nbfleet_schedulers"
+#: The routers' backend (nbfleet-router): notebooks' stable URLs; servers router1, router2.
+ROUTERS = "nbfleet_routers"
 _MARKED = 'description = "busybox, for tests"'
 
 
@@ -127,7 +129,7 @@ class Replica:
 
 
 class LoadBalancer:
-    def __init__(self, root: Path, replicas: list[Replica]) -> None:
+    def __init__(self, root: Path, replicas: list[Replica], routers: list[Router]) -> None:
         self.binary = haproxy_binary()
         self.port = free_port()
         self.log = root / "haproxy.log"
@@ -142,7 +144,10 @@ class LoadBalancer:
         }
         for number, replica in enumerate(replicas, 1):
             self.env[f"NBFLEET_REPLICA_{number}"] = f"127.0.0.1:{replica.port}"
+        for number, router in enumerate(routers, 1):
+            self.env[f"NBFLEET_ROUTER_{number}"] = f"127.0.0.1:{router.port}"
         self.names = [f"replica{n}" for n in range(1, len(replicas) + 1)]
+        self.router_names = [f"router{n}" for n in range(1, len(routers) + 1)]
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -168,12 +173,14 @@ class LoadBalancer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for("HAProxy to see every replica UP", self._all_up, 30)
+        wait_for("HAProxy to see every replica and router UP", self._all_up, 30)
 
     def _all_up(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, "haproxy exited"
-        servers = self.servers()
-        return all(servers.get(name, {}).get("status") == "UP" for name in self.names)
+        servers, routers = self.servers(), self.servers(ROUTERS)
+        return all(servers.get(name, {}).get("status") == "UP" for name in self.names) and all(
+            routers.get(name, {}).get("status") == "UP" for name in self.router_names
+        )
 
     def admin(self, command: str) -> str:
         """One command on HAProxy's admin socket (the file's ``stats socket``)."""
@@ -186,12 +193,14 @@ class LoadBalancer:
                 chunks.append(data)
         return b"".join(chunks).decode()
 
-    def servers(self) -> dict[str, dict[str, str]]:
-        """``show stat`` of the backend: ``{server name or "BACKEND": {column: value}}``."""
+    def servers(self, backend: str = "") -> dict[str, dict[str, str]]:
+        """``show stat`` of a backend (the replicas' by default): ``{server name or "BACKEND":
+        {column: value}}``."""
+        backend = backend or BACKEND
         header, *rows = self.admin("show stat").strip().splitlines()
         columns = header.lstrip("# ").split(",")
         stats = [dict(zip(columns, row.split(","), strict=False)) for row in rows]
-        return {s["svname"]: s for s in stats if s["pxname"] == BACKEND}
+        return {s["svname"]: s for s in stats if s["pxname"] == backend}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -220,7 +229,11 @@ class Stack:
     def __init__(self, root: Path, database_url: str) -> None:
         self.root = root
         self.replicas = [Replica(root, f"replica-{n}", database_url) for n in (1, 2)]
-        self.lb = LoadBalancer(root, self.replicas)
+        # Routers ask either replica, with the token the replicas share (beside the admin
+        # token); the load balancer sends /notebooks/ to them.
+        urls = ",".join(r.url for r in self.replicas)
+        self.routers = [Router(root / f"router-{n}", urls, root / "router.token") for n in (1, 2)]
+        self.lb = LoadBalancer(root, self.replicas, self.routers)
         self.admin_token = ""
         self.token = ""
 
@@ -230,6 +243,8 @@ class Stack:
         self.admin_token = first.command("admin-token").strip()
         for replica in self.replicas:
             replica.start()
+        for router in self.routers:
+            router.start()
         self.lb.check()
         self.lb.start()
         created = self.cli("admin", "project", "create", "lb", admin=True)
@@ -270,6 +285,7 @@ class Stack:
     def dump(self) -> str:
         parts = []
         logs = [(r.name, r.log) for r in self.replicas] + [("haproxy", self.lb.log)]
+        logs += [(f"router {r.url}", r.log) for r in self.routers]
         for name, path in logs:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-60:]
@@ -284,5 +300,7 @@ class Stack:
 
     def stop(self) -> None:
         self.lb.stop()
+        for router in self.routers:
+            router.stop()
         for replica in self.replicas:
             replica.stop()
