@@ -66,6 +66,26 @@ class JupyterLab:
         self.page.keyboard.press("Shift+Enter")
         return cell.locator(".jp-OutputArea-output")
 
+    def run_in_last_cell(self, panel: Locator, code: str) -> Locator:
+        """Types ``code`` into the notebook's last cell (the empty one a Shift+Enter on the
+        last cell added), Shift+Enter, and returns that cell's output area (by position: the
+        Shift+Enter adds another cell after it)."""
+        cells = panel.locator(".jp-Cell")
+        cell = cells.nth(cells.count() - 1)
+        cell.locator(".cm-content").click()
+        self.page.keyboard.type(code)
+        expect(cell.locator(".cm-content")).to_have_text(code)
+        self.page.keyboard.press("Shift+Enter")
+        return cell.locator(".jp-OutputArea-output")
+
+    def save(self, name: str) -> None:
+        """Ctrl+S on the named notebook ``name``; returns once its tab is no longer dirty (the
+        contents API answered)."""
+        self.page.keyboard.press("Control+s")
+        tab = self.current_tab(name)
+        expect(tab).to_be_visible()
+        expect(tab).not_to_have_class(DIRTY)
+
     def save_new_notebook_as(self, name: str) -> None:
         """Ctrl+S on an untitled notebook: JupyterLab 4 asks for a name on first save."""
         self.page.keyboard.press("Control+s")
