@@ -153,7 +153,9 @@ class Agent:
         notebooks = NotebookView(self.reconciler)
         self.activity = ActivityMeter(clock)
         authorizer = Authorizer(client.authorize, grace_s=config.authorize_grace_s)
-        self.proxy = EditorProxy(notebooks.editor, authorizer, self.activity)
+        self.proxy = EditorProxy(
+            notebooks.editor, authorizer, self.activity, upstream_host=config.upstream_host
+        )
         self.api = AgentApi(
             host_id, secret, runtime, self.reconciler.kept_logs, notebooks, self.proxy
         )

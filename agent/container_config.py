@@ -3,8 +3,8 @@
 a daemon (:class:`agent.docker_runtime.DockerRuntime` sends it).
 
 Security settings of every container: the framework's non-root user, all capabilities dropped,
-``no-new-privileges``, ``/tmp`` on tmpfs, the editor port published on ``public_host`` only
-(the agent sets loopback, so its proxy is the only way in).
+``no-new-privileges``, ``/tmp`` on tmpfs, the editor port published on ``spec.public_host``
+only (the agent's ``upstream_host``, loopback by default, so its proxy is the only way in).
 
 Limits of every container (:class:`agent.runtime.ContainerLimits`, from the agent config), so one
 notebook cannot take the host down for the others: CPUs and memory clamped to the host, a PID

@@ -3,9 +3,10 @@
 does its part and sets the state it ends in through :meth:`NotebookRecords.set_state`.
 
 * start: workspace (use host dir, else restore; marker rules), data volumes, then create and
-  start ``nbfleet-<id>`` (its editor port published on loopback only: the agent's proxy is the
-  way in). No container within ``start_timeout_s`` → FAILED (with the last error met);
-* STARTING: RUNNING once the editor answers HTTP on its loopback port; no answer within
+  start ``nbfleet-<id>`` (its editor port published on ``AgentConfig.upstream_host`` only,
+  loopback by default: the agent's proxy is the way in). No container within
+  ``start_timeout_s`` → FAILED (with the last error met);
+* STARTING: RUNNING once the editor answers HTTP on its published port; no answer within
   ``start_timeout_s`` → push → FAILED;
 * exited: exit code N ≠ 0 → push → FAILED ``container exited with code N``; exit 0 → STOPPING
   → push → STOPPED. Its last output is kept (:mod:`agent.kept_logs`) before it is removed;
@@ -23,7 +24,7 @@ import aiohttp
 
 from agent.kept_logs import KeptLogs
 from agent.notebook_sync import NotebookSync
-from agent.proxy_paths import UPSTREAM_HOST, editor_path
+from agent.proxy_paths import editor_path, upstream_authority
 from agent.records import NotebookRecord, NotebookRecords
 from agent.runtime import (
     ContainerExists,
@@ -55,10 +56,10 @@ async def http_probe(url: str) -> bool:
         return False
 
 
-def editor_url(assignment: Assignment, host_port: int) -> str:
-    """The editor itself, on loopback (the readiness probe)."""
+def editor_url(assignment: Assignment, upstream_host: str, host_port: int) -> str:
+    """The editor itself, where its port is published (the readiness probe)."""
     path = editor_path(assignment.base_url, assignment.url_path)
-    return f"http://{UPSTREAM_HOST}:{host_port}{path}"
+    return f"http://{upstream_authority(upstream_host, host_port)}{path}"
 
 
 class NotebookSteps:
@@ -142,7 +143,7 @@ class NotebookSteps:
             editor_port=assignment.editor_port,
             workspace_dir=self.workspaces.workspace_dir(notebook),
             scratch_dir=self.workspaces.scratch(notebook),
-            public_host=UPSTREAM_HOST,
+            public_host=self.config.upstream_host,
             nvidia_runtime=self.config.nvidia_runtime,
             extra_mounts=mounts,
             limits=ContainerLimits.from_config(self.config),
@@ -167,7 +168,7 @@ class NotebookSteps:
         """A STARTING notebook whose container runs: RUNNING once the editor answers (with
         what the restore had to say), FAILED once ``start_timeout_s`` has passed without."""
         port = info.host_port
-        if port and await self.probe(editor_url(assignment, port)):
+        if port and await self.probe(editor_url(assignment, self.config.upstream_host, port)):
             reason = "; ".join(["editor answers", *record.start_notes])
             self.records.set_state(record, S.RUNNING, reason)
             record.last_checkpoint = self.clock()

@@ -1,7 +1,8 @@
 """The editor proxy: the only way into a notebook's editor (JupyterLab, VS Code, ...).
 
 Mounted on the agent's HTTP server under ``/notebooks/{id}/``; HTTP and WebSocket both. The
-editor's port is published on the host's loopback only, so this is the only door.
+editor's port is published on the agent's ``upstream_host`` only (loopback by default), so this
+is the only door.
 
 Contract:
 
@@ -26,11 +27,12 @@ Contract:
   token gets 503, as does every token when the scheduler answers 4xx to the agent itself.
   Once it answers again, a revoked token is refused within the allowed cache time. The grace
   is in memory only: an agent restarted during an outage admits nobody until one answers.
-* Forwarded to ``127.0.0.1:<published port>``: method, path, query, streamed body, headers minus
-  hop-by-hop ones, the nbfleet cookie and any ``Authorization``; plus ``X-Forwarded-For``,
-  ``-Proto``, ``-Host`` (the client's ``Host`` is kept, so editors that compare ``Origin`` with
-  ``Host`` accept WebSockets), and ``Authorization: token <access token>`` so JupyterLab (which
-  is started with ``--ServerApp.token=<access token>``) never asks the user for its own token.
+* Forwarded to ``<upstream_host>:<published port>``: method, path, query, streamed body,
+  headers minus hop-by-hop ones, the nbfleet cookie and any ``Authorization``; plus
+  ``X-Forwarded-For``, ``-Proto``, ``-Host`` (the client's ``Host`` is kept, so editors that
+  compare ``Origin`` with ``Host`` accept WebSockets), and ``Authorization: token <access
+  token>`` so JupyterLab (which is started with ``--ServerApp.token=<access token>``) never
+  asks the user for its own token.
 * Paths: with ``base_url == "/"`` the editor serves at its root and the ``/notebooks/{id}``
   prefix is stripped (``X-Forwarded-Prefix`` says so); redirects (``Location``) and cookie paths
   from the editor get the prefix back. Otherwise the editor serves under ``base_url`` (e.g.
@@ -69,6 +71,7 @@ from agent.proxy_paths import (
     rewrite_location,
     rewrite_set_cookie,
     strip_cookie,
+    upstream_authority,
     upstream_path,
     without_query_param,
 )
@@ -127,7 +130,8 @@ class EditorProxy:
     """Serves ``/notebooks/{id}/...``: see the module docstring for the contract.
 
     ``lookup(notebook)`` says what this host knows of a notebook (``None``: not assigned
-    here); ``authorizer`` checks tokens; ``activity`` counts traffic.
+    here); ``authorizer`` checks tokens; ``activity`` counts traffic; ``upstream_host`` is
+    where editor ports are published (``AgentConfig.upstream_host``).
     """
 
     def __init__(
@@ -340,7 +344,8 @@ class EditorProxy:
         query = without_query_param(query, QUERY_TOKEN)
         if query:
             target += "?" + query
-        return URL(f"http://{self.upstream_host}:{editor.port}{target}", encoded=True)
+        authority = upstream_authority(self.upstream_host, editor.port or 0)
+        return URL(f"http://{authority}{target}", encoded=True)
 
     async def _request_body(self, request: web.Request, notebook: str) -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_any():
@@ -389,7 +394,7 @@ class EditorProxy:
         for name, value in end_to_end(upstream).items():
             lname = name.lower()
             if lname == "location":
-                value = rewrite_location(value, editor, request.host)
+                value = rewrite_location(value, editor, request.host, self.upstream_host)
             elif lname == "set-cookie":
                 value = rewrite_set_cookie(value, editor)
             headers.add(name, value)

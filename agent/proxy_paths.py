@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from common import notebook_urls
 from common.states import NotebookState
 
-#: Where editors are published (loopback: the proxy is the only way in).
+#: Where editors are published unless ``AgentConfig.upstream_host`` says otherwise (loopback:
+#: the proxy is the only way in).
 UPSTREAM_HOST = "127.0.0.1"
 #: The query parameter a token may come in; the proxy's own, never forwarded.
 QUERY_TOKEN = "token"
@@ -23,7 +24,8 @@ class Editor:
     notebook: str
     #: The notebook's state as this agent sees it.
     state: NotebookState
-    #: The loopback port the editor is published on, while its container runs.
+    #: The port the editor is published on (at the agent's ``upstream_host``), while its
+    #: container runs.
     port: int | None
     base_url: str
     access_token: str
@@ -36,6 +38,13 @@ class Editor:
     @property
     def strips_prefix(self) -> bool:
         return self.base_url in ("", "/")
+
+
+def upstream_authority(upstream_host: str, port: int) -> str:
+    """``host:port`` of an editor published on ``upstream_host`` (an IPv6 address bracketed)."""
+    if ":" in upstream_host and not upstream_host.startswith("["):
+        upstream_host = f"[{upstream_host}]"
+    return f"{upstream_host}:{port}"
 
 
 def editor_path(base_url: str, url_path: str) -> str:
@@ -79,11 +88,19 @@ def upstream_path(editor: Editor, raw_path: str) -> str:
     return base + rest
 
 
-def rewrite_location(value: str, editor: Editor, public_host: str) -> str:
-    """A redirect from the editor, made to work under the notebook's prefix."""
+def rewrite_location(
+    value: str, editor: Editor, public_host: str, upstream_host: str = UPSTREAM_HOST
+) -> str:
+    """A redirect from the editor, made to work under the notebook's prefix. An absolute one
+    to the editor's own address (``upstream_host``, or localhost, and its port) or to
+    ``public_host`` counts as the editor's."""
     parts = urllib.parse.urlsplit(value)
     if parts.scheme or parts.netloc:
-        ours = {f"{UPSTREAM_HOST}:{editor.port}", f"localhost:{editor.port}", public_host}
+        ours = {
+            upstream_authority(upstream_host, editor.port or 0),
+            f"localhost:{editor.port}",
+            public_host,
+        }
         if parts.netloc not in ours:
             return value  # somewhere else entirely
         parts = parts._replace(scheme="", netloc="")

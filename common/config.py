@@ -178,8 +178,15 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     secret_file: str = "/etc/nbfleet/agent.secret"
     #: Where the agent's own HTTP server listens (logs now, the editor proxy later).
     listen: str = "127.0.0.1:8471"
-    #: How the scheduler and users reach this host; editor ports are published on it.
+    #: How the scheduler and users reach this host (the host of ``agent_url``, and of the SSH
+    #: address unless ``ssh_public_host`` is set).
     public_host: str = "127.0.0.1"
+    #: The address notebook containers' editor ports are published on, which the agent's
+    #: readiness probe and editor proxy connect to. Only the agent should reach it: the proxy
+    #: is the way in, and behind it an editor trusts whoever connects. Loopback unless the
+    #: agent runs in a network namespace of its own (then an address of the host's namespace
+    #: that the agent's namespace routes to, and nobody else's).
+    upstream_host: str = "127.0.0.1"
     #: Where the agent serves SSH into its notebooks (``HOST:PORT``; "" turns SSH off). Users
     #: reach it at ``ssh_public_host`` (default ``public_host``) and the bound port.
     ssh_listen: str = ""

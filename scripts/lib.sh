@@ -184,15 +184,17 @@ nbf_wait_http() {
     nbf_die "$what did not answer $url within ${seconds}s"
 }
 
-# nbf_start_postgres DIR: a throwaway PostgreSQL cluster in DIR (which it makes), for tests.
-# Debian's postgresql package (installed when missing) gives initdb and pg_ctl; no system
+# nbf_start_postgres DIR [ADDRESS]: a throwaway PostgreSQL cluster in DIR (which it makes), for
+# tests. Debian's postgresql package (installed when missing) gives initdb and pg_ctl; no system
 # service is involved. PostgreSQL refuses to run as root, so the cluster belongs to the
-# unprivileged system user nbfleet-postgres (created when missing). It listens on 127.0.0.1 at
-# a free port (and on a socket in DIR), trusts local connections, and runs without fsync: its
-# data is thrown away at the end. Sets NBF_POSTGRES_URL (superuser nbfleet, database postgres);
-# stop it with nbf_stop_postgres DIR. Dies with the server's log tail if it does not start.
+# unprivileged system user nbfleet-postgres (created when missing). It listens on ADDRESS
+# (default 127.0.0.1; an IPv4 address) at a free port (and on a socket in DIR), trusts local
+# connections (and, on another ADDRESS, those from the subnets it is on: a test's network
+# namespaces), and runs without fsync: its data is thrown away at the end.
+# Sets NBF_POSTGRES_URL (superuser nbfleet, database postgres); stop it with nbf_stop_postgres
+# DIR. Dies with the server's log tail if it does not start.
 nbf_start_postgres() {
-    local dir=$1 user=nbfleet-postgres bindir port
+    local dir=$1 listen=${2:-127.0.0.1} user=nbfleet-postgres bindir port
     nbf_apt_install postgresql
     bindir=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1)
     [[ -x $bindir/pg_ctl ]] || nbf_die "postgresql is installed but no pg_ctl under /usr/lib/postgresql"
@@ -203,24 +205,27 @@ nbf_start_postgres() {
     chown "$user:" "$dir"
     chmod 0700 "$dir"
     # A free port now; the server takes it a moment later (nothing else here races for it).
-    port=$("$NBF_PYTHON" -c 'import socket
+    port=$("$NBF_PYTHON" -c 'import socket, sys
 s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
+s.bind((sys.argv[1], 0))
+print(s.getsockname()[1])' "$listen")
     runuser -u "$user" -- "$bindir/initdb" -D "$dir/data" -U nbfleet --auth=trust \
         --encoding=UTF8 --no-locale --no-sync >"$dir/initdb.log" 2>&1 </dev/null || {
         tail -n 40 "$dir/initdb.log" >&2
         nbf_die "initdb of the test PostgreSQL cluster in $dir failed"
     }
+    if [[ $listen != 127.0.0.1 ]]; then
+        echo "host all all samenet trust" >>"$dir/data/pg_hba.conf"
+    fi
     if ! runuser -u "$user" -- "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir \
+        -o "-c listen_addresses=$listen -p $port -c unix_socket_directories=$dir \
             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
             -c max_wal_size=256MB -c max_connections=200" start >/dev/null </dev/null; then
         echo "---- last lines of $dir/postgres.log ----" >&2
         tail -n 40 "$dir/postgres.log" >&2 || true
         nbf_die "the test PostgreSQL cluster in $dir did not start"
     fi
-    NBF_POSTGRES_URL="postgresql://nbfleet@127.0.0.1:$port/postgres"
+    NBF_POSTGRES_URL="postgresql://nbfleet@$listen:$port/postgres"
     nbf_log "PostgreSQL is up: $NBF_POSTGRES_URL (data and log in $dir)"
 }
 
