@@ -50,7 +50,7 @@ pytestmark = pytest.mark.e2e
 #: /root (ProtectHome=).
 SHARED_ROOT = Path("/var/lib/nbfleet-e2e")
 BUCKET = "nbfleet-systemd"
-UNITS = ["nbfleet-scheduler.service", "nbfleet-agent.service"]
+UNITS = ["nbfleet-scheduler.service", "nbfleet-agent.service", "nbfleet-router.service"]
 SCHEDULER_TOML = "/etc/nbfleet/scheduler.toml"
 
 
@@ -142,6 +142,7 @@ class Installation:
     machine: Machine
     url: str
     host_id: str
+    router_url: str = ""
     admin_token: str = ""
     token: str = ""
 
@@ -164,6 +165,10 @@ class Installation:
         with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
             return resp.status == 200
 
+    def router_healthy(self) -> bool:
+        with urllib.request.urlopen(self.router_url + "/health", timeout=2) as resp:
+            return resp.status == 200
+
 
 def install(machine: Machine, fleet: Installation, database: SchedulerDatabase) -> None:
     """The README's steps, in the machine, with ``/operator/checkout`` as the checkout and
@@ -175,7 +180,7 @@ def install(machine: Machine, fleet: Installation, database: SchedulerDatabase) 
         "/opt/nbfleet/bin/pip install -q --no-index --no-build-isolation /operator/checkout || "
         f"{{ echo 'rebuild {SYSTEMD_IMAGE}: scripts/build-images --only systemd' >&2; exit 1; }}\n"
         "ln -sf /opt/nbfleet/bin/nbfleet /opt/nbfleet/bin/nbfleet-scheduler "
-        "/opt/nbfleet/bin/nbfleet-agent /usr/local/bin/"
+        "/opt/nbfleet/bin/nbfleet-agent /opt/nbfleet/bin/nbfleet-router /usr/local/bin/"
     )
     machine.sh(
         "cd /operator/checkout\n"
@@ -204,6 +209,15 @@ def install(machine: Machine, fleet: Installation, database: SchedulerDatabase) 
         "systemctl daemon-reload && systemctl enable --now nbfleet-agent"
     )
     wait_for(f"host {fleet.host_id} in `nbfleet admin host list`", fleet.host, 60)
+    # The router, on the same machine: the scheduler's router token is already where the
+    # example config looks (/etc/nbfleet/router.token, beside the admin token).
+    machine.sh(
+        "cd /operator/checkout\n"
+        "install -o root -g nbfleet -m 0640 /operator/etc/router.toml /etc/nbfleet/router.toml\n"
+        "install -m 0644 systemd/nbfleet-router.service /etc/systemd/system/\n"
+        "systemctl daemon-reload && systemctl enable --now nbfleet-router"
+    )
+    wait_for("the router unit to answer /health", fleet.router_healthy, 30)
     fleet.nbfleet("admin project create e2e", token=fleet.admin_token)
     created = fleet.nbfleet(
         "admin token create --project e2e --role operator -o json", token=fleet.admin_token
@@ -217,7 +231,12 @@ def installation(tmp_path, s3_endpoint, scheduler_database):
     run_id = secrets.token_hex(3)
     shared = SHARED_ROOT / run_id
     machine = Machine(f"nbfleet-systemd-{run_id}", units=UNITS)
-    fleet = Installation(machine, f"http://127.0.0.1:{free_port()}", f"systemd-{run_id}")
+    fleet = Installation(
+        machine,
+        f"http://127.0.0.1:{free_port()}",
+        f"systemd-{run_id}",
+        router_url=f"http://127.0.0.1:{free_port()}",
+    )
     operator = tmp_path / "operator"
     checkout = checkout_copy(operator / "checkout")
     etc = operator / "etc"
@@ -246,6 +265,12 @@ def installation(tmp_path, s3_endpoint, scheduler_database):
     }
     (etc / "agent.toml").write_text(
         edit_toml((checkout / "config/agent.example.toml").read_text(), agent_settings)
+    )
+    (etc / "router.toml").write_text(
+        edit_toml(
+            (checkout / "config/router.example.toml").read_text(),
+            {"listen": fleet.router_url.removeprefix("http://"), "scheduler_url": fleet.url},
+        )
     )
     shared.mkdir(parents=True)
     try:
@@ -338,12 +363,28 @@ def _start_restart_stop(fleet: Installation, machine: Machine) -> None:
     nb_after = fleet.notebook(nb["id"])
     assert nb_after["state"] == "RUNNING" and nb_after["history"] == history
 
-    # Stop: both exit on SIGTERM with status 0 (not killed at TimeoutStopSec); the notebook
+    # The router serves the stable URL as well, and goes on serving it while the scheduler is
+    # stopped (from what it remembers; the agent admits the token on its grace).
+    at_router = f"{fleet.router_url}/notebooks/{nb['id']}/hello.txt"
+    assert fetch(at_router, fleet.token) == (200, b"served\n")
+    machine.sh("systemctl stop nbfleet-scheduler")
+
+    def served_from_memory() -> bool:
+        # Every answer is the editor's; once the router's last lookup (1 s) is stale, it
+        # finds no scheduler and says it serves from memory.
+        assert fetch(at_router, fleet.token) == (200, b"served\n")
+        return "served at its last known host" in machine.journal("nbfleet-router")
+
+    wait_for("the router to serve the notebook from memory", served_from_memory, 15)
+    machine.sh("systemctl start nbfleet-scheduler")
+    wait_for("the scheduler unit to answer /health again", fleet.healthy, 30)
+
+    # Stop: each exits on SIGTERM with status 0 (not killed at TimeoutStopSec); the notebook
     # keeps running without its agent, and the scheduler still has it RUNNING.
     machine.sh("systemctl stop nbfleet-agent")
     assert docker_inspect(container)["State"]["Running"]
     assert fleet.notebook(nb["id"])["state"] == "RUNNING"
-    machine.sh("systemctl stop nbfleet-scheduler")
+    machine.sh("systemctl stop nbfleet-scheduler nbfleet-router")
     for unit in UNITS:
         stopped = machine.show(
             unit, "ActiveState", "Result", "ExecMainCode", "ExecMainStatus", "NRestarts"
