@@ -48,14 +48,24 @@ def wait_for(what: str, probe, timeout_s: float = 60.0, interval_s: float = 0.25
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}; last: {last!r}")
 
 
-def scheduler_toml(root: Path, port: int) -> str:
-    return f"""
-listen = "127.0.0.1:{port}"
-database = "{root}/scheduler.db"
-admin_token_file = "{root}/admin.token"
-agent_secrets_dir = "{root}/agents"
-heartbeat_interval_s = 2.0
-
+def scheduler_toml(root: Path, port: int, **settings: str | float) -> str:
+    """A scheduler's config: its files in ``root``, the tiny framework in its catalog.
+    ``settings``: top-level settings added, or replacing those set here; tables a caller
+    needs go after the text returned (it ends with the catalog's)."""
+    top = {
+        "listen": f"127.0.0.1:{port}",
+        "database": f"{root}/scheduler.db",
+        "admin_token_file": f"{root}/admin.token",
+        "agent_secrets_dir": f"{root}/agents",
+        "heartbeat_interval_s": 2.0,
+        **settings,
+    }
+    # Strings and numbers: their JSON is valid TOML.
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in top.items())
+    return (
+        "\n"
+        + lines
+        + f"""
 [catalog.frameworks.tiny]
 image = "{TINY_IMAGE}"
 editors = ["httpd", "crash"]
@@ -71,6 +81,7 @@ port = 8080
 command = ["sh", "-c", "echo failing on purpose >&2; exit 3"]
 url_path = "/"
 """
+    )
 
 
 @dataclass

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.cluster import TINY_IMAGE, Cluster
 from tests.support.nvml import build_fake_nvml
+from tests.support.postgres import postgres_databases  # noqa: F401 (a fixture, shared)
 
 HOST_A_GPUS = [("GPU-aaaaaaaa-0000-4000-8000-000000000001", "NVIDIA H100 80GB HBM3", 81559)]
 HOST_B_GPUS = [

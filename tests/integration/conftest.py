@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import ensure_tiny_image
+from tests.support.postgres import postgres_databases  # noqa: F401 (a fixture, shared)
 from tests.support.s3server import S3Server
 
 TEST_IMAGE = "nbfleet/tiny:test"

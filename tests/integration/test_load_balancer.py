@@ -39,18 +39,11 @@ from scheduler.agent_client import EXEC_GRACE_S
 from scheduler.agents import MAX_WAIT_S
 from tests.e2e.cluster import wait_for
 from tests.support.load_balancer import HAPROXY_CFG, ROUTERS, Stack, haproxy_binary
-from tests.support.postgres import PostgresDatabases, postgres_url
+from tests.support.postgres import PostgresDatabases
 
 pytestmark = pytest.mark.integration
 
 REPLICAS = {"replica-1", "replica-2"}
-
-
-@pytest.fixture(scope="module")
-def postgres_databases() -> Iterator[PostgresDatabases]:
-    databases = PostgresDatabases(postgres_url())
-    yield databases
-    databases.close()
 
 
 @pytest.fixture

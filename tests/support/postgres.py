@@ -24,6 +24,10 @@ API:
 ``run_sync(coro)``
     Run a coroutine to its end on the background loop (a thread of its own), and return its
     result.
+
+``postgres_databases``
+    A module-scoped pytest fixture: one ``PostgresDatabases`` per test module, closed after
+    it. A conftest exposes it by importing it (``tests/e2e``, ``tests/integration``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -161,6 +165,13 @@ class PostgresDatabases:
             if self._admin_conn is None:
                 self._admin_conn = await asyncpg.connect(self.admin_url)
             await self._admin_conn.execute(statement)
+
+
+@pytest.fixture(scope="module")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases(postgres_url())
+    yield databases
+    databases.close()
 
 
 def _is_postgres(database: str) -> bool:
