@@ -4,12 +4,13 @@ placing of the queue.
 Every placement runs in the caller's transaction through :class:`Admission`:
 
 * :meth:`Admission.check_request`, for a user's create or start: 403 over quota
-  (:class:`scheduler.quota.ProjectQuota`: a per-notebook limit, then the project's limits);
-  503 when no registered host could ever hold the request. A refused request stores nothing.
+  (:class:`scheduler.quota.ProjectQuota`: a per-notebook limit, then the project's limits).
 * :meth:`Admission.start` runs a notebook's next generation: a new one (stored as a STOPPED
   notebook of generation 0 that never ran, see :mod:`scheduler.lifecycle`) or a settled one a
   user starts. STARTING on a host with room, else QUEUED; a request of a kind that already has
-  notebooks waiting queues behind them.
+  notebooks waiting queues behind them; 503 when no registered host could ever hold it
+  (asked only when it would queue: a request that fits now obviously could). A refused request
+  stores nothing: the caller's transaction rolls back.
 * :meth:`Admission.restart`: a notebook the scheduler stopped (runtime limit, drain, lost host)
   goes to QUEUED with no quota refusal; it waits in the queue like any other until quota and
   room allow.
@@ -25,16 +26,25 @@ Every placement runs in the caller's transaction through :class:`Admission`:
 
 Placing is the same for all: heartbeats held in memory are written first, so placement sees
 every host as fresh as its last heartbeat (:class:`Heartbeats`); a host is chosen by
-:func:`scheduler.placement.find_host`, its GPUs reserved, STARTING recorded with the host by
-:func:`scheduler.lifecycle.change_state`, and the project's turn used
+:func:`scheduler.placement.find_host`, its GPUs reserved, and STARTING recorded with the host
+by :func:`scheduler.lifecycle.change_state`, which also uses the project's turn
 (``projects.last_placed_at``, the queue's fairness).
+
+A placement is on the hot path of every create (scripts/bench-scheduler): on PostgreSQL each
+statement is a round trip inside the writers' serialized section, so statements are combined
+where one can answer: quota limits and use are one read; the choice of a host, the
+nobody-waits-for-this-kind check and the GPU reservation are one update
+(``find_host(..., reserve_for=...)``), which says what it reserved (:class:`Started`); the
+notebook's new row comes back from its update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from common import wire
 from common.config import SchedulerConfig
 from common.errors import ApiError
 from common.states import NotebookState
@@ -43,10 +53,19 @@ from scheduler.board import AssignmentBoard
 from scheduler.db import Row, Tx
 from scheduler.lifecycle import change_state, restate
 from scheduler.loops.base import one_item
-from scheduler.queue import QUOTA_WAIT, Kind, kind_of, queued, resources_of, waiting_kinds
+from scheduler.queue import QUOTA_WAIT, Kind, kind_of, none_waiting, queued, resources_of
 from scheduler.quota import ProjectQuota
 
 S = NotebookState
+
+
+@dataclass(frozen=True)
+class Started:
+    """What :meth:`Admission.start` made of a notebook: its row as it now is, and the GPUs it
+    reserved (none while QUEUED), so the reply needs no second look."""
+
+    row: Row
+    gpus: tuple[wire.GpuRef, ...] = ()
 
 
 class Heartbeats(Protocol):
@@ -74,30 +93,31 @@ class Admission:
         self.heartbeats = heartbeats
 
     async def check_request(self, tx: Tx, project: str, res: placement.Resources) -> None:
-        """403 over quota; 503 when no host could ever hold the request."""
+        """403 over quota (the 503 for a request no host could ever hold is :meth:`start`'s)."""
         refusal = (await ProjectQuota.load(tx, project, self.config.quota)).request_refusal(res)
         if refusal is not None:
             raise refusal
-        why = await placement.never_fits(tx, res)
-        if why is not None:
-            raise ApiError(
-                "no_capacity",
-                f"{why}; a notebook of {res.describe()} could never be placed",
-                requested=res.gpu or res.cpu,
-                unit="GPU" if res.gpu else "CPU",
-            )
 
-    async def start(self, tx: Tx, row: Row, *, now: float, reason_suffix: str = "") -> None:
+    async def start(self, tx: Tx, row: Row, *, now: float, reason_suffix: str = "") -> Started:
         """Run the next generation of ``row`` (settled, or just created): STARTING on a host
-        with room, else QUEUED (no room, or notebooks of its kind already wait)."""
+        with room, else QUEUED (no room, or notebooks of its kind already wait); 503 when no
+        registered host could ever hold it."""
         await self.heartbeats.flush(tx)
         res = resources_of(row)
         changes = {"desired": "running", "generation": row["generation"] + 1}
-        chosen = None
-        if kind_of(res) not in await waiting_kinds(tx, besides=row["id"]):
-            chosen = await self._room(tx, res, row["last_host_id"], now=self.clock())
+        chosen = await self._room(
+            tx, res, row, now=self.clock(), also=none_waiting(res, besides=row["id"])
+        )
         if chosen is None:
-            await change_state(
+            why = await placement.never_fits(tx, res)
+            if why is not None:
+                raise ApiError(
+                    "no_capacity",
+                    f"{why}; a notebook of {res.describe()} could never be placed",
+                    requested=res.gpu or res.cpu,
+                    unit="GPU" if res.gpu else "CPU",
+                )
+            queued = await change_state(
                 tx,
                 row,
                 S.QUEUED,
@@ -106,10 +126,12 @@ class Admission:
                 board=self.board,
                 **changes,
             )
-        else:
-            await self._place(
-                tx, row, chosen, f"placed on {chosen.host}{reason_suffix}", now=now, **changes
-            )
+            assert queued is not None  # from a settled state: never a repeat
+            return Started(queued)
+        placed = await self._place(
+            tx, row, chosen, f"placed on {chosen.host}{reason_suffix}", now=now, **changes
+        )
+        return Started(placed, chosen.reserved)
 
     async def restart(self, tx: Tx, row: Row, *, now: float, why: str) -> None:
         """Start again a notebook the scheduler stopped: no quota refusal, it waits in the
@@ -147,7 +169,7 @@ class Admission:
                 if refusal is not None:
                     await restate(tx, row, f"{QUOTA_WAIT}: {refusal.message}")
                     continue
-                chosen = await self._room(tx, res, row["last_host_id"], now=now)
+                chosen = await self._room(tx, res, row, now=now)
                 if chosen is None:
                     blocked.add(kind)
                     await restate(tx, row, f"waiting for {res.describe()}")
@@ -160,16 +182,25 @@ class Admission:
         return placed
 
     async def _room(
-        self, tx: Tx, res: placement.Resources, last_host: str | None, *, now: float
+        self,
+        tx: Tx,
+        res: placement.Resources,
+        row: Row,
+        *,
+        now: float,
+        also: tuple[str, list[object]] | None = None,
     ) -> placement.Placement | None:
+        """A host with room for ``row`` (its GPUs reserved for it), or ``None``."""
         return await placement.find_host(
             tx,
             res,
             now=now,
             fresh_within_s=self.heartbeats.ttl_s,
-            last_host=last_host,
+            last_host=row["last_host_id"],
             strategy=self.config.placement,
             disk_floor=placement.DiskFloor.of(self.config),
+            also=also,
+            reserve_for=row["id"],
         )
 
     async def _place(
@@ -181,10 +212,11 @@ class Admission:
         *,
         now: float,
         **changes: object,
-    ) -> None:
-        """Reserve ``chosen`` for ``row``, record STARTING there, use the project's turn."""
-        await placement.reserve(tx, chosen, row["id"])
-        await change_state(
+    ) -> Row:
+        """Record STARTING on ``chosen`` (its GPUs reserved for ``row`` by :meth:`_room`),
+        which uses the project's turn; returns the notebook's row as it now is."""
+        placed = await change_state(
             tx, row, S.STARTING, reason, now=now, board=self.board, host_id=chosen.host, **changes
         )
-        await tx.run("UPDATE projects SET last_placed_at = ? WHERE name = ?", (now, row["project"]))
+        assert placed is not None  # a startable notebook or a queued one: never a repeat
+        return placed

@@ -79,8 +79,12 @@ class AgentService:
         releases it."""
         now = self.clock()
         why = "its agent registered"
+        reported = [gpu.uuid for gpu in request.gpus]
+        gone = f"uuid NOT IN ({', '.join('?' for _ in reported)})" if reported else "TRUE"
         async with self.db.transaction() as tx:
-            await tx.run(
+            # On PostgreSQL each statement is a round trip: the upsert also says how many of
+            # the host's GPUs it no longer reports (usually none), and the GPUs go in one batch.
+            [host] = await tx.all(
                 "INSERT INTO hosts (id, agent_url, cpus, memory_mb, nvidia_runtime, "
                 "last_heartbeat, registered_at, gpu_note, agent_version, flavor, labels, "
                 "ssh_address, state, intent, state_at, state_reason) "
@@ -90,7 +94,9 @@ class AgentService:
                 "nvidia_runtime = excluded.nvidia_runtime, "
                 "last_heartbeat = excluded.last_heartbeat, gpu_note = excluded.gpu_note, "
                 "agent_version = excluded.agent_version, flavor = excluded.flavor, "
-                "labels = excluded.labels, ssh_address = excluded.ssh_address",
+                "labels = excluded.labels, ssh_address = excluded.ssh_address "
+                f"RETURNING {HOST_STATE_COLUMNS}, "
+                f"(SELECT COUNT(*) FROM gpus WHERE gpus.host_id = hosts.id AND {gone}) AS gone",
                 (
                     host_id,
                     request.agent_url,
@@ -108,19 +114,19 @@ class AgentService:
                     HostIntent.OPEN,
                     now,
                     why,
+                    *reported,
                 ),
             )
-            host = await tx.one(f"SELECT {HOST_STATE_COLUMNS} FROM hosts WHERE id = ?", (host_id,))
             await change_host_state(tx, host, HostState.READY, why, now=now)
-            for gpu in request.gpus:
-                await tx.run(
-                    "INSERT INTO gpus (uuid, host_id, idx, model, memory_total_mb, "
-                    "memory_used_mb, utilization_pct, present) VALUES (?, ?, ?, ?, ?, ?, ?, 1) "
-                    "ON CONFLICT (uuid) DO UPDATE SET host_id = excluded.host_id, "
-                    "idx = excluded.idx, model = excluded.model, "
-                    "memory_total_mb = excluded.memory_total_mb, "
-                    "memory_used_mb = excluded.memory_used_mb, "
-                    "utilization_pct = excluded.utilization_pct, present = 1",
+            await tx.run_many(
+                "INSERT INTO gpus (uuid, host_id, idx, model, memory_total_mb, "
+                "memory_used_mb, utilization_pct, present) VALUES (?, ?, ?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT (uuid) DO UPDATE SET host_id = excluded.host_id, "
+                "idx = excluded.idx, model = excluded.model, "
+                "memory_total_mb = excluded.memory_total_mb, "
+                "memory_used_mb = excluded.memory_used_mb, "
+                "utilization_pct = excluded.utilization_pct, present = 1",
+                (
                     (
                         gpu.uuid,
                         host_id,
@@ -129,17 +135,19 @@ class AgentService:
                         gpu.memory_total_mb,
                         gpu.memory_used_mb,
                         gpu.utilization_pct,
-                    ),
+                    )
+                    for gpu in request.gpus
+                ),
+            )
+            if host["gone"]:
+                await tx.run(
+                    f"DELETE FROM gpus WHERE host_id = ? AND notebook_id IS NULL AND {gone}",
+                    (host_id, *reported),
                 )
-            reported = [gpu.uuid for gpu in request.gpus]
-            gone = f"uuid NOT IN ({', '.join('?' for _ in reported)})" if reported else "TRUE"
-            await tx.run(
-                f"DELETE FROM gpus WHERE host_id = ? AND notebook_id IS NULL AND {gone}",
-                (host_id, *reported),
-            )
-            await tx.run(
-                f"UPDATE gpus SET present = 0 WHERE host_id = ? AND {gone}", (host_id, *reported)
-            )
+                await tx.run(
+                    f"UPDATE gpus SET present = 0 WHERE host_id = ? AND {gone}",
+                    (host_id, *reported),
+                )
             await refresh_hosts(tx, {host_id})
         self.host_service.registered(host_id)
         self.on_capacity_freed()
@@ -243,7 +251,7 @@ class AgentService:
             )
         except InvalidTransition as exc:
             return wire.TransitionResult(item.notebook, "refused", current, str(exc))
-        if changed:
+        if changed is not None:
             log.info(
                 "notebook=%s host=%s %s → %s: %s",
                 row["id"],
@@ -252,7 +260,8 @@ class AgentService:
                 item.state,
                 item.reason,
             )
-        return wire.TransitionResult(item.notebook, "applied" if changed else "repeat", item.state)
+        outcome = "applied" if changed is not None else "repeat"
+        return wire.TransitionResult(item.notebook, outcome, item.state)
 
     async def record_usage(self, host_id: str, items: list[wire.UsageItem]) -> None:
         async with self.db.transaction() as tx:

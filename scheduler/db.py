@@ -9,7 +9,10 @@ PostgreSQL (:mod:`scheduler.db_postgres`) is for several scheduler processes on 
   on any exception. **Writers are serialized**, across every scheduler process on the
   database: a transaction reads what every earlier writer committed, and nobody else writes
   between its reads and its commit. So a quota check made in the placement transaction can
-  never be overshot by a concurrent request, and a GPU is never reserved twice.
+  never be overshot by a concurrent request, and a GPU is never reserved twice. PostgreSQL
+  may commit consecutive blocks of one process together (group commit,
+  :mod:`scheduler.db_postgres`): to its caller a block is the same, its exit returns once its
+  writes are committed and an exception rolls back its writes alone.
 * :meth:`Database.read`: a read-only snapshot (it must not write); reads never wait for writers.
 * :meth:`Database.read_offloop`: the same for reads that scan many rows (usage reports).
 * :meth:`Database.query_one`: one single-statement read (atomic by itself).

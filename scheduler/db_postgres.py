@@ -20,6 +20,16 @@ notebooks, and no row lock stops another transaction from inserting one (a phant
 process, writers queue on an :class:`asyncio.Lock` before taking a connection, so a burst of
 writes holds one pooled connection, not all of them, and reads keep flowing.
 
+**Group commit**: writers are serialized anyway, so when a block ends while others of this
+process wait for the lock, its transaction is left open and the next block runs in it, inside
+a savepoint (:class:`_Group`): up to :data:`GROUP_MAX` blocks share one BEGIN, one advisory
+lock and one COMMIT, and the other replicas wait for the lock once per group, not once per
+block. A block that raises is rolled back to its savepoint alone; each block's ``async with``
+returns (and its after-commit callbacks run) only once the group has committed, so nobody is
+answered before their writes are durable, and a failed COMMIT fails every block of the group
+(:class:`CommitFailed`). Serially, this is the same as each block committing before the next
+began: every block sees the ones before it and nothing else writes in between.
+
 **Reads** (:meth:`~PostgresDatabase.read`): ``REPEATABLE READ READ ONLY``, one snapshot for the
 block, no lock, never waiting for a writer.
 
@@ -61,6 +71,12 @@ MIGRATE_LOCK = 0x6E62666C6565_02
 
 #: Connections per scheduler process: one writer at a time, the rest for reads.
 POOL_SIZE = 10
+
+#: Write blocks one transaction may carry (group commit). Each after the first is a savepoint,
+#: a subtransaction; PostgreSQL keeps 64 of a transaction's in shared memory, past which every
+#: snapshot on the server gets slower.
+GROUP_MAX = 16
+_SAVEPOINT = "nbfleet_block"
 
 _BEGIN_WRITE = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -126,6 +142,26 @@ class PostgresTx(Tx):
             raise IntegrityError(str(exc)) from exc
 
 
+class CommitFailed(Exception):
+    """The write transaction a block ran in did not commit (group commit: it may have failed
+    for another block of the group); nothing the block wrote is stored."""
+
+
+class _Group:
+    """One write transaction shared by consecutive blocks of this process (group commit)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        #: Blocks that ran to their end in it, waiting for the commit.
+        self.members: list[PostgresTx] = []
+        #: Whether the block running now is inside a savepoint (every block but the first).
+        self.guarded = False
+        #: Set once it committed or failed; ``error`` says which.
+        self.settled = asyncio.Event()
+        self.error: BaseException | None = None
+        self.closer: asyncio.Task[None] | None = None
+
+
 class PostgresDatabase(Database):
     dialect = "postgresql"
     shared = True
@@ -135,6 +171,9 @@ class PostgresDatabase(Database):
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._write_lock = asyncio.Lock()
+        #: Writers waiting for the lock (each will run a block): a group stays open for them.
+        self._writers = 0
+        self._group: _Group | None = None
         self._listener: asyncio.Task[None] | None = None
 
     @property
@@ -176,6 +215,10 @@ class PostgresDatabase(Database):
         self._pool = pool
 
     async def close(self) -> None:
+        if self._group is not None:
+            async with self._write_lock:
+                if self._group is not None:
+                    await self._commit(self._group)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -218,19 +261,100 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self._write_lock:
-            async with self.pool.acquire() as conn:
-                await conn.execute(_BEGIN_WRITE)
-                tx = PostgresTx(conn)
-                try:
-                    yield tx
-                except BaseException:
-                    await _rollback(conn)
-                    raise
-                # Announcements go with the commit, in its round trip: NOTIFY is delivered when
-                # (and only if) the transaction commits.
-                await conn.execute(_notices_sql(tx.notices) + "COMMIT")
+        self._writers += 1
+        try:
+            await self._write_lock.acquire()
+        finally:
+            self._writers -= 1
+        try:
+            group = self._group
+            if group is None or not await self._guard(group):
+                group = self._group = await self._begin()
+            tx = PostgresTx(group.conn)
+            try:
+                yield tx
+            except BaseException:
+                await self._undo(group)
+                raise
+            group.members.append(tx)
+            if self._writers == 0 or len(group.members) >= GROUP_MAX:
+                await asyncio.shield(self._commit(group))
+            elif group.closer is None:
+                # Committed by the last block that joins, or by this task, queued behind the
+                # writers waiting now, should one of them give up before its turn.
+                group.closer = asyncio.create_task(self._close(group))
+        finally:
+            self._write_lock.release()
+        await group.settled.wait()
+        if group.error is not None:
+            raise CommitFailed("the write transaction did not commit") from group.error
         tx.committed()
+
+    async def _begin(self) -> _Group:
+        conn = await self.pool.acquire()
+        try:
+            await conn.execute(_BEGIN_WRITE)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        return _Group(conn)
+
+    async def _guard(self, group: _Group) -> bool:
+        """A savepoint for the next block of ``group`` (the previous one's is released);
+        ``False`` if that failed, and with it the group (the block begins one of its own)."""
+        release = f"RELEASE SAVEPOINT {_SAVEPOINT}; " if group.guarded else ""
+        try:
+            await group.conn.execute(f"{release}SAVEPOINT {_SAVEPOINT}")
+        except BaseException as exc:
+            await self._end(group, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        group.guarded = True
+        return True
+
+    async def _undo(self, group: _Group) -> None:
+        """The running block raised: roll back its writes, and only its own."""
+        if not group.guarded:  # the group's first block: the transaction holds nothing else
+            await self._end(group, None, rollback=True)
+            return
+        try:
+            await group.conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        except BaseException as exc:
+            await self._end(group, exc)
+            return
+        if self._writers == 0 and self._group is group:
+            await asyncio.shield(self._commit(group))
+
+    async def _close(self, group: _Group) -> None:
+        async with self._write_lock:
+            if self._group is group:
+                await self._commit(group)
+
+    async def _commit(self, group: _Group) -> None:
+        """Commit ``group`` (a failure is its members' to raise); their announcements go with
+        the COMMIT, in its round trip (NOTIFY is delivered when, and only if, it commits)."""
+        if self._group is group:
+            self._group = None  # from now on, a block that comes begins a group of its own
+        notices = [notice for tx in group.members for notice in tx.notices]
+        try:
+            await group.conn.execute(_notices_sql(notices) + "COMMIT")
+        except BaseException as exc:
+            await self._end(group, exc)
+            return
+        await self._end(group, None)
+
+    async def _end(self, group: _Group, error: BaseException | None, *, rollback=False) -> None:
+        """``group`` is over: committed (``error`` None, no ``rollback``) or not."""
+        if self._group is group:
+            self._group = None
+        group.error = error
+        try:
+            if error is not None or rollback:
+                await _rollback(group.conn)
+            await self.pool.release(group.conn)
+        finally:
+            group.settled.set()  # whatever happened, no member waits forever
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
@@ -345,7 +469,9 @@ async def _rollback(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         log.warning("rollback failed (%s); the connection is dropped", exc)
-        conn.terminate()
+        # A connection that was lost is already detached from the pool: nothing to drop.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
 
 
 async def _applied(conn: asyncpg.Connection) -> set[str]:

@@ -20,7 +20,9 @@ caller's write transaction and:
   (``billed_until`` moves ``left_at`` back, e.g. to a lost host's last heartbeat);
 * entering or leaving STARTING/RUNNING (:data:`common.states.ACTIVE`): adds to or takes from
   the project's use (``projects.gpus_used``, ``cpus_used``, ``notebooks_active``), which the
-  quota check reads;
+  quota check reads; entering STARTING (a placement: only :mod:`scheduler.admission` makes
+  it) also stamps ``projects.last_placed_at``, the project's turn in the queue's fair order
+  (:mod:`scheduler.queue`), in the same write;
 * entering STOPPED, FAILED, ERROR or DELETED: frees the GPUs and the host (``host_id = NULL``,
   ``last_host_id`` remembered) and forgets the workspace's disk use on that host;
 * bumps the assignment version of the host(s) involved, recomputes their capacity counters and
@@ -74,18 +76,19 @@ async def change_state(
     board: AssignmentBoard,
     billed_until: float | None = None,
     **changes: object,
-) -> bool:
+) -> Row | None:
     """Move ``notebook`` (a row read in this transaction) to ``target``.
 
-    Returns ``True`` if recorded, ``False`` for a repeat. ``changes`` may set ``desired``,
-    ``generation`` and ``host_id`` in the same update.
+    Returns the notebook's row as it is now if recorded (read back by the update itself),
+    ``None`` for a repeat. ``changes`` may set ``desired``, ``generation`` and ``host_id`` in
+    the same update.
     """
     unknown = set(changes) - _EXTRA_COLUMNS
     if unknown:
         raise ValueError(f"change_state cannot set {sorted(unknown)}")
     current = S(notebook["state"])
     if not check(current, target):
-        return False
+        return None
 
     columns: dict[str, object] = {
         "state": target.value,
@@ -121,14 +124,16 @@ async def change_state(
             columns["desired"] = "stopped"
 
     if (current in ACTIVE) != (target in ACTIVE):
-        await _count_use(tx, notebook, 1 if target in ACTIVE else -1)
+        placed_at = now if target == S.STARTING else None
+        await _count_use(tx, notebook, 1 if target in ACTIVE else -1, placed_at=placed_at)
 
     assignments = ", ".join(f"{name} = ?" for name in columns)
-    updated = await tx.run(
-        f"UPDATE notebooks SET {assignments}, version = version + 1 WHERE id = ? AND version = ?",
+    updated = await tx.all(
+        f"UPDATE notebooks SET {assignments}, version = version + 1 WHERE id = ? AND version = ? "
+        "RETURNING *",
         (*columns.values(), notebook["id"], notebook["version"]),
     )
-    if updated != 1:
+    if len(updated) != 1:
         raise conflict(f"notebook {notebook['id']} changed concurrently; try again")
     generation = changes.get("generation", notebook["generation"])
     await tx.run(
@@ -137,7 +142,7 @@ async def change_state(
         (notebook["id"], target.value, reason, now, int(generation)),
     )
     await bump_assignments(tx, board, {host_before, host_after})
-    return True
+    return updated[0]
 
 
 async def restate(tx: Tx, notebook: Row, reason: str) -> bool:
@@ -159,16 +164,17 @@ def assigned_desired(desired: str) -> wire.Desired:
     return "stopped" if desired == RESTARTED else cast(wire.Desired, desired)
 
 
-async def _count_use(tx: Tx, notebook: Row, sign: int) -> None:
+async def _count_use(tx: Tx, notebook: Row, sign: int, *, placed_at: float | None) -> None:
     """Keep the project's use (:func:`scheduler.quota.use`) as ``notebook`` enters (``+1``) or
     leaves (``-1``) the states that count against quota; a CPU notebook's CPUs count, a GPU
-    notebook's come with its GPUs."""
+    notebook's come with its GPUs. ``placed_at``: it was placed then (the project's turn)."""
     gpu = notebook["gpu"]
     cpus = notebook["cpu"] if gpu == 0 else 0
+    turn = ", last_placed_at = ?" if placed_at is not None else ""
     await tx.run(
         "UPDATE projects SET gpus_used = gpus_used + ?, cpus_used = cpus_used + ?, "
-        "notebooks_active = notebooks_active + ? WHERE name = ?",
-        (sign * gpu, sign * cpus, sign, notebook["project"]),
+        f"notebooks_active = notebooks_active + ?{turn} WHERE name = ?",
+        (sign * gpu, sign * cpus, sign, *([placed_at] if turn else []), notebook["project"]),
     )
 
 

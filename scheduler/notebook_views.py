@@ -11,6 +11,7 @@ reach by its labels is forbidden (403). Each query is one read transaction. What
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Protocol
 
 from common import wire
@@ -160,11 +161,17 @@ def require_state(row: Row, allowed: frozenset[NotebookState], requirement: str)
 
 
 async def view(
-    tx: Tx, row: Row, *, with_history: bool = False, fresh: bool = False
+    tx: Tx,
+    row: Row,
+    *,
+    with_history: bool = False,
+    fresh: bool = False,
+    gpus: Sequence[wire.GpuRef] | None = None,
 ) -> wire.Notebook:
     """The notebook as stored, with its place in the queue while QUEUED (what a command
-    answers; ``fresh``: it was created in this transaction)."""
-    notebook = await _view(tx, row, with_history=with_history, fresh=fresh)
+    answers; ``fresh``: it was created in this transaction; ``gpus``: the GPUs it holds, when
+    the caller knows them, having just reserved them)."""
+    notebook = await _view(tx, row, with_history=with_history, fresh=fresh, gpus=gpus)
     if notebook.state == S.QUEUED:
         notebook.queue = await queue_info(tx, row)
     return notebook
@@ -184,13 +191,20 @@ async def _history(tx: Tx, notebook_id: str) -> list[wire.StateChange]:
 
 
 async def _view(
-    tx: Tx, row: Row, *, with_history: bool = False, fresh: bool = False
+    tx: Tx,
+    row: Row,
+    *,
+    with_history: bool = False,
+    fresh: bool = False,
+    gpus: Sequence[wire.GpuRef] | None = None,
 ) -> wire.Notebook:
     """``fresh``: the notebook was created in this transaction, so it has neither usage nor
-    snapshots to look up."""
-    gpus = await tx.all(
-        "SELECT uuid, model, idx FROM gpus WHERE notebook_id = ? ORDER BY idx", (row["id"],)
-    )
+    snapshots to look up; ``gpus`` known, they are not looked up either."""
+    if gpus is None:
+        rows = await tx.all(
+            "SELECT uuid, model, idx FROM gpus WHERE notebook_id = ? ORDER BY idx", (row["id"],)
+        )
+        gpus = [wire.GpuRef(uuid=g["uuid"], model=g["model"], index=g["idx"]) for g in rows]
     billed = (
         None
         if fresh
@@ -218,7 +232,7 @@ async def _view(
         created_at=row["created_at"],
         generation=row["generation"],
         host=row["host_id"],
-        gpus=[wire.GpuRef(uuid=g["uuid"], model=g["model"], index=g["idx"]) for g in gpus],
+        gpus=list(gpus),
         # The stable path, made absolute by the API layer (it knows the scheduler's address);
         # the editor answers there only while RUNNING.
         url=editor_path(row["id"]) if state == S.RUNNING else None,

@@ -126,8 +126,8 @@ class NotebookService:
                 ),
             )
             await save_volumes(tx, notebook_id, request.volumes)
-            await self.admission.start(tx, row, now=now, reason_suffix=suffix)
-            return await view(tx, await load(tx, project, notebook_id), fresh=True)
+            started = await self.admission.start(tx, row, now=now, reason_suffix=suffix)
+            return await view(tx, started.row, fresh=True, gpus=started.gpus)
 
     async def fork(
         self,
@@ -157,8 +157,8 @@ class NotebookService:
             require_state(row, STARTABLE, "only a STOPPED, FAILED or ERROR notebook can be started")
             await self.admission.check_request(tx, project, resources_of(row))
             row = await self._refresh_editor(tx, row)
-            await self.admission.start(tx, row, now=now)
-            return await view(tx, await load(tx, project, notebook_id))
+            started = await self.admission.start(tx, row, now=now)
+            return await view(tx, started.row, gpus=started.gpus)
 
     async def set_ssh_keys(
         self,
@@ -202,12 +202,11 @@ class NotebookService:
             row["url_path"],
         ):
             return row
-        await tx.run(
-            "UPDATE notebooks SET command = ?, editor_port = ?, url_path = ? WHERE id = ?",
+        [fresh] = await tx.all(
+            "UPDATE notebooks SET command = ?, editor_port = ?, url_path = ? WHERE id = ? "
+            "RETURNING *",
             (command, editor.port, editor.url_path, row["id"]),
         )
-        fresh = await tx.one("SELECT * FROM notebooks WHERE id = ?", (row["id"],))
-        assert fresh is not None
         return fresh
 
     async def stop(
@@ -221,7 +220,7 @@ class NotebookService:
             )
             # A queued notebook holds nothing on any host: it is stopped at once.
             queued = S(row["state"]) == S.QUEUED
-            await change_state(
+            stopped = await change_state(
                 tx,
                 row,
                 S.STOPPED if queued else S.STOPPING,
@@ -230,7 +229,7 @@ class NotebookService:
                 board=self.board,
                 desired="stopped",
             )
-            return await view(tx, await load(tx, project, notebook_id))
+            return await view(tx, stopped or await load(tx, project, notebook_id))
 
     async def delete(
         self, project: str, notebook_id: str, selector: dict[str, str] | None = None
@@ -241,7 +240,7 @@ class NotebookService:
             state = S(row["state"])
             if state in (S.DELETING, S.DELETED):
                 raise conflict(f"notebook {notebook_id} is already {state}", state=state.value)
-            await change_state(
+            deleting = await change_state(
                 tx,
                 row,
                 S.DELETING,
@@ -249,15 +248,16 @@ class NotebookService:
                 now=now,
                 board=self.board,
                 desired="deleted",
-            )
+            ) or await load(tx, project, notebook_id)
             if row["host_id"] is None and row["last_host_id"] is None:
                 # Never ran on a host: nothing is stored anywhere, so nothing to wait for.
-                await change_state(
+                deleted = await change_state(
                     tx,
-                    await load(tx, project, notebook_id),
+                    deleting,
                     S.DELETED,
                     "deleted (it never ran, so no host held anything)",
                     now=now,
                     board=self.board,
                 )
-            return await view(tx, await load(tx, project, notebook_id))
+                return await view(tx, deleted or await load(tx, project, notebook_id))
+            return await view(tx, deleting)

@@ -2,7 +2,10 @@
 
 :func:`resources_for` turns a request into resources (pure). :func:`find_host`,
 :func:`reserve` and :func:`release` run inside the caller's write transaction, so the choice
-and the reservation see the same data and are committed together with the notebook row.
+and the reservation see the same data and are committed together with the notebook row;
+``find_host(..., reserve_for=notebook)`` chooses and reserves in one statement (a placement
+is on the hot path of every create: on PostgreSQL each statement is a round trip inside the
+writers' serialized section).
 
 Rules (docs/design.md, Placement):
 
@@ -19,18 +22,20 @@ Rules (docs/design.md, Placement):
 Free GPUs and used CPUs are kept per host in ``hosts.gpus_free`` / ``hosts.cpus_used``, which
 :func:`refresh_hosts` recomputes from ``gpus`` and ``notebooks`` for every host a transaction
 touches; the database half therefore reads one row per candidate host, not one per GPU, through
-the index ``hosts_placeable (state, intent, gpus_free)`` (migration 0010).
+the index ``hosts_placeable (state, intent, gpus_free, id)``, then that host's free GPUs through
+``gpus_free (host_id, idx)``, partial on free GPUs (migration 0015).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common import wire
 from common.config import SchedulerConfig
 from common.errors import ApiError, invalid
 from common.states import HostIntent, HostState
-from scheduler.db import Tx
+from scheduler.db import Row, Tx
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,10 @@ class Resources:
 @dataclass(frozen=True)
 class Placement:
     host: str
+    #: The GPUs' uuids, lowest index first.
     gpus: tuple[str, ...]
+    #: The same as a notebook shows them, when :func:`find_host` reserved them.
+    reserved: tuple[wire.GpuRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,41 +209,105 @@ async def find_host(
     last_host: str | None = None,
     strategy: str = "binpack",
     disk_floor: DiskFloor,
+    also: tuple[str, Sequence[object]] | None = None,
+    reserve_for: str | None = None,
 ) -> Placement | None:
-    """Where ``resources`` fit right now, by the rules above, or ``None``."""
+    """Where ``resources`` fit right now, by the rules above, or ``None``. ``also``: one more
+    condition on the choice (SQL and its parameters), e.g. that nobody waits in the queue for
+    the same kind (:func:`scheduler.queue.none_waiting`); ``None`` when it does not hold.
+
+    With ``reserve_for`` (a notebook id), the GPUs are reserved for it by the statement that
+    chooses them (:attr:`Placement.reserved`; nothing is reserved when the answer is
+    ``None``): when there is room, a placement is one statement (two when the notebook's last
+    host is tried first and does not fit)."""
+    for host, params in _choices(
+        resources,
+        now=now,
+        fresh_within_s=fresh_within_s,
+        last_host=last_host,
+        strategy=strategy,
+        disk_floor=disk_floor,
+        also=also,
+    ):
+        if resources.gpu == 0:
+            row = await tx.one(host, params)
+            if row is not None:
+                return Placement(host=row["id"], gpus=())
+            continue
+        rows = await _take_gpus(tx, host, params, resources.gpu, reserve_for)
+        if len(rows) == resources.gpu:
+            reserved = (wire.GpuRef(uuid=r["uuid"], model=r["model"], index=r["idx"]) for r in rows)
+            return Placement(
+                host=rows[0]["host_id"],
+                gpus=tuple(r["uuid"] for r in rows),
+                reserved=tuple(reserved) if reserve_for is not None else (),
+            )
+        if rows:
+            stale = rows[0]["host_id"]
+            if reserve_for is not None:
+                await release(tx, reserve_for)
+        else:  # no GPU: was there a host at all?
+            chosen = await tx.one(host, params)
+            stale = chosen["id"] if chosen is not None else None
+        if stale is not None:
+            # Fewer GPUs than its counters promised: they are out of date; refuse this host,
+            # never overbook.
+            await refresh_hosts(tx, {stale})
+            return None
+    return None
+
+
+async def _take_gpus(
+    tx: Tx, host: str, params: Sequence[object], count: int, reserve_for: str | None
+) -> list[Row]:
+    """The ``count`` lowest-index free GPUs of the host ``host`` chooses (fewer if it has
+    fewer), reserved for ``reserve_for`` unless that is ``None``; lowest index first. The host
+    is a scalar subquery, so its id is an index condition on the GPUs even in a plan
+    PostgreSQL made before it had statistics (a join was not, and read every free GPU)."""
+    free = (
+        f"SELECT uuid FROM gpus WHERE host_id = ({host}) AND notebook_id IS NULL "
+        "AND present = 1 ORDER BY idx LIMIT ?"
+    )
+    if reserve_for is None:
+        rows = await tx.all(
+            f"SELECT host_id, uuid, idx, model FROM gpus WHERE uuid IN ({free})",
+            (*params, count),
+        )
+    else:
+        rows = await tx.all(
+            f"UPDATE gpus SET notebook_id = ? WHERE notebook_id IS NULL AND uuid IN ({free}) "
+            "RETURNING host_id, uuid, idx, model",
+            (reserve_for, *params, count),
+        )
+    return sorted(rows, key=lambda r: r["idx"])
+
+
+def _choices(
+    resources: Resources,
+    *,
+    now: float,
+    fresh_within_s: float,
+    last_host: str | None,
+    strategy: str,
+    disk_floor: DiskFloor,
+    also: tuple[str, Sequence[object]] | None,
+) -> list[tuple[str, list[object]]]:
+    """The hosts to try in turn, each a query of at most one host with room by its counters
+    (the last host, then the best by the strategy), with its parameters."""
     where, params = _eligible(
         resources, now=now, fresh_within_s=fresh_within_s, disk_floor=disk_floor
     )
+    if also is not None:
+        where = f"{where} AND {also[0]}"
+        params = [*params, *also[1]]
     free = "gpus_free" if resources.gpu > 0 else "cpus - cpus_used"
     wanted = resources.gpu if resources.gpu > 0 else resources.cpu
     order = f"{free} DESC, id" if strategy == "spread" else f"{free} ASC, id"
-    candidates = []
+    host = f"SELECT id FROM hosts WHERE {free} >= ? AND"
+    choices = [(f"{host} {where} ORDER BY {order} LIMIT 1", [wanted, *params])]
     if last_host is not None:
-        candidates = await tx.all(
-            f"SELECT id, {free} AS free FROM hosts WHERE id = ? AND {where} AND {free} >= ?",
-            (last_host, *params, wanted),
-        )
-    if not candidates:
-        candidates = await tx.all(
-            f"SELECT id, {free} AS free FROM hosts WHERE {where} AND {free} >= ? "
-            f"ORDER BY {order} LIMIT 1",
-            (*params, wanted),
-        )
-    if not candidates:
-        return None
-    host_id = candidates[0]["id"]
-    gpus = ()
-    if resources.gpu > 0:
-        rows = await tx.all(
-            "SELECT uuid, idx FROM gpus WHERE host_id = ? AND notebook_id IS NULL AND present = 1 "
-            "ORDER BY idx LIMIT ?",
-            (host_id, resources.gpu),
-        )
-        gpus = tuple(r["uuid"] for r in rows)
-        if len(gpus) < resources.gpu:  # counters out of date: refuse this host, never overbook
-            await refresh_hosts(tx, {host_id})
-            return None
-    return Placement(host=host_id, gpus=gpus)
+        choices.insert(0, (f"{host} id = ? AND {where} LIMIT 1", [wanted, last_host, *params]))
+    return choices
 
 
 async def never_fits(tx: Tx, resources: Resources) -> str | None:
@@ -281,18 +353,22 @@ async def refresh_hosts(tx: Tx, host_ids: set[str | None], *, bump: bool = False
 
 
 async def reserve(tx: Tx, placement: Placement, notebook_id: str) -> None:
-    """Mark the chosen GPUs as the notebook's; guarded so a GPU is never given twice."""
-    for uuid in placement.gpus:
-        changed = await tx.run(
-            "UPDATE gpus SET notebook_id = ? WHERE uuid = ? AND host_id = ? "
-            "AND notebook_id IS NULL",
-            (notebook_id, uuid, placement.host),
+    """Mark the chosen GPUs as the notebook's (one statement); guarded so a GPU is never given
+    twice."""
+    if not placement.gpus:
+        return
+    marks = ", ".join("?" for _ in placement.gpus)
+    changed = await tx.run(
+        f"UPDATE gpus SET notebook_id = ? WHERE host_id = ? AND notebook_id IS NULL "
+        f"AND uuid IN ({marks})",
+        (notebook_id, placement.host, *placement.gpus),
+    )
+    if changed != len(placement.gpus):
+        # The caller's transaction rolls back, so nothing of this attempt is stored.
+        raise ApiError(
+            "no_capacity",
+            f"GPUs {', '.join(placement.gpus)} on host {placement.host} were taken; try again",
         )
-        if changed != 1:
-            # The caller's transaction rolls back, so nothing of this attempt is stored.
-            raise ApiError(
-                "no_capacity", f"GPU {uuid} on host {placement.host} was taken; try again"
-            )
 
 
 async def release(tx: Tx, notebook_id: str) -> None:

@@ -11,8 +11,8 @@ starve one that queued a single notebook later: that one is next as soon as room
 A notebook waits for room (``blocked_by = capacity``) or, when its project's quota does not
 admit it right now, for quota (``blocked_by = quota``, its reason starting with
 :data:`QUOTA_WAIT`). A new request of a kind (GPU or CPU, same flavor: :func:`kind_of`) that
-already has notebooks waiting (:func:`waiting_kinds`) joins the queue instead of taking the
-room the head waits for.
+already has notebooks waiting joins the queue instead of taking the room the head waits for
+(:func:`none_waiting`, a condition of the placement's own statement).
 """
 
 from __future__ import annotations
@@ -73,13 +73,17 @@ async def queued(tx: Tx) -> list[Row]:
     return fair_order(rows, {r["name"]: r["last_placed_at"] for r in served})
 
 
-async def waiting_kinds(tx: Tx, *, besides: str) -> set[Kind]:
-    """Kinds of request with notebooks other than ``besides`` waiting in the queue."""
-    rows = await tx.all(
-        "SELECT DISTINCT gpu > 0 AS gpu, flavor FROM notebooks WHERE state = 'QUEUED' AND id != ?",
-        (besides,),
+def none_waiting(res: placement.Resources, *, besides: str) -> tuple[str, list[object]]:
+    """A condition on the choice of a host (:func:`scheduler.placement.find_host`): that no
+    notebook but ``besides`` waits in the queue for ``res``'s kind. Asked in the statement
+    that picks the host, so a new request of a kind with notebooks waiting finds no room."""
+    gpu = "gpu > 0" if res.gpu > 0 else "gpu = 0"
+    flavor = "flavor = ?" if res.flavor is not None else "flavor IS NULL"
+    return (
+        "NOT EXISTS (SELECT 1 FROM notebooks WHERE state = 'QUEUED' AND id != ? "
+        f"AND {gpu} AND {flavor})",
+        [besides] if res.flavor is None else [besides, res.flavor],
     )
-    return {(bool(r["gpu"]), r["flavor"]) for r in rows}
 
 
 QUOTA_WAIT = "waiting for project quota"

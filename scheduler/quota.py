@@ -15,14 +15,21 @@ from dataclasses import dataclass
 from common import wire
 from common.config import QuotaDefaults
 from common.errors import ApiError
-from scheduler.db import Tx
+from scheduler.db import Row, Tx
 from scheduler.placement import Resources
 
 LIMITS = ("gpus", "cpus", "notebooks", "gpus_per_notebook", "cpus_per_notebook")
 
 
-async def limits(tx: Tx, project: str, defaults: QuotaDefaults) -> wire.Quota:
-    row = await tx.one("SELECT * FROM quotas WHERE project = ?", (project,))
+#: A project's use and its own limits (NULL: the default), in one row.
+_LOAD = (
+    "SELECT p.gpus_used, p.cpus_used, p.notebooks_active, "
+    + ", ".join(f"q.{name} AS {name}" for name in LIMITS)
+    + " FROM projects p LEFT JOIN quotas q ON q.project = p.name WHERE p.name = ?"
+)
+
+
+def _limits(row: Row | None, defaults: QuotaDefaults) -> wire.Quota:
     values = {
         name: (row[name] if row is not None and row[name] is not None else getattr(defaults, name))
         for name in LIMITS
@@ -30,16 +37,26 @@ async def limits(tx: Tx, project: str, defaults: QuotaDefaults) -> wire.Quota:
     return wire.Quota(**values)
 
 
-async def use(tx: Tx, project: str) -> wire.QuotaUse:
-    """What ``project`` uses now: the counters :func:`scheduler.lifecycle.change_state` keeps
-    as its notebooks enter and leave the states that count (one row, not a sum over them)."""
-    row = await tx.one(
-        "SELECT gpus_used, cpus_used, notebooks_active FROM projects WHERE name = ?", (project,)
-    )
+def _use(row: Row | None) -> wire.QuotaUse:
     if row is None:
         return wire.QuotaUse(gpus=0, cpus=0, notebooks=0)
     return wire.QuotaUse(
         gpus=row["gpus_used"], cpus=row["cpus_used"], notebooks=row["notebooks_active"]
+    )
+
+
+async def limits(tx: Tx, project: str, defaults: QuotaDefaults) -> wire.Quota:
+    return _limits(await tx.one("SELECT * FROM quotas WHERE project = ?", (project,)), defaults)
+
+
+async def use(tx: Tx, project: str) -> wire.QuotaUse:
+    """What ``project`` uses now: the counters :func:`scheduler.lifecycle.change_state` keeps
+    as its notebooks enter and leave the states that count (one row, not a sum over them)."""
+    return _use(
+        await tx.one(
+            "SELECT gpus_used, cpus_used, notebooks_active FROM projects WHERE name = ?",
+            (project,),
+        )
     )
 
 
@@ -100,7 +117,9 @@ class ProjectQuota:
 
     @classmethod
     async def load(cls, tx: Tx, project: str, defaults: QuotaDefaults) -> ProjectQuota:
-        return cls(project, await limits(tx, project, defaults), await use(tx, project))
+        """Limits and use in one statement (a placement's first read)."""
+        row = await tx.one(_LOAD, (project,))
+        return cls(project, _limits(row, defaults), _use(row))
 
     def refusal(self, res: Resources) -> ApiError | None:
         """The first project limit that placing ``res`` now would exceed, or ``None``."""
