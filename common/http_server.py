@@ -106,6 +106,24 @@ def describe(exc: HttpProcessingError) -> str:
     return text or type(exc).__name__
 
 
+def serve(app: web.Application, host: str, port: int) -> None:
+    """Run a control-plane server (the scheduler, the router) until SIGINT or SIGTERM: on
+    uvloop (every request, and on PostgreSQL every statement's answer, is a wake-up of the
+    loop, which libuv makes cheaper: see bench-scheduler), without an access log, with 5 s for
+    requests in flight at shutdown."""
+    import uvloop
+
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=5,
+        loop=uvloop.new_event_loop(),
+    )
+
+
 def handler_args(subject: str) -> dict[str, Any]:
     """``web.Application(handler_args=...)`` of a server whose malformed-request warnings
     start with ``subject`` (``scheduler``, ``host=h1 agent``)."""

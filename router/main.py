@@ -8,11 +8,9 @@ import argparse
 import logging
 import sys
 
-import uvloop
-from aiohttp import web
-
 from common.auth import read_secret
 from common.config import ConfigError, RouterConfig, load, split_hostport
+from common.http_server import serve
 from router.app import create_app
 from router.routes import Routes
 
@@ -59,15 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         lookup_ttl_s=config.lookup_ttl_s,
         outage_grace_s=config.outage_grace_s,
     )
-    web.run_app(
-        create_app(routes),
-        host=host,
-        port=port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=5,
-        loop=uvloop.new_event_loop(),
-    )
+    serve(create_app(routes), host, port)
     return 0
 
 

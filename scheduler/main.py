@@ -8,10 +8,8 @@ import asyncio
 import logging
 import sys
 
-import uvloop
-from aiohttp import web
-
 from common.config import ConfigError, SchedulerConfig, load, split_hostport
+from common.http_server import serve
 from scheduler.agent_secrets import SecretsKeyMismatch, add_host
 from scheduler.db import MigrationsPending, database_for
 from scheduler.secrets import ensure_admin_token, ensure_router_token
@@ -92,17 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nbfleet-scheduler: {exc}", file=sys.stderr)
         return 2
     try:
-        web.run_app(
-            create_app(config),
-            host=host,
-            port=port,
-            print=None,
-            access_log=None,
-            shutdown_timeout=5,
-            # libuv's loop: every HTTP request, and on PostgreSQL every statement's answer, is
-            # a wake-up of the loop, and uvloop makes each of them cheaper (see bench-scheduler).
-            loop=uvloop.new_event_loop(),
-        )
+        serve(create_app(config), host, port)
     except MigrationsPending as exc:
         return _pending(exc, args.config)
     except SecretsKeyMismatch as exc:
