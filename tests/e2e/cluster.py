@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.processes import nbfleet, scheduler_command, stop
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_IMAGE = "nbfleet/tiny:latest"
 
@@ -120,12 +122,7 @@ class Router:
         wait_for(f"router {self.url}/health", lambda: Cluster._health(self.url), 30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop(self.proc)
 
 
 @dataclass
@@ -189,13 +186,7 @@ class Cluster:
         self.admin_token = self._scheduler_cmd("admin-token").strip()
 
     def _scheduler_cmd(self, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "scheduler.main", *args, "--config", str(self.scheduler_config)],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        return scheduler_command(self.scheduler_config, *args)
 
     def host(self, name: str) -> str:
         """The host id of the agent added as ``name`` (ids carry this cluster's run id, so two
@@ -316,18 +307,8 @@ checkpoint_interval_s = 3
         for router in self.routers:
             router.stop()
         for agent in self.agents.values():
-            if agent.proc and agent.proc.poll() is None:
-                agent.proc.terminate()
-                try:
-                    agent.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    agent.proc.kill()
-        if self.scheduler and self.scheduler.poll() is None:
-            self.scheduler.terminate()
-            try:
-                self.scheduler.wait(15)
-            except subprocess.TimeoutExpired:
-                self.scheduler.kill()
+            stop(agent.proc)
+        stop(self.scheduler)
 
     @staticmethod
     def _health(base: str) -> bool:
@@ -355,16 +336,7 @@ checkpoint_interval_s = 3
             return json.loads(resp.read())
 
     def cli(self, *args: str, token: str | None = None, check: bool = True):
-        env = dict(os.environ, NBFLEET_URL=self.url, NBFLEET_TOKEN=token or self.token)
-        env.pop("NBFLEET_CONFIG", None)
-        result = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = nbfleet(self.url, token or self.token, *args, timeout_s=120)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"nbfleet {' '.join(args)} exited {result.returncode}\n"

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from tests.e2e.cluster import container_exec, docker, wait_for
+from tests.support.processes import http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -17,18 +18,6 @@ def run_tiny(cluster, notebooks, *args):
     nb = cluster.cli_json("notebook", "run", "tiny", *args)
     notebooks.append(nb["id"])
     return nb
-
-
-def fetch(url: str, token: str | None = None) -> tuple[int, bytes]:
-    """GET at a notebook's URL: the scheduler forwards it to the agent's proxy."""
-    req = urllib.request.Request(url)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def test_two_gpu_notebook_lands_on_the_host_with_two_free_gpus(cluster, notebooks):
@@ -47,9 +36,9 @@ def test_two_gpu_notebook_lands_on_the_host_with_two_free_gpus(cluster, notebook
     assert inspect["HostConfig"]["CapDrop"] and "ALL" in inspect["HostConfig"]["CapDrop"]
     assert container_exec(nb["id"], "id -u").strip() != "0"
     # The editor answers at the URL `get` prints, to a project token only.
-    status, _ = fetch(running["url"], cluster.token)
+    status, _ = http_get(running["url"], cluster.token)
     assert status < 500
-    assert fetch(running["url"])[0] == 401
+    assert http_get(running["url"])[0] == 401
 
     # No host has two free GPUs any more: the request waits in the queue, with its position.
     queued = run_tiny(cluster, notebooks, "httpd", "--gpu", "2")
@@ -112,7 +101,7 @@ def test_workspace_survives_stop_and_start(cluster, notebooks):
     # /data is scratch: gone after the notebook left RUNNING.
     assert container_exec(nb["id"], "ls /data").strip() == ""
     # Same id, and the editor serves the restored file at the notebook's URL.
-    status, body = fetch(running["url"].rstrip("/") + "/notes.txt", cluster.token)
+    status, body = http_get(running["url"].rstrip("/") + "/notes.txt", cluster.token)
     assert (status, body.strip()) == (200, b"my work")
     states = [h["state"] for h in cluster.notebook(nb["id"])["history"]]
     assert states == ["STARTING", "RUNNING", "STOPPING", "STOPPED", "STARTING", "RUNNING"]
@@ -163,7 +152,7 @@ def test_agent_killed_and_restarted_adopts_the_running_notebook(cluster, noteboo
     # Its URL reaches it again, through the restarted agent's proxy.
     wait_for(
         "the adopted notebook's editor through the proxy",
-        lambda: fetch(running["url"], cluster.token)[0] < 500,
+        lambda: http_get(running["url"], cluster.token)[0] < 500,
         30,
     )
 
@@ -233,7 +222,7 @@ def test_delete_removes_container_and_workspace(cluster, notebooks, s3_client):
 def test_only_health_is_open(cluster):
     assert urllib.request.urlopen(cluster.url + "/health", timeout=5).status == 200
     for path in ["/v1/notebooks", "/v1/catalog", "/v1/admin/hosts", "/v1/agents/assignments"]:
-        status, body = fetch(cluster.url + path)
+        status, body = http_get(cluster.url + path)
         assert status == 401, (path, status)
         assert json.loads(body)["code"] == "unauthenticated"
     # Agent endpoints refuse a user token and unsigned requests.

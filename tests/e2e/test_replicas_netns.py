@@ -22,6 +22,7 @@ PostgreSQL's server binaries; fails saying which is missing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -31,8 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,6 +46,7 @@ from tests.e2e.cluster import (
     wait_for,
 )
 from tests.support.nvml import build_fake_nvml
+from tests.support.processes import http_get, nbfleet, scheduler_command, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -109,14 +109,7 @@ def clean_leftovers() -> None:
 
 
 def http(method: str, url: str, token: str = "") -> tuple[int, bytes]:
-    req = urllib.request.Request(url, method=method)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    return http_get(url, token, method=method)
 
 
 class NetnsCluster:
@@ -200,17 +193,9 @@ class NetnsCluster:
         wait_for(f"S3 at {self.s3_endpoint}", lambda: http("GET", self.s3_endpoint + "/")[0], 60)
 
     def _scheduler_cmd(self, *args: str) -> str:
-        result = self.net.run(
-            "scheduler-1",
-            [sys.executable, "-m", "scheduler.main", *args, "--config", str(self.config)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        return scheduler_command(
+            self.config, *args, run=functools.partial(self.net.run, "scheduler-1")
         )
-        if result.returncode != 0:
-            raise AssertionError(f"nbfleet-scheduler {' '.join(args)}: {result.stderr}")
-        return result.stdout
 
     def _schedulers(self) -> None:
         self.config = self.root / "scheduler.toml"
@@ -301,16 +286,7 @@ checkpoint_interval_s = 3
 
     def cli(self, *args: str, token: str = "") -> str:
         """``nbfleet`` in the root namespace with both replicas' URLs."""
-        env = dict(os.environ, NBFLEET_URL=",".join(self.urls), NBFLEET_TOKEN=token or self.token)
-        env.pop("NBFLEET_CONFIG", None)
-        result = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = nbfleet(self.urls, token or self.token, *args)
         if result.returncode != 0:
             raise AssertionError(f"nbfleet {' '.join(args)}: {result.stdout}{result.stderr}")
         return result.stdout
@@ -350,15 +326,7 @@ checkpoint_interval_s = 3
             raise AssertionError("teardown: " + "; ".join(problems))
 
     def _terminate(self, name: str) -> None:
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(self.procs.get(name))
 
     def _remove_containers(self, agent: str) -> None:
         label = f"label=nbfleet.host={self.host_id(agent)}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import REPO, TINY_IMAGE, free_port, scheduler_toml, wait_for
+from tests.support.processes import nbfleet, scheduler_command, stop
 from tests.support.s3server import S3Server
 from tests.support.unanswering import ProxyWithoutReplicas, refused_url
 
@@ -63,22 +63,10 @@ class Scheduler:
             return resp.status == 200
 
     def command(self, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "scheduler.main", *args, "--config", str(self.config)],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        return scheduler_command(self.config, *args)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc)
 
     def host(self, admin_token: str, host_id: str) -> dict | None:
         req = urllib.request.Request(self.url + "/v1/admin/hosts")
@@ -171,25 +159,10 @@ class Fleet:
     def cli(self, urls: list[str], *args: str, admin: bool = False) -> subprocess.CompletedProcess:
         """``nbfleet ARGS`` with ``NBFLEET_URL`` listing ``urls``, as the project's user (the
         operator with ``admin``)."""
-        token = self.admin_token if admin else self.token
-        env = dict(os.environ, NBFLEET_URL=",".join(urls), NBFLEET_TOKEN=token)
-        env.pop("NBFLEET_CONFIG", None)
-        return subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return nbfleet(urls, self.admin_token if admin else self.token, *args)
 
     def stop(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            try:
-                self.agent.wait(15)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
+        stop(self.agent)
         self.first.stop()
         self.second.stop()
         # The notebook's container, then its network (Docker has a few dozen address pools:

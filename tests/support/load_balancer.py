@@ -39,13 +39,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.cluster import REPO, Router, free_port, scheduler_toml, wait_for
+from tests.support.processes import http_get, nbfleet, scheduler_command, stop
 
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
 #: The backend's name in deploy/haproxy.cfg; its servers are replica1, replica2, ...
@@ -99,18 +98,10 @@ class Replica:
 
     def _healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited"
-        return get(self.url + "/health")[0] == 200
+        return http_get(self.url + "/health")[0] == 200
 
     def command(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "scheduler.main", *args, "--config", str(self.config)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, f"nbfleet-scheduler {' '.join(args)}: {done.stderr}"
-        return done.stdout
+        return scheduler_command(self.config, *args)
 
     def kill(self) -> None:
         """SIGKILL: no graceful close of anything, as when its machine dies."""
@@ -119,13 +110,7 @@ class Replica:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc)
 
 
 class LoadBalancer:
@@ -203,26 +188,8 @@ class LoadBalancer:
         return {s["svname"]: s for s in stats if s["pxname"] == backend}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc, 10)
         shutil.rmtree(self._sockdir, ignore_errors=True)
-
-
-def get(url: str, token: str = "", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """Status and body of a plain GET (an HTTP error status is an answer, not an exception)."""
-    req = urllib.request.Request(url, headers=dict(headers or {}))
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 class Stack:
@@ -258,23 +225,12 @@ class Stack:
     ) -> subprocess.CompletedProcess:
         """``nbfleet ARGS`` at ``url`` (default: the load balancer) as the project's user (the
         operator with ``admin``, or ``token``)."""
-        env = dict(
-            os.environ,
-            NBFLEET_URL=url or self.lb.url,
-            NBFLEET_TOKEN=token or (self.admin_token if admin else self.token),
-        )
-        env.pop("NBFLEET_CONFIG", None)
-        return subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        return nbfleet(
+            url or self.lb.url, token or (self.admin_token if admin else self.token), *args
         )
 
     def get(self, path: str, url: str = "", **kwargs) -> tuple[int, bytes]:
-        return get((url or self.lb.url) + path, **kwargs)
+        return http_get((url or self.lb.url) + path, **kwargs)
 
     def answered_by(self) -> str:
         """Which replica answered ``GET /v1/catalog`` through the load balancer."""
