@@ -124,6 +124,17 @@ class NotebookForwarder:
         return await bridge(request, upstream)
 
 
+def plain_text(status: int, text: str, **headers: str) -> web.Response:
+    """An answer of the routing tier itself (a notebook's state, a host or scheduler that does
+    not answer), for the person in the browser: plain text, never cached."""
+    return web.Response(
+        status=status,
+        text=text + "\n",
+        content_type="text/plain",
+        headers={"Cache-Control": "no-store", **headers},
+    )
+
+
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_any():
         yield chunk

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common.http_server import handler_args
-from common.notebook_forward import NotebookForwarder
+from common.notebook_forward import NotebookForwarder, plain_text
 from common.notebook_urls import with_slash
 from router.routes import Refused, Routes, Unavailable
 
@@ -57,26 +57,17 @@ async def _health(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _text(status: int, text: str, **headers: str) -> web.Response:
-    return web.Response(
-        status=status,
-        text=text + "\n",
-        content_type="text/plain",
-        headers={"Cache-Control": "no-store", **headers},
-    )
-
-
 async def _open_editor(request: web.Request) -> web.StreamResponse:
     notebook_id = request.match_info["id"]
     location = with_slash(notebook_id, request.rel_url.raw_path, request.rel_url.raw_query_string)
     if location is not None:
-        return _text(307, f"notebook {notebook_id} is at {location}", Location=location)
+        return plain_text(307, f"notebook {notebook_id} is at {location}", Location=location)
     try:
         found = await request.app[ROUTES].locate(notebook_id)
     except Refused as exc:
-        return _text(502, f"notebook {notebook_id}: {exc}")
+        return plain_text(502, f"notebook {notebook_id}: {exc}")
     except Unavailable as exc:
-        return _text(503, str(exc), **{"Retry-After": str(RETRY_AFTER_S)})
+        return plain_text(503, str(exc), **{"Retry-After": str(RETRY_AFTER_S)})
     forwarder = request.app[FORWARDER]
     if found.agent_url is not None:
         return await forwarder.forward(request, notebook_id, found.agent_url)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import wire
+from common.notebook_forward import plain_text
 from common.notebook_urls import with_slash
 from common.states import NotebookState
 from scheduler.access import locate
@@ -66,15 +67,6 @@ async def route(request: web.Request) -> web.Response:
     return json_reply(found)
 
 
-def _text(status: int, text: str, **headers: str) -> web.Response:
-    return web.Response(
-        status=status,
-        text=text + "\n",
-        content_type="text/plain",
-        headers={"Cache-Control": "no-store", **headers},
-    )
-
-
 async def open_editor(request: web.Request) -> web.StreamResponse:
     """Forward to the agent of the host running the notebook (path and query as sent); a
     notebook that is not running is answered with its state and what to do."""
@@ -83,28 +75,28 @@ async def open_editor(request: web.Request) -> web.StreamResponse:
     start = f"nbfleet notebook start {notebook_id}"
     state = where.state
     if state is None or state == S.DELETED:
-        return _text(404, f"notebook {notebook_id} does not exist")
+        return plain_text(404, f"notebook {notebook_id} does not exist")
     if where.agent_url is not None:
         location = with_slash(
             notebook_id, request.rel_url.raw_path, request.rel_url.raw_query_string
         )
         if location is not None:
-            return _text(307, f"notebook {notebook_id} is at {location}", Location=location)
+            return plain_text(307, f"notebook {notebook_id} is at {location}", Location=location)
         return await ctx(request).forwarder.forward(request, notebook_id, where.agent_url)
     if state in (S.QUEUED, S.STARTING):
-        return _text(
+        return plain_text(
             503,
             f"notebook {notebook_id} is {state}, not running yet; this page opens once it is "
             f"RUNNING (see `nbfleet notebook get {notebook_id}`)",
             **{"Retry-After": str(RETRY_AFTER_S)},
         )
     if state == S.DELETING:
-        return _text(409, f"notebook {notebook_id} is being deleted")
+        return plain_text(409, f"notebook {notebook_id} is being deleted")
     if state == S.STOPPING:
         why = f"it is {state} (saving its workspace); once STOPPED, start it with `{start}`"
     else:
         why = f"it is {state}; start it with `{start}`"
-    return _text(
+    return plain_text(
         409,
         f"notebook {notebook_id} is not running: {why} (an operator token), then open this URL "
         "again.",
