@@ -65,7 +65,8 @@ OUTBOX_SPOOL = "outbox.json"
 
 class Loop:
     """Runs ``tick`` forever: after a success waits ``interval()`` seconds, after a failure a
-    jittered backoff. One failing tick is logged and the loop continues."""
+    jittered backoff, never longer than ``retry_within()`` when given. One failing tick is
+    logged and the loop continues."""
 
     def __init__(
         self,
@@ -74,11 +75,13 @@ class Loop:
         interval: Callable[[], float],
         *,
         backoff: Backoff | None = None,
+        retry_within: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self.tick = tick
         self.interval = interval
         self.backoff = backoff or Backoff()
+        self.retry_within = retry_within
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -101,6 +104,8 @@ class Loop:
                 raise
             except Exception as exc:
                 delay = self.backoff.next_delay()
+                if self.retry_within is not None:
+                    delay = min(delay, self.retry_within())
                 log.warning("loop=%s failed (%s); retrying in %.1fs", self.name, exc, delay)
             await asyncio.sleep(delay)
 
@@ -176,7 +181,16 @@ class Agent:
         self.agent_url = ""
         self._runner: web.AppRunner | None = None
         self.loops = [
-            Loop("heartbeat", self.heartbeat_tick, lambda: self.contact.heartbeat_interval_s),
+            # A failed heartbeat is tried again within an interval, never after the backoff's
+            # 30 s: a scheduler back from an outage gives hosts one TTL (a few intervals) to
+            # be heard before it declares them lost and their notebooks ERROR. An interval is
+            # the rate the scheduler asked the fleet for anyway.
+            Loop(
+                "heartbeat",
+                self.heartbeat_tick,
+                lambda: self.contact.heartbeat_interval_s,
+                retry_within=lambda: self.contact.heartbeat_interval_s,
+            ),
             Loop("assignments", self.assignments_tick, lambda: 0.0),
             Loop("reconcile", self.reconciler.tick, lambda: config.reconcile_interval_s),
             Loop("report", self.outbox.tick, lambda: 0.5),

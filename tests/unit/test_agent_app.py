@@ -281,3 +281,42 @@ def test_backoff_is_jittered_and_capped() -> None:
     assert all(0 < d <= 8 for d in delays)
     backoff.reset()
     assert backoff.next_delay() <= 1
+
+
+async def test_a_loop_retries_within_its_bound_however_long_the_backoff() -> None:
+    from agent.app import Loop
+
+    attempts: list[float] = []
+
+    async def failing() -> None:
+        attempts.append(time.monotonic())
+        raise RuntimeError("the scheduler is down")
+
+    # A backoff of up to 100 s after the first failure; the bound is 0.05 s.
+    loop = Loop(
+        "heartbeat",
+        failing,
+        lambda: 1.0,
+        backoff=Backoff(base=100, cap=100),
+        retry_within=lambda: 0.05,
+    )
+    loop.start()
+    try:
+        await eventually("five attempts", lambda: len(attempts) >= 5, timeout_s=5)
+    finally:
+        await loop.stop()
+
+
+async def test_an_agent_retries_a_failed_heartbeat_within_one_heartbeat_interval(
+    tmp_path: Path,
+) -> None:
+    """A scheduler back from an outage waits one TTL (a few intervals) for each host before it
+    declares it lost: the heartbeat must be tried again within an interval, whatever the
+    backoff says."""
+    agent = agent_for(agent_config(tmp_path, "http://127.0.0.1:9"), FakeRuntime())
+    try:
+        [heartbeat] = [loop for loop in agent.loops if loop.name == "heartbeat"]
+        agent.contact.heartbeat_interval_s = 7.0
+        assert heartbeat.retry_within is not None and heartbeat.retry_within() == 7.0
+    finally:
+        await agent.client.close()
