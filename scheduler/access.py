@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from common import wire
 from common.states import NotebookState
-from scheduler.db import Database, Tx, WriteBehind
+from scheduler.db import Database, Tx, WriteBehind, run_values
 from scheduler.projects import Principal, selector_text
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,12 @@ class ProxyActivity(WriteBehind):
     async def _write(self, tx: Tx, pending: dict[str, tuple[str, float, int]]) -> None:
         # The last activity never goes back (a late heartbeat); the byte count is the agent's
         # latest cumulative figure, as the contract says.
-        await tx.run_many(
-            "UPDATE notebooks SET last_activity_at = CASE WHEN COALESCE(last_activity_at, 0) > ? "
-            "THEN COALESCE(last_activity_at, 0) ELSE ? END, "
-            "proxied_bytes = ? WHERE id = ? AND host_id = ?",
-            (
-                (at, at, carried, notebook, host)
-                for notebook, (host, at, carried) in pending.items()
-            ),
+        await run_values(
+            tx,
+            "UPDATE notebooks SET last_activity_at = CASE WHEN COALESCE(last_activity_at, 0) > "
+            "v.column1 THEN COALESCE(last_activity_at, 0) ELSE v.column1 END, "
+            "proxied_bytes = v.column2 FROM (VALUES {values}) AS v "
+            "WHERE notebooks.id = v.column3 AND notebooks.host_id = v.column4",
+            "(CAST(? AS DOUBLE PRECISION), CAST(? AS BIGINT), ?, ?)",
+            ((at, carried, notebook, host) for notebook, (host, at, carried) in pending.items()),
         )

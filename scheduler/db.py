@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
@@ -92,6 +92,18 @@ class Tx(ABC):
     @abstractmethod
     async def run_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         """Execute one write for each parameter tuple of ``rows``."""
+
+    async def all_with(
+        self, writes: Sequence[tuple[str, Sequence[Any]]], sql: str, params: Sequence[Any]
+    ) -> list[Row]:
+        """Execute ``writes`` (INSERT, UPDATE or DELETE statements with their parameters), then
+        ``sql``; returns ``sql``'s rows. PostgreSQL sends them as one statement (the writes as
+        data-modifying ``WITH`` clauses: one round trip instead of several), in which every part
+        sees the database as it was before the statement: so none of them may read what
+        another writes, and no two may change one row."""
+        for write_sql, write_params in writes:
+            await self.run(write_sql, write_params)
+        return await self.all(sql, params)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` after a successful commit (e.g. wake long-polls); never on rollback."""
@@ -181,6 +193,32 @@ def database_for(config: SchedulerConfig) -> Database:
     from scheduler.db_sqlite import SqliteDatabase
 
     return SqliteDatabase(urlsplit(url).path if url else config.database)
+
+
+#: Rows per statement of :func:`run_values`.
+VALUES_CHUNK = 256
+
+
+async def run_values(tx: Tx, sql: str, row: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Execute ``sql`` for every tuple of ``rows`` in a few statements: ``{values}`` in ``sql``
+    becomes a ``VALUES`` list of ``row`` (its placeholders, e.g. ``(CAST(? AS INTEGER), ?)``)
+    per tuple, at most :data:`VALUES_CHUNK` a statement; the statement reads them as
+    ``v.column1``, ``v.column2``, ... (both databases name ``VALUES`` columns so), e.g.
+    ``UPDATE gpus SET utilization_pct = v.column1 FROM (VALUES {values}) AS v WHERE
+    gpus.uuid = v.column2``. On PostgreSQL each statement is executed as a whole, where one
+    statement per tuple costs a server-side execution each.
+
+    A chunk is padded with all-NULL tuples to a power of two, so there are a few statement
+    texts, each prepared once, not one per length: ``sql`` must match nothing for them (a key
+    compared with ``=``, which NULL never satisfies)."""
+    pending = [tuple(r) for r in rows]
+    for start in range(0, len(pending), VALUES_CHUNK):
+        chunk = pending[start : start + VALUES_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        width = len(chunk[0])
+        params = [value for values in chunk for value in values]
+        params += [None] * (width * (size - len(chunk)))
+        await tx.run(sql.replace("{values}", ", ".join([row] * size)), params)
 
 
 class WriteBehind:

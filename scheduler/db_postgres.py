@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,6 +131,15 @@ class PostgresTx(Tx):
             return _rowcount(await self._conn.execute(postgres_params(sql), *params))
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise IntegrityError(str(exc)) from exc
+
+    async def all_with(
+        self, writes: Sequence[tuple[str, Sequence[Any]]], sql: str, params: Sequence[Any]
+    ) -> list[Row]:
+        if not writes:
+            return await self.all(sql, params)
+        clauses = ", ".join(f"nbfleet_w{i} AS ({w})" for i, (w, _) in enumerate(writes))
+        args = [value for _, values in writes for value in values]
+        return await self.all(f"WITH {clauses} {sql}", [*args, *params])
 
     async def run_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         args = [tuple(r) for r in rows]
@@ -439,17 +448,20 @@ class PostgresDatabase(Database):
 
 
 def _notices_sql(notices: list[tuple[str, str]]) -> str:
-    """``SELECT pg_notify(...);`` for each notice, as literals (sent with COMMIT in one simple
-    query, which takes no parameters). Channels are the code's own names; payloads are host ids
-    and replica ids, but are quoted as any text would be (with standard_conforming_strings on,
-    doubling ``'`` is the whole of it), and a NUL, which no payload can carry, is refused."""
-    statements = []
+    """One ``SELECT pg_notify(...)`` for all ``notices``, as literals (sent with COMMIT in one
+    simple query, which takes no parameters). Channels are the code's own names; payloads are
+    host ids and replica ids, but are quoted as any text would be (with
+    standard_conforming_strings on, doubling ``'`` is the whole of it), and a NUL, which no
+    payload can carry, is refused."""
+    if not notices:
+        return ""
+    values = []
     for channel, payload in notices:
         if "\x00" in payload or "\x00" in channel:
             raise ValueError(f"a NUL in a notification on {channel!r}")
-        quoted = payload.replace("'", "''")
-        statements.append(f"SELECT pg_notify('{channel}', '{quoted}');")
-    return "".join(statements)
+        quoted = [text.replace("'", "''") for text in (channel, payload)]
+        values.append(f"('{quoted[0]}', '{quoted[1]}')")
+    return f"SELECT pg_notify(v.c, v.p) FROM (VALUES {', '.join(values)}) AS v (c, p);"
 
 
 def _deliver(handler: Callable[[str], None]) -> Callable[..., None]:

@@ -40,7 +40,7 @@ from common.config import SchedulerConfig
 from common.errors import not_found
 from common.states import ON_HOST, HostIntent, HostState, NotebookState
 from scheduler.board import AssignmentBoard
-from scheduler.db import Database, Row, Tx, WriteBehind
+from scheduler.db import Database, Row, Tx, WriteBehind, run_values
 from scheduler.host_states import HOST_STATE_COLUMNS, change_host_state
 from scheduler.lifecycle import RESTARTED, change_state, stop_by_scheduler
 from scheduler.placement import DiskFloor
@@ -141,25 +141,30 @@ class HostService(WriteBehind):
         )
 
     async def _write(self, tx: Tx, pending: dict[str, _Beat]) -> None:
-        await tx.run_many(
+        # A few statements for the whole fleet (run_values), not one per host and per GPU.
+        await run_values(
+            tx,
             "UPDATE hosts SET last_heartbeat = "
-            "CASE WHEN last_heartbeat > ? THEN last_heartbeat ELSE ? END, disk_free_bytes = ?, "
-            "disk_total_bytes = ? WHERE id = ? AND state = ?",
+            "CASE WHEN last_heartbeat > v.column1 THEN last_heartbeat ELSE v.column1 END, "
+            "disk_free_bytes = v.column2, disk_total_bytes = v.column3 "
+            "FROM (VALUES {values}) AS v WHERE hosts.id = v.column4 AND hosts.state = v.column5",
+            "(CAST(? AS DOUBLE PRECISION), CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?)",
             (
                 (
-                    beat.at,
                     beat.at,
                     None if beat.disk is None else beat.disk.free_bytes,
                     None if beat.disk is None else beat.disk.total_bytes,
                     host,
-                    HostState.READY,
+                    HostState.READY.value,
                 )
                 for host, beat in pending.items()
             ),
         )
-        await tx.run_many(
-            "UPDATE gpus SET memory_used_mb = ?, utilization_pct = ? "
-            "WHERE uuid = ? AND host_id = ?",
+        await run_values(
+            tx,
+            "UPDATE gpus SET memory_used_mb = v.column1, utilization_pct = v.column2 "
+            "FROM (VALUES {values}) AS v WHERE gpus.uuid = v.column3 AND gpus.host_id = v.column4",
+            "(CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?)",
             (
                 (g.memory_used_mb, g.utilization_pct, g.uuid, host)
                 for host, beat in pending.items()
@@ -167,11 +172,15 @@ class HostService(WriteBehind):
             ),
         )
         # Only for notebooks the host still holds: a late figure never outlives a stop.
-        await tx.run_many(
-            "UPDATE notebooks SET workspace_used_bytes = ?, workspace_used_at = ? "
-            "WHERE id = ? AND host_id = ? AND COALESCE(workspace_used_at, 0) <= ?",
+        await run_values(
+            tx,
+            "UPDATE notebooks SET workspace_used_bytes = v.column1, workspace_used_at = v.column2 "
+            "FROM (VALUES {values}) AS v WHERE notebooks.id = v.column3 "
+            "AND notebooks.host_id = v.column4 "
+            "AND COALESCE(notebooks.workspace_used_at, 0) <= v.column2",
+            "(CAST(? AS BIGINT), CAST(? AS DOUBLE PRECISION), ?, ?)",
             (
-                (use.used_bytes, use.measured_at, use.notebook, host, use.measured_at)
+                (use.used_bytes, use.measured_at, use.notebook, host)
                 for host, beat in pending.items()
                 for use in beat.workspaces.values()
             ),

@@ -123,24 +123,29 @@ async def change_state(
         if desired == "running" or (desired == RESTARTED and target not in RESTARTS_FROM):
             columns["desired"] = "stopped"
 
+    # The project's use, the history and the notebook's row are written in one go
+    # (Tx.all_with): none of them reads what another writes.
+    generation = changes.get("generation", notebook["generation"])
+    writes = [
+        (
+            "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (notebook["id"], target.value, reason, now, int(generation)),
+        )
+    ]
     if (current in ACTIVE) != (target in ACTIVE):
         placed_at = now if target == S.STARTING else None
-        await _count_use(tx, notebook, 1 if target in ACTIVE else -1, placed_at=placed_at)
+        writes.append(_count_use(notebook, 1 if target in ACTIVE else -1, placed_at=placed_at))
 
     assignments = ", ".join(f"{name} = ?" for name in columns)
-    updated = await tx.all(
+    updated = await tx.all_with(
+        writes,
         f"UPDATE notebooks SET {assignments}, version = version + 1 WHERE id = ? AND version = ? "
         "RETURNING *",
         (*columns.values(), notebook["id"], notebook["version"]),
     )
     if len(updated) != 1:
         raise conflict(f"notebook {notebook['id']} changed concurrently; try again")
-    generation = changes.get("generation", notebook["generation"])
-    await tx.run(
-        "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (notebook["id"], target.value, reason, now, int(generation)),
-    )
     await bump_assignments(tx, board, {host_before, host_after})
     return updated[0]
 
@@ -164,14 +169,17 @@ def assigned_desired(desired: str) -> wire.Desired:
     return "stopped" if desired == RESTARTED else cast(wire.Desired, desired)
 
 
-async def _count_use(tx: Tx, notebook: Row, sign: int, *, placed_at: float | None) -> None:
-    """Keep the project's use (:func:`scheduler.quota.use`) as ``notebook`` enters (``+1``) or
-    leaves (``-1``) the states that count against quota; a CPU notebook's CPUs count, a GPU
-    notebook's come with its GPUs. ``placed_at``: it was placed then (the project's turn)."""
+def _count_use(
+    notebook: Row, sign: int, *, placed_at: float | None
+) -> tuple[str, tuple[object, ...]]:
+    """The write that keeps the project's use (:func:`scheduler.quota.use`) as ``notebook``
+    enters (``+1``) or leaves (``-1``) the states that count against quota; a CPU notebook's
+    CPUs count, a GPU notebook's come with its GPUs. ``placed_at``: it was placed then (the
+    project's turn)."""
     gpu = notebook["gpu"]
     cpus = notebook["cpu"] if gpu == 0 else 0
     turn = ", last_placed_at = ?" if placed_at is not None else ""
-    await tx.run(
+    return (
         "UPDATE projects SET gpus_used = gpus_used + ?, cpus_used = cpus_used + ?, "
         f"notebooks_active = notebooks_active + ?{turn} WHERE name = ?",
         (sign * gpu, sign * cpus, sign, *([placed_at] if turn else []), notebook["project"]),

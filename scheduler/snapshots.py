@@ -15,7 +15,7 @@ from collections.abc import Callable
 from common import wire
 from common.errors import not_found
 from common.states import ON_HOST, NotebookState
-from scheduler.db import Database, Row, Tx, WriteBehind
+from scheduler.db import Database, Row, Tx, WriteBehind, run_values
 
 S = NotebookState
 
@@ -90,11 +90,14 @@ class ProgressBoard(WriteBehind):
         return held[1]
 
     async def _write(self, tx: Tx, pending: dict[str, tuple[int, wire.Progress | None]]) -> None:
-        await tx.run_many(
-            "UPDATE notebooks SET progress = ?, progress_generation = ? "
-            "WHERE id = ? AND generation = ?",
+        await run_values(
+            tx,
+            "UPDATE notebooks SET progress = v.column1, progress_generation = v.column2 "
+            "FROM (VALUES {values}) AS v "
+            "WHERE notebooks.id = v.column3 AND notebooks.generation = v.column2",
+            "(?, CAST(? AS BIGINT), ?)",
             (
-                (None if p is None else wire.encode(p).decode(), generation, notebook, generation)
+                (None if p is None else wire.encode(p).decode(), generation, notebook)
                 for notebook, (generation, p) in pending.items()
             ),
         )
