@@ -41,6 +41,7 @@ user's start, stop or delete replaces it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 from common import wire
@@ -50,7 +51,7 @@ from common.states import ACTIVE, NotebookState, check
 from scheduler import billing
 from scheduler.board import AssignmentBoard
 from scheduler.db import Row, Tx
-from scheduler.placement import refresh_hosts, release
+from scheduler.placement import refresh_hosts, refresh_statement, release
 
 S = NotebookState
 
@@ -124,9 +125,12 @@ async def change_state(
             columns["desired"] = "stopped"
 
     # The project's use, the history and the notebook's row are written in one go
-    # (Tx.all_with): none of them reads what another writes.
+    # (Tx.all_with): none of them reads what another writes. So are the counters of the hosts
+    # involved, for a GPU notebook: they count GPUs, written before, and the CPUs of CPU
+    # notebooks, which this one is not. A CPU notebook's hosts count its new host_id: after.
     generation = changes.get("generation", notebook["generation"])
-    writes = [
+    hosts = {host_before, host_after}
+    writes: list[tuple[str, Sequence[object]]] = [
         (
             "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -136,6 +140,10 @@ async def change_state(
     if (current in ACTIVE) != (target in ACTIVE):
         placed_at = now if target == S.STARTING else None
         writes.append(_count_use(notebook, 1 if target in ACTIVE else -1, placed_at=placed_at))
+    refresh = refresh_statement(hosts, bump=True)
+    together = notebook["gpu"] > 0 and refresh is not None
+    if together:
+        writes.append(refresh)
 
     assignments = ", ".join(f"{name} = ?" for name in columns)
     updated = await tx.all_with(
@@ -146,7 +154,9 @@ async def change_state(
     )
     if len(updated) != 1:
         raise conflict(f"notebook {notebook['id']} changed concurrently; try again")
-    await bump_assignments(tx, board, {host_before, host_after})
+    if not together:
+        await refresh_hosts(tx, hosts, bump=True)
+    board.wake_on_commit(tx, (h for h in hosts if h))
     return updated[0]
 
 
@@ -203,11 +213,6 @@ async def add_usage(tx: Tx, notebook_id: str, generation: int, minutes: int) -> 
         "THEN excluded.billed_minutes ELSE usage.billed_minutes END",
         (notebook_id, generation, minutes),
     )
-
-
-async def bump_assignments(tx: Tx, board: AssignmentBoard, host_ids: set[str | None]) -> None:
-    await refresh_hosts(tx, host_ids, bump=True)
-    board.wake_on_commit(tx, (h for h in host_ids if h))
 
 
 async def stop_by_scheduler(

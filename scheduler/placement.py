@@ -335,12 +335,23 @@ async def never_fits(tx: Tx, resources: Resources) -> str | None:
 async def refresh_hosts(tx: Tx, host_ids: set[str | None], *, bump: bool = False) -> None:
     """Recompute the capacity counters of ``host_ids`` from the rows they summarize; with
     ``bump``, also bump their assignment versions (one statement for both)."""
+    statement = refresh_statement(host_ids, bump=bump)
+    if statement is not None:
+        await tx.run(*statement)
+
+
+def refresh_statement(
+    host_ids: set[str | None], *, bump: bool = False
+) -> tuple[str, list[str]] | None:
+    """The statement of :func:`refresh_hosts` and its parameters (``None``: no host), for a
+    caller that sends it with others (:meth:`scheduler.db.Tx.all_with`). It reads the hosts'
+    GPUs and their CPU notebooks' host and CPUs."""
     ids = sorted(h for h in host_ids if h)
     if not ids:
-        return
+        return None
     marks = ", ".join("?" for _ in ids)
     version = ", assignments_version = assignments_version + 1" if bump else ""
-    await tx.run(
+    return (
         "UPDATE hosts SET "
         "gpus_total = (SELECT COUNT(*) FROM gpus g WHERE g.host_id = hosts.id AND g.present = 1), "
         "gpus_free = (SELECT COUNT(*) FROM gpus g WHERE g.host_id = hosts.id "
