@@ -3,7 +3,7 @@
 a daemon (:class:`agent.docker_runtime.DockerRuntime` sends it).
 
 Security settings of every container: the framework's non-root user, all capabilities dropped,
-``no-new-privileges``, ``/tmp`` on tmpfs, the editor port published on ``spec.public_host``
+``no-new-privileges``, ``/tmp`` on tmpfs, the editor port published on ``spec.upstream_host``
 only (the agent's ``upstream_host``, loopback by default, so its proxy is the only way in).
 
 Limits of every container (:class:`agent.runtime.ContainerLimits`, from the agent config), so one
@@ -74,7 +74,7 @@ def container_config(
         "CapDrop": ["ALL"],
         "SecurityOpt": ["no-new-privileges:true"],
         # An empty HostPort asks Docker for a free one; HostIp keeps it off other interfaces.
-        "PortBindings": {port_key: [{"HostIp": spec.public_host, "HostPort": ""}]},
+        "PortBindings": {port_key: [{"HostIp": spec.upstream_host, "HostPort": ""}]},
         "RestartPolicy": {"Name": "no"},
         "Init": True,
     }

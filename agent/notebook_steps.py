@@ -143,7 +143,7 @@ class NotebookSteps:
             editor_port=assignment.editor_port,
             workspace_dir=self.workspaces.workspace_dir(notebook),
             scratch_dir=self.workspaces.scratch(notebook),
-            public_host=self.config.upstream_host,
+            upstream_host=self.config.upstream_host,
             nvidia_runtime=self.config.nvidia_runtime,
             extra_mounts=mounts,
             limits=ContainerLimits.from_config(self.config),

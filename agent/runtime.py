@@ -141,7 +141,7 @@ class ContainerSpec:
     workspace_dir: str
     scratch_dir: str
     #: The host address the editor port is published on (the agent's proxy connects there).
-    public_host: str = "127.0.0.1"
+    upstream_host: str = "127.0.0.1"
     nvidia_runtime: bool = False
     #: Data volumes: (host dir, mount path, read only), bound after /workspace and /data.
     extra_mounts: list[tuple[str, str, bool]] = field(default_factory=list)

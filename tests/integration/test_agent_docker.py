@@ -41,7 +41,7 @@ def spec_for(
         editor_port=8080,
         workspace_dir=workspace,
         scratch_dir=scratch,
-        public_host="127.0.0.1",
+        upstream_host="127.0.0.1",
     )
     fields.update(extra)
     return ContainerSpec(**fields)

@@ -96,7 +96,7 @@ async def test_proxy_asks_the_scheduler_and_reports_activity(rig: Rig) -> None:
     assert any(t.state == S.RUNNING for t in rig.scheduler.transitions)
     # The notebook's URL at the proxy: the editor's url_path, without the editor's own token.
     url = f"{rig.url}/notebooks/nb1/lab"
-    assert rig.runtime.specs["nb1"].public_host == "127.0.0.1"
+    assert rig.runtime.specs["nb1"].upstream_host == "127.0.0.1"
 
     async with rig.http.get(url) as response:
         assert response.status == 401

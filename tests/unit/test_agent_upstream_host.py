@@ -57,7 +57,7 @@ def test_the_port_is_published_on_the_specs_address_only() -> None:
         editor_port=8080,
         workspace_dir="/w",
         scratch_dir="/s",
-        public_host="10.231.0.1",
+        upstream_host="10.231.0.1",
     )
     body = container_config(spec, cpus=4, memory_mb=4096)
     assert body["HostConfig"]["PortBindings"] == {
@@ -104,7 +104,7 @@ async def test_container_probe_and_proxy_use_the_configured_address(tmp_path: Pa
         await eventually(
             "RUNNING report", lambda: any(t.state == S.RUNNING for t in scheduler.transitions)
         )
-        assert runtime.specs["nb1"].public_host == OTHER
+        assert runtime.specs["nb1"].upstream_host == OTHER
         assert f"http://{OTHER}:{editor.port}/lab" in runtime.probed
         async with aiohttp.ClientSession() as http:
             async with http.get(
