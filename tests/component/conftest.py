@@ -35,11 +35,11 @@ from scheduler.app import LOOPS, create_app
 from scheduler.replicas import BOOKKEEPING
 from scheduler.secrets import ensure_admin_token
 from tests.fakes.runtime import FakeRuntime
-from tests.support.postgres import (
+from tests.support.postgres import (  # postgres_databases: a fixture, shared by every tier
     PostgresDatabases,
     committed_rows,
     committed_snapshot,
-    postgres_url,
+    postgres_databases,  # noqa: F401
     run_sync,
 )
 from tests.unit.test_agent_app import agent_config, agent_for, fake_scheduler, url_of
@@ -342,13 +342,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def database_backend() -> str:
     """Tests that run no scheduler (parametrized otherwise: pytest_generate_tests)."""
     return "sqlite"
-
-
-@pytest.fixture(scope="session")
-def postgres_databases() -> Iterator[PostgresDatabases]:
-    databases = PostgresDatabases(postgres_url())
-    yield databases
-    databases.close()
 
 
 @pytest.fixture(autouse=True)

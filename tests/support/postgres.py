@@ -167,8 +167,9 @@ class PostgresDatabases:
             await self._admin_conn.execute(statement)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[PostgresDatabases]:
+    """Every tier's databases, from one template migrated once per session."""
     databases = PostgresDatabases(postgres_url())
     yield databases
     databases.close()
