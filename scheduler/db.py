@@ -35,6 +35,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from itertools import chain
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
@@ -215,9 +216,8 @@ async def run_values(tx: Tx, sql: str, row: str, rows: Iterable[Sequence[Any]]) 
     for start in range(0, len(pending), VALUES_CHUNK):
         chunk = pending[start : start + VALUES_CHUNK]
         size = 1 << (len(chunk) - 1).bit_length()
-        width = len(chunk[0])
-        params = [value for values in chunk for value in values]
-        params += [None] * (width * (size - len(chunk)))
+        params = list(chain.from_iterable(chunk))
+        params += [None] * (len(chunk[0]) * (size - len(chunk)))
         await tx.run(sql.replace("{values}", ", ".join([row] * size)), params)
 
 
