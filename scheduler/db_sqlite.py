@@ -4,7 +4,7 @@
   :meth:`~SqliteDatabase.query_one`): a plain ``sqlite3`` connection used from the loop's own
   thread. The scheduler's statements are keyed lookups and small writes of tens of
   microseconds; a trip to a worker thread and back costs more than that, and a placement makes
-  about twenty of them (scripts/bench-scheduler measured the trips, with the GIL hand-offs they
+  about ten of them (scripts/bench-scheduler measured the trips, with the GIL hand-offs they
   bring, as the largest part of a placement). WAL with ``synchronous=NORMAL`` means a commit
   does not wait for the disk.
 * **Off the loop** (:meth:`SqliteDatabase.read_offloop`): an ``aiosqlite`` connection for reads
