@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from scheduler.db import Database, IntegrityError, MigrationsPending, Row, Tx
+from scheduler.db_announce import listen, notices_sql
 from scheduler.schema import (
     SCHEMA_MIGRATIONS_TABLE,
     migration_files,
@@ -211,7 +212,7 @@ class PostgresDatabase(Database):
             reset=_keep_session,
             # Statements built with IN lists of several lengths: keep them all prepared.
             statement_cache_size=1024,
-            # standard_conforming_strings: _notices_sql's quoting relies on it.
+            # standard_conforming_strings: notices_sql's quoting relies on it.
             server_settings={
                 "application_name": "nbfleet-scheduler",
                 "standard_conforming_strings": "on",
@@ -352,7 +353,7 @@ class PostgresDatabase(Database):
             self._group = None  # from now on, a block that comes begins a group of its own
         notices = [notice for tx in group.members for notice in tx.notices]
         try:
-            await group.conn.execute(_notices_sql(notices) + "COMMIT")
+            await group.conn.execute(notices_sql(notices) + "COMMIT")
         except BaseException as exc:
             await self._end(group, exc)
             return
@@ -398,48 +399,9 @@ class PostgresDatabase(Database):
 
     async def listen(self, handlers: dict[str, Callable[[str], None]]) -> None:
         if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(handlers), name="db-listen")
-
-    async def _listen(self, handlers: dict[str, Callable[[str], None]]) -> None:
-        """One connection of its own (a pooled one would stop listening when returned),
-        connected again after any break; what was announced meanwhile is lost, so handlers
-        are told to assume anything changed (``""``)."""
-        delay = 1.0
-        first = True
-        while True:
-            broke = asyncio.Event()
-            try:
-                conn = await asyncpg.connect(
-                    self.url, server_settings={"application_name": "nbfleet-scheduler-listen"}
-                )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning(
-                    "database=%s cannot listen for other replicas' changes (%s); retrying in "
-                    "%.0fs: until then this replica learns of them within a loop tick",
-                    self.where,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
-                continue
-            try:
-                conn.add_termination_listener(lambda _conn, broke=broke: broke.set())
-                for channel, handler in handlers.items():
-                    await conn.add_listener(channel, _deliver(handler))
-                if not first:
-                    log.info("database=%s listening again for other replicas", self.where)
-                    for handler in handlers.values():
-                        handler("")
-                first, delay = False, 1.0
-                await broke.wait()
-                log.warning("database=%s listening connection lost; reconnecting", self.where)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("database=%s listening failed (%s); reconnecting", self.where, exc)
-                await asyncio.sleep(delay)
-            finally:
-                if not conn.is_closed():
-                    conn.terminate()
+            self._listener = asyncio.create_task(
+                listen(self.url, self.where, handlers), name="db-listen"
+            )
 
     async def claim_nonces(self, nonces: list[tuple[str, float]]) -> set[str]:
         # One statement in autocommit, outside the writers' lock: the primary key decides,
@@ -453,33 +415,6 @@ class PostgresDatabase(Database):
                 [e for _, e in nonces],
             )
         return {r["nonce"] for r in rows}
-
-
-def _notices_sql(notices: list[tuple[str, str]]) -> str:
-    """One ``SELECT pg_notify(...)`` for all ``notices``, as literals (sent with COMMIT in one
-    simple query, which takes no parameters). Channels are the code's own names; payloads are
-    host ids and replica ids, but are quoted as any text would be (with
-    standard_conforming_strings on, doubling ``'`` is the whole of it), and a NUL, which no
-    payload can carry, is refused."""
-    if not notices:
-        return ""
-    values = []
-    for channel, payload in notices:
-        if "\x00" in payload or "\x00" in channel:
-            raise ValueError(f"a NUL in a notification on {channel!r}")
-        quoted = [text.replace("'", "''") for text in (channel, payload)]
-        values.append(f"('{quoted[0]}', '{quoted[1]}')")
-    return f"SELECT pg_notify(v.c, v.p) FROM (VALUES {', '.join(values)}) AS v (c, p);"
-
-
-def _deliver(handler: Callable[[str], None]) -> Callable[..., None]:
-    def deliver(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            handler(payload)
-        except Exception:
-            log.exception("handling a notification failed: %r", payload)
-
-    return deliver
 
 
 async def _rollback(conn: asyncpg.Connection) -> None:
