@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from agent.app import Agent, build_agent
+from agent.app import Agent, Loop, build_agent
 from agent.client import Backoff, SchedulerClient, SchedulerUnavailable
 from common.auth import sign
 from common.config import AgentConfig
@@ -284,8 +284,6 @@ def test_backoff_is_jittered_and_capped() -> None:
 
 
 async def test_a_loop_retries_within_its_bound_however_long_the_backoff() -> None:
-    from agent.app import Loop
-
     attempts: list[float] = []
 
     async def failing() -> None:
