@@ -3,14 +3,15 @@ placing of the queue.
 
 Every placement runs in the caller's transaction through :class:`Admission`:
 
-* :meth:`Admission.check_request`, for a user's create or start: 403 over quota
-  (:class:`scheduler.quota.ProjectQuota`: a per-notebook limit, then the project's limits).
 * :meth:`Admission.start` runs a notebook's next generation: a new one (stored as a STOPPED
   notebook of generation 0 that never ran, see :mod:`scheduler.lifecycle`) or a settled one a
-  user starts. STARTING on a host with room, else QUEUED; a request of a kind that already has
-  notebooks waiting queues behind them; 503 when no registered host could ever hold it
-  (asked only when it would queue: a request that fits now obviously could). A refused request
-  stores nothing: the caller's transaction rolls back.
+  user starts. 403 over quota (:class:`scheduler.quota.ProjectQuota`: a per-notebook limit,
+  then the project's limits); STARTING on a host with room, else QUEUED; a request of a kind
+  that already has notebooks waiting queues behind them; 503 when no registered host could
+  ever hold it (asked only when it would queue: a request that fits now obviously could). A
+  refused request stores nothing. :meth:`Admission.start_many` starts several at once (the
+  creates that arrived together, :class:`scheduler.notebooks.NotebookService`), each as if
+  alone, in order.
 * :meth:`Admission.restart`: a notebook the scheduler stopped (runtime limit, drain, lost host)
   goes to QUEUED with no quota refusal; it waits in the queue like any other until quota and
   room allow.
@@ -40,7 +41,7 @@ notebook's new row comes back from its update.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,7 +52,7 @@ from common.states import NotebookState
 from scheduler import placement
 from scheduler.board import AssignmentBoard
 from scheduler.db import Row, Tx
-from scheduler.lifecycle import change_state, restate
+from scheduler.lifecycle import Move, change_state, change_states, restate
 from scheduler.loops.base import one_item
 from scheduler.queue import QUOTA_WAIT, Kind, kind_of, none_waiting, queued, resources_of
 from scheduler.quota import ProjectQuota
@@ -92,46 +93,75 @@ class Admission:
         self.clock = clock
         self.heartbeats = heartbeats
 
-    async def check_request(self, tx: Tx, project: str, res: placement.Resources) -> None:
-        """403 over quota (the 503 for a request no host could ever hold is :meth:`start`'s)."""
-        refusal = (await ProjectQuota.load(tx, project, self.config.quota)).request_refusal(res)
-        if refusal is not None:
-            raise refusal
-
     async def start(self, tx: Tx, row: Row, *, now: float, reason_suffix: str = "") -> Started:
-        """Run the next generation of ``row`` (settled, or just created): STARTING on a host
-        with room, else QUEUED (no room, or notebooks of its kind already wait); 503 when no
-        registered host could ever hold it."""
+        """Run the next generation of ``row`` (settled, or just created): 403 over quota;
+        STARTING on a host with room, else QUEUED (no room, or notebooks of its kind already
+        wait); 503 when no registered host could ever hold it."""
+        [outcome] = await self.start_many(tx, [(row, reason_suffix)], now=now)
+        if isinstance(outcome, ApiError):
+            raise outcome
+        return outcome
+
+    async def start_many(
+        self, tx: Tx, requests: Sequence[tuple[Row, str]], *, now: float
+    ) -> list[Started | ApiError]:
+        """:meth:`start` for each ``(row, reason_suffix)`` of ``requests`` (different
+        notebooks), in order, as if one after another: each is checked against its project's
+        quota with the ones before it placed, and once one queues, the later ones of its kind
+        queue behind it. A refused one (its :class:`ApiError` in its place) has stored
+        nothing. One quota read per project and one write of every change of state
+        (:func:`scheduler.lifecycle.change_states`) serve them all."""
         await self.heartbeats.flush(tx)
-        res = resources_of(row)
-        changes = {"desired": "running", "generation": row["generation"] + 1}
-        chosen = await self._room(
-            tx, res, row, now=self.clock(), also=none_waiting(res, besides=row["id"])
-        )
-        if chosen is None:
-            why = await placement.never_fits(tx, res)
-            if why is not None:
-                raise ApiError(
-                    "no_capacity",
-                    f"{why}; a notebook of {res.describe()} could never be placed",
-                    requested=res.gpu or res.cpu,
-                    unit="GPU" if res.gpu else "CPU",
+        quotas: dict[str, ProjectQuota] = {}
+        queueing: set[Kind] = set()
+        outcomes: list[Started | ApiError] = []
+        moves: list[tuple[int, Move, tuple[wire.GpuRef, ...]]] = []
+        for row, suffix in requests:
+            res = resources_of(row)
+            project = row["project"]
+            if project not in quotas:
+                quotas[project] = await ProjectQuota.load(tx, project, self.config.quota)
+            refusal = quotas[project].request_refusal(res)
+            if refusal is not None:
+                outcomes.append(refusal)
+                continue
+            changes = {"desired": "running", "generation": row["generation"] + 1}
+            kind = kind_of(res)
+            chosen = (
+                None
+                if kind in queueing
+                else await self._room(
+                    tx, res, row, now=self.clock(), also=none_waiting(res, besides=row["id"])
                 )
-            queued = await change_state(
-                tx,
-                row,
-                S.QUEUED,
-                f"waiting for {res.describe()}{reason_suffix}",
-                now=now,
-                board=self.board,
-                **changes,
             )
-            assert queued is not None  # from a settled state: never a repeat
-            return Started(queued)
-        placed = await self._place(
-            tx, row, chosen, f"placed on {chosen.host}{reason_suffix}", now=now, **changes
-        )
-        return Started(placed, chosen.reserved)
+            if chosen is None:
+                why = await placement.never_fits(tx, res)
+                if why is not None:
+                    outcomes.append(
+                        ApiError(
+                            "no_capacity",
+                            f"{why}; a notebook of {res.describe()} could never be placed",
+                            requested=res.gpu or res.cpu,
+                            unit="GPU" if res.gpu else "CPU",
+                        )
+                    )
+                    continue
+                # Queued (in this call's write below): the later ones of its kind wait behind.
+                queueing.add(kind)
+                reason = f"waiting for {res.describe()}{suffix}"
+                move = Move(row, S.QUEUED, reason, changes=changes)
+                moves.append((len(outcomes), move, ()))
+            else:
+                quotas[project].take(res)
+                reason = f"placed on {chosen.host}{suffix}"
+                move = Move(row, S.STARTING, reason, changes={**changes, "host_id": chosen.host})
+                moves.append((len(outcomes), move, chosen.reserved))
+            outcomes.append(Started(row))  # replaced below by the row as written
+        rows = await change_states(tx, [m for _, m, _ in moves], now=now, board=self.board)
+        for (index, _, gpus), written in zip(moves, rows, strict=True):
+            assert written is not None  # from a settled state: never a repeat
+            outcomes[index] = Started(written, gpus)
+        return outcomes
 
     async def restart(self, tx: Tx, row: Row, *, now: float, why: str) -> None:
         """Start again a notebook the scheduler stopped: no quota refusal, it waits in the

@@ -149,6 +149,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         for loop in app[LOOPS]:
             await loop.stop()
+        await context.notebooks.close()
         try:
             await context.maintenance.flush()
             await context.replica.retire()

@@ -116,13 +116,9 @@ async def check_volumes(tx: Tx, project: str, volumes: Sequence[wire.Volume]) ->
 _ALIASES = "SELECT alias FROM datastores WHERE project = ?"
 
 
-async def save_volumes(tx: Tx, notebook_id: str, volumes: Sequence[wire.Volume]) -> None:
-    """Store the (checked) volumes with the notebook."""
-    if volumes:
-        await tx.run(
-            "UPDATE notebooks SET volumes = ? WHERE id = ?",
-            (wire.encode(list(volumes)).decode(), notebook_id),
-        )
+def encode_volumes(volumes: Sequence[wire.Volume]) -> str:
+    """The (checked) volumes as the notebook's row stores them."""
+    return wire.encode(list(volumes)).decode()
 
 
 def stored_volumes(row: Row) -> list[wire.Volume]:

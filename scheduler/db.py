@@ -73,6 +73,9 @@ class MigrationsPending(Exception):
 class Tx(ABC):
     """Statements inside one transaction, plus callbacks to run once it has committed."""
 
+    #: The database's (:attr:`Database.dialect`), for the rare statement written twice.
+    dialect: str
+
     def __init__(self) -> None:
         self._after_commit: list[Callable[[], None]] = []
         #: ``(channel, payload)`` to announce to the other replicas with the commit.
@@ -105,6 +108,12 @@ class Tx(ABC):
         for write_sql, write_params in writes:
             await self.run(write_sql, write_params)
         return await self.all(sql, params)
+
+    def every_column(self, table: str) -> str:
+        """``RETURNING`` every column of ``table`` from an ``UPDATE table ... FROM``: a bare
+        ``*`` would also return the ``FROM``'s columns on PostgreSQL, and SQLite refuses
+        ``table.*`` there (it returns the updated table's alone)."""
+        return "*"
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` after a successful commit (e.g. wake long-polls); never on rollback."""
@@ -200,25 +209,30 @@ def database_for(config: SchedulerConfig) -> Database:
 VALUES_CHUNK = 256
 
 
+def padded_values(row: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """A ``VALUES`` list of ``row`` (its placeholders, e.g. ``(CAST(? AS INTEGER), ?)``) per
+    tuple of ``rows`` (at least one), and its parameters: padded with all-NULL tuples to a
+    power of two, so a statement built on it has a few texts, each prepared once, not one per
+    length. The statement reads the columns as ``v.column1``, ``v.column2``, ... (``FROM
+    (VALUES ...) AS v``: both databases name ``VALUES`` columns so) and must match nothing for
+    the padding (a key compared with ``=``, which NULL never satisfies). PostgreSQL types a
+    ``VALUES`` parameter as text unless cast: cast every one that is not."""
+    size = 1 << (len(rows) - 1).bit_length()
+    params = list(chain.from_iterable(rows))
+    params += [None] * (len(rows[0]) * (size - len(rows)))
+    return ", ".join([row] * size), params
+
+
 async def run_values(tx: Tx, sql: str, row: str, rows: Iterable[Sequence[Any]]) -> None:
     """Execute ``sql`` for every tuple of ``rows`` in a few statements: ``{values}`` in ``sql``
-    becomes a ``VALUES`` list of ``row`` (its placeholders, e.g. ``(CAST(? AS INTEGER), ?)``)
-    per tuple, at most :data:`VALUES_CHUNK` a statement; the statement reads them as
-    ``v.column1``, ``v.column2``, ... (both databases name ``VALUES`` columns so), e.g.
-    ``UPDATE gpus SET utilization_pct = v.column1 FROM (VALUES {values}) AS v WHERE
-    gpus.uuid = v.column2``. On PostgreSQL each statement is executed as a whole, where one
-    statement per tuple costs a server-side execution each.
-
-    A chunk is padded with all-NULL tuples to a power of two, so there are a few statement
-    texts, each prepared once, not one per length: ``sql`` must match nothing for them (a key
-    compared with ``=``, which NULL never satisfies)."""
+    becomes a :func:`padded_values` list of ``row`` per tuple, at most :data:`VALUES_CHUNK` a
+    statement, e.g. ``UPDATE gpus SET utilization_pct = v.column1 FROM (VALUES {values}) AS v
+    WHERE gpus.uuid = v.column2``. On PostgreSQL each statement is executed as a whole, where
+    one statement per tuple costs a server-side execution each."""
     pending = [tuple(r) for r in rows]
     for start in range(0, len(pending), VALUES_CHUNK):
-        chunk = pending[start : start + VALUES_CHUNK]
-        size = 1 << (len(chunk) - 1).bit_length()
-        params = list(chain.from_iterable(chunk))
-        params += [None] * (len(chunk[0]) * (size - len(chunk)))
-        await tx.run(sql.replace("{values}", ", ".join([row] * size)), params)
+        values, params = padded_values(row, pending[start : start + VALUES_CHUNK])
+        await tx.run(sql.replace("{values}", values), params)
 
 
 class WriteBehind:

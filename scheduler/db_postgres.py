@@ -112,6 +112,8 @@ def _rowcount(status: str) -> int:
 
 
 class PostgresTx(Tx):
+    dialect = "postgresql"
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         super().__init__()
         self._conn = conn
@@ -133,6 +135,9 @@ class PostgresTx(Tx):
             return _rowcount(await self._conn.execute(postgres_params(sql), *params))
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise IntegrityError(str(exc)) from exc
+
+    def every_column(self, table: str) -> str:
+        return f"{table}.*"
 
     async def all_with(
         self, writes: Sequence[tuple[str, Sequence[Any]]], sql: str, params: Sequence[Any]

@@ -48,6 +48,8 @@ class SqliteTx(Tx):
     """The methods are coroutines so callers read the same either way; on the loop's connection
     they run at once, on the off-loop connection each is one trip to aiosqlite's thread."""
 
+    dialect = "sqlite"
+
     def __init__(self, conn: sqlite3.Connection | aiosqlite.Connection) -> None:
         super().__init__()
         self._conn = conn

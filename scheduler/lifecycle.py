@@ -41,8 +41,9 @@ user's start, stop or delete replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from common import wire
 from common.billing import billed_minutes
@@ -50,8 +51,8 @@ from common.errors import conflict
 from common.states import ACTIVE, NotebookState, check
 from scheduler import billing
 from scheduler.board import AssignmentBoard
-from scheduler.db import Row, Tx
-from scheduler.placement import refresh_hosts, refresh_statement, release
+from scheduler.db import VALUES_CHUNK, Row, Tx, padded_values
+from scheduler.placement import refresh_statement, release
 
 S = NotebookState
 
@@ -65,6 +66,62 @@ RESTARTS_FROM = frozenset({S.STOPPED, S.ERROR})
 
 #: Columns a caller may change together with the state.
 _EXTRA_COLUMNS = frozenset({"desired", "generation", "host_id"})
+
+#: The columns a change of state may write besides the state, its reason and its time, with
+#: how a ``VALUES`` list types each (:func:`scheduler.db.padded_values`). A move writes the
+#: ones it changes and leaves the rest as they are (a bit of a mask says which), so a column
+#: another writer keeps up to date (``workspace_used_bytes``, from heartbeats) is not
+#: overwritten with what the row said when it was read.
+_MOVABLE: tuple[tuple[str, str], ...] = (
+    ("desired", "?"),
+    ("generation", "CAST(? AS BIGINT)"),
+    ("host_id", "?"),
+    ("last_host_id", "?"),
+    ("queued_at", "CAST(? AS DOUBLE PRECISION)"),
+    ("running_since", "CAST(? AS DOUBLE PRECISION)"),
+    ("initialized", "CAST(? AS BIGINT)"),
+    ("workspace_used_bytes", "CAST(? AS BIGINT)"),
+    ("workspace_used_at", "CAST(? AS DOUBLE PRECISION)"),
+)
+#: id, version, mask, state, reason, at, then the movable columns.
+_FIXED = 6
+_MOVE_ROW = (
+    "(?, CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?, CAST(? AS DOUBLE PRECISION), "
+    + ", ".join(cast_ for _, cast_ in _MOVABLE)
+    + ")"
+)
+_MOVE_SET = ", ".join(
+    [
+        "state = v.column4",
+        "state_reason = v.column5",
+        "state_at = v.column6",
+        *(
+            f"{name} = CASE WHEN (v.column3 & {1 << bit}) <> 0 "
+            f"THEN v.column{_FIXED + 1 + bit} ELSE notebooks.{name} END"
+            for bit, (name, _) in enumerate(_MOVABLE)
+        ),
+        "version = notebooks.version + 1",
+    ]
+)
+
+_HISTORY_ROW = "(?, ?, ?, CAST(? AS DOUBLE PRECISION), CAST(? AS BIGINT))"
+_HISTORY = (
+    "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
+    "SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v "
+    "WHERE v.column1 IS NOT NULL"
+)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One notebook's change of state for :func:`change_states` (the arguments of
+    :func:`change_state`)."""
+
+    notebook: Row
+    target: NotebookState
+    reason: str
+    billed_until: float | None = None
+    changes: Mapping[str, object] = field(default_factory=dict)
 
 
 async def change_state(
@@ -84,80 +141,137 @@ async def change_state(
     ``None`` for a repeat. ``changes`` may set ``desired``, ``generation`` and ``host_id`` in
     the same update.
     """
-    unknown = set(changes) - _EXTRA_COLUMNS
-    if unknown:
-        raise ValueError(f"change_state cannot set {sorted(unknown)}")
-    current = S(notebook["state"])
-    if not check(current, target):
-        return None
-
-    columns: dict[str, object] = {
-        "state": target.value,
-        "state_reason": reason,
-        "state_at": now,
-        **changes,
-    }
-    if target == S.QUEUED:
-        columns["queued_at"] = now
-    if target == S.RUNNING:
-        columns["running_since"] = now
-        columns["initialized"] = 1
-        await billing.open_run(tx, notebook, started_at=now)
-    if current == S.RUNNING:
-        left_at = now if billed_until is None else max(notebook["running_since"], billed_until)
-        await close_run(tx, notebook, left_at=left_at)
-        columns["running_since"] = None
-    host_before = notebook["host_id"] or notebook["last_host_id"]
-    host_after = changes.get("host_id", notebook["host_id"])
-    if target in RELEASING:
-        await release(tx, notebook["id"])
-        columns["host_id"] = None
-        columns["workspace_used_bytes"] = None
-        columns["workspace_used_at"] = None
-        host_after = None
-    if host_after is not None:
-        columns["last_host_id"] = host_after
-    if target in RELEASING and "desired" not in changes:
-        desired = notebook["desired"]
-        # A notebook that stopped or failed on its own is not to be started again by an agent;
-        # one to be restarted is, unless it failed to stop (see the module docstring).
-        if desired == "running" or (desired == RESTARTED and target not in RESTARTS_FROM):
-            columns["desired"] = "stopped"
-
-    # The project's use, the history and the notebook's row are written in one go
-    # (Tx.all_with): none of them reads what another writes. So are the counters of the hosts
-    # involved, for a GPU notebook: they count GPUs, written before, and the CPUs of CPU
-    # notebooks, which this one is not. A CPU notebook's hosts count its new host_id: after.
-    generation = changes.get("generation", notebook["generation"])
-    hosts = {host_before, host_after}
-    writes: list[tuple[str, Sequence[object]]] = [
-        (
-            "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (notebook["id"], target.value, reason, now, int(generation)),
-        )
-    ]
-    if (current in ACTIVE) != (target in ACTIVE):
-        placed_at = now if target == S.STARTING else None
-        writes.append(_count_use(notebook, 1 if target in ACTIVE else -1, placed_at=placed_at))
-    refresh = refresh_statement(hosts, bump=True)
-    together = notebook["gpu"] > 0 and refresh is not None
-    if together:
-        writes.append(refresh)
-
-    assignments = ", ".join(f"{name} = ?" for name in columns)
-    updated = await tx.all_with(
-        writes,
-        f"UPDATE notebooks SET {assignments}, version = version + 1 WHERE id = ? AND version = ? "
-        "RETURNING *",
-        (*columns.values(), notebook["id"], notebook["version"]),
+    [row] = await change_states(
+        tx, [Move(notebook, target, reason, billed_until, changes)], now=now, board=board
     )
-    if len(updated) != 1:
-        raise conflict(f"notebook {notebook['id']} changed concurrently; try again")
-    if not together:
-        await refresh_hosts(tx, hosts, bump=True)
+    return row
+
+
+async def change_states(
+    tx: Tx, moves: Sequence[Move], *, now: float, board: AssignmentBoard
+) -> list[Row | None]:
+    """Make each of ``moves`` (of different notebooks), as :func:`change_state` does one:
+    returns each notebook's row as it is now, ``None`` for a repeat. Their history, their
+    projects' use, their rows and their hosts' counters are written together, in the few
+    statements one move takes (a batch of placements costs little more than one)."""
+    done: list[Row | None] = [None] * len(moves)
+    for start in range(0, len(moves), VALUES_CHUNK):
+        chunk = moves[start : start + VALUES_CHUNK]
+        done[start : start + len(chunk)] = await _change_chunk(tx, chunk, now=now, board=board)
+    return done
+
+
+async def _change_chunk(
+    tx: Tx, moves: Sequence[Move], *, now: float, board: AssignmentBoard
+) -> list[Row | None]:
+    history: list[tuple[object, ...]] = []
+    updates: list[tuple[object, ...]] = []
+    # project: [GPUs, CPUs, notebooks, placed at]
+    use: dict[str, list[Any]] = {}
+    hosts: set[str | None] = set()
+    cpu_hosts = False
+    recorded: list[bool] = []
+    for move in moves:
+        notebook, target, changes = move.notebook, move.target, move.changes
+        unknown = set(changes) - _EXTRA_COLUMNS
+        if unknown:
+            raise ValueError(f"change_state cannot set {sorted(unknown)}")
+        current = S(notebook["state"])
+        recorded.append(check(current, target))
+        if not recorded[-1]:
+            continue
+        columns: dict[str, object] = dict(changes)
+        if target == S.QUEUED:
+            columns["queued_at"] = now
+        if target == S.RUNNING:
+            columns["running_since"] = now
+            columns["initialized"] = 1
+            await billing.open_run(tx, notebook, started_at=now)
+        if current == S.RUNNING:
+            billed_until = move.billed_until
+            left_at = now if billed_until is None else max(notebook["running_since"], billed_until)
+            await close_run(tx, notebook, left_at=left_at)
+            columns["running_since"] = None
+        host_before = notebook["host_id"] or notebook["last_host_id"]
+        host_after = changes.get("host_id", notebook["host_id"])
+        if target in RELEASING:
+            await release(tx, notebook["id"])
+            columns["host_id"] = None
+            columns["workspace_used_bytes"] = None
+            columns["workspace_used_at"] = None
+            host_after = None
+        if host_after is not None:
+            columns["last_host_id"] = host_after
+        if target in RELEASING and "desired" not in changes:
+            desired = notebook["desired"]
+            # A notebook that stopped or failed on its own is not to be started again by an
+            # agent; one to be restarted is, unless it failed to stop (module docstring).
+            if desired == "running" or (desired == RESTARTED and target not in RESTARTS_FROM):
+                columns["desired"] = "stopped"
+
+        generation = changes.get("generation", notebook["generation"])
+        history.append((notebook["id"], target.value, move.reason, now, int(generation)))
+        if (current in ACTIVE) != (target in ACTIVE):
+            sign = 1 if target in ACTIVE else -1
+            counts = use.setdefault(notebook["project"], [0, 0, 0, None])
+            gpu = notebook["gpu"]
+            counts[0] += sign * gpu
+            counts[1] += sign * (notebook["cpu"] if gpu == 0 else 0)
+            counts[2] += sign
+            if target == S.STARTING:
+                counts[3] = now
+        if notebook["gpu"] == 0 and (host_before or host_after):
+            cpu_hosts = True
+        hosts |= {host_before, host_after}
+        mask = sum(1 << bit for bit, (name, _) in enumerate(_MOVABLE) if name in columns)
+        updates.append(
+            (
+                notebook["id"],
+                notebook["version"],
+                mask,
+                target.value,
+                move.reason,
+                now,
+                *(columns.get(name) for name, _ in _MOVABLE),
+            )
+        )
+    if not updates:
+        return [None] * len(moves)
+    if len({u[0] for u in updates}) != len(updates):
+        raise ValueError("change_states: a notebook moves at most once a call")
+
+    # The projects' use, the history and the notebooks' rows are written in one go
+    # (Tx.all_with): none of them reads what another writes. So are the counters of the hosts
+    # involved when only GPU notebooks moved: they count GPUs, written before, and the CPUs
+    # of CPU notebooks, which these are not. A CPU notebook's hosts count its new host_id:
+    # after.
+    values, params = padded_values(_HISTORY_ROW, history)
+    writes: list[tuple[str, Sequence[object]]] = [(_HISTORY.replace("{values}", values), params)]
+    writes += [_count_use(project, *counts) for project, counts in sorted(use.items())]
+    refresh = refresh_statement(hosts, bump=True)
+    together = refresh is not None and not cpu_hosts
+    if together:
+        assert refresh is not None
+        writes.append(refresh)
+    values, params = padded_values(_MOVE_ROW, updates)
+    rows = await tx.all_with(
+        writes,
+        f"UPDATE notebooks SET {_MOVE_SET} FROM (VALUES {values}) AS v "
+        "WHERE notebooks.id = v.column1 AND notebooks.version = v.column2 "
+        f"RETURNING {tx.every_column('notebooks')}",
+        params,
+    )
+    if len(rows) != len(updates):
+        changed = {r["id"] for r in rows}
+        lost = [u[0] for u in updates if u[0] not in changed]
+        raise conflict(f"notebook {', '.join(map(str, lost))} changed concurrently; try again")
+    if refresh is not None and not together:
+        await tx.run(*refresh)
     board.wake_on_commit(tx, (h for h in hosts if h))
-    return updated[0]
+    by_id = {r["id"]: r for r in rows}
+    return [
+        by_id[m.notebook["id"]] if done else None for m, done in zip(moves, recorded, strict=True)
+    ]
 
 
 async def restate(tx: Tx, notebook: Row, reason: str) -> bool:
@@ -180,19 +294,17 @@ def assigned_desired(desired: str) -> wire.Desired:
 
 
 def _count_use(
-    notebook: Row, sign: int, *, placed_at: float | None
+    project: str, gpus: int, cpus: int, notebooks: int, placed_at: float | None
 ) -> tuple[str, tuple[object, ...]]:
-    """The write that keeps the project's use (:func:`scheduler.quota.use`) as ``notebook``
-    enters (``+1``) or leaves (``-1``) the states that count against quota; a CPU notebook's
-    CPUs count, a GPU notebook's come with its GPUs. ``placed_at``: it was placed then (the
+    """The write that keeps ``project``'s use (:func:`scheduler.quota.use`) as notebooks enter
+    (positive counts) or leave the states that count against quota; a CPU notebook's CPUs
+    count, a GPU notebook's come with its GPUs. ``placed_at``: one was placed then (the
     project's turn)."""
-    gpu = notebook["gpu"]
-    cpus = notebook["cpu"] if gpu == 0 else 0
     turn = ", last_placed_at = ?" if placed_at is not None else ""
     return (
         "UPDATE projects SET gpus_used = gpus_used + ?, cpus_used = cpus_used + ?, "
         f"notebooks_active = notebooks_active + ?{turn} WHERE name = ?",
-        (sign * gpu, sign * cpus, sign, *([placed_at] if turn else []), notebook["project"]),
+        (gpus, cpus, notebooks, *([placed_at] if turn else []), project),
     )
 
 

@@ -15,15 +15,17 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from common import wire
 from common.config import SchedulerConfig
-from common.errors import conflict
+from common.errors import ApiError, conflict
 from common.states import STARTABLE, STOPPABLE, NotebookState
 from scheduler import placement
 from scheduler.admission import Admission
+from scheduler.batches import Batcher
 from scheduler.board import AssignmentBoard
-from scheduler.datastores import check_volumes, save_volumes
+from scheduler.datastores import check_mount_paths, check_volumes, encode_volumes
 from scheduler.db import Database, Row, Tx
 from scheduler.lifecycle import change_state
 from scheduler.notebook_requests import (
@@ -33,13 +35,38 @@ from scheduler.notebook_requests import (
     labels_within,
 )
 from scheduler.notebook_views import load, require_state, view
-from scheduler.queue import resources_of
 from scheduler.snapshots import retained_snapshot
 from scheduler.ssh_keys import checked_keys, encode_keys
 
 log = logging.getLogger(__name__)
 
 S = NotebookState
+
+#: Creates stored and placed in one transaction, at most (:class:`scheduler.batches.Batcher`).
+CREATE_BATCH = 32
+
+_INSERT = (
+    "INSERT INTO notebooks (id, project, name, framework, editor, image, command, editor_port, "
+    'url_path, "user", gpu, cpu, memory_mb, labels, envvars, state, state_reason, state_at, '
+    "desired, generation, initialized, access_token, created_at, flavor, gpu_model, disk_gb, "
+    "restart_on_timeout, unsecure_http, ssh_public_keys, fork_notebook, fork_snapshot, volumes) "
+    "VALUES "
+)
+_INSERT_ROW = (
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'STOPPED', 'created', ?, 'stopped', 0, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class _NewNotebook:
+    """A checked create waiting for its batch: its project, its row's values (``_INSERT``'s
+    placeholders, its id first), its volumes and what its first state's reason adds."""
+
+    project: str
+    values: tuple[object, ...]
+    volumes: list[wire.Volume]
+    suffix: str
 
 
 class NotebookService:
@@ -56,6 +83,10 @@ class NotebookService:
         self.board = board
         self.clock = clock
         self.admission = admission
+        self._creates = Batcher(self._create_batch, most=CREATE_BATCH, what="creates")
+
+    async def close(self) -> None:
+        await self._creates.close()
 
     async def create(
         self,
@@ -66,68 +97,96 @@ class NotebookService:
         selector: dict[str, str] | None = None,
     ) -> wire.Notebook:
         """Place and store a new notebook. With ``fork``, its workspace starts from that
-        snapshot of another notebook (checked by the caller, in :meth:`fork`)."""
+        snapshot of another notebook (checked by the caller, in :meth:`fork`).
+
+        The request is checked here; it is stored and placed with the creates that arrive
+        with it (:meth:`_create_batch`), each as if alone."""
         framework, editor = catalog_entries(request, self.config)
         resources = placement.resources_for(request.gpu, request.cpu, self.config, request.flavor)
         labels = labels_within(request.labels, selector)
         ssh_keys = checked_keys(request.ssh_public_keys, "$.ssh_public_keys")
+        check_mount_paths(request.volumes)
         name = request.name or default_name(request.framework, request.editor)
         notebook_id = str(uuid.uuid4())
         now = self.clock()
+        # Stored as a STOPPED notebook of generation 0 that never ran (no history, no host),
+        # then started like any stopped notebook: its history begins with STARTING when it is
+        # placed at once, else with QUEUED.
+        values = (
+            notebook_id,
+            project,
+            name,
+            request.framework,
+            request.editor,
+            framework.image,
+            json.dumps(editor.command),
+            editor.port,
+            editor.url_path,
+            framework.user,
+            resources.gpu,
+            resources.cpu,
+            resources.memory_mb,
+            json.dumps(labels),
+            json.dumps(request.envvars),
+            now,
+            # The snapshot carries the source's .workspace.initialized: a fork is a restart of
+            # that workspace, so the marker rules apply from its first start.
+            int(fork is not None),
+            secrets.token_hex(24),
+            now,
+            resources.flavor,
+            resources.gpu_model,
+            resources.disk_gb,
+            int(request.restart_on_timeout),
+            int(request.unsecure_http),
+            encode_keys(ssh_keys),
+            fork.notebook if fork is not None else None,
+            fork.snapshot if fork is not None else None,
+            encode_volumes(request.volumes),
+        )
         suffix = (
             f"; workspace from backup {fork.snapshot} of {fork.notebook}"
             if fork is not None
             else ""
         )
+        return await self._creates.submit(_NewNotebook(project, values, request.volumes, suffix))
+
+    async def _create_batch(self, batch: list[_NewNotebook]) -> list[wire.Notebook | Exception]:
+        """Store and place the notebooks of ``batch`` in one transaction: their volumes'
+        datastores checked, one insert, :meth:`Admission.start_many`; the ones it refuses are
+        taken out again before the commit, so a refused request stores nothing."""
+        outcomes: list[wire.Notebook | Exception | None] = [None] * len(batch)
         async with self.db.transaction() as tx:
-            await check_volumes(tx, project, request.volumes)
-            await self.admission.check_request(tx, project, resources)
-            # Stored as a STOPPED notebook of generation 0 that never ran (no history, no
-            # host), then started like any stopped notebook: its history begins with STARTING
-            # when it is placed at once, else with QUEUED.
-            [row] = await tx.all(
-                "INSERT INTO notebooks (id, project, name, framework, editor, image, command, "
-                'editor_port, url_path, "user", gpu, cpu, memory_mb, labels, envvars, state, '
-                "state_reason, state_at, desired, generation, initialized, access_token, "
-                "created_at, flavor, gpu_model, disk_gb, restart_on_timeout, unsecure_http, "
-                "ssh_public_keys, fork_notebook, fork_snapshot) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'STOPPED', 'created', ?, "
-                "'stopped', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                (
-                    notebook_id,
-                    project,
-                    name,
-                    request.framework,
-                    request.editor,
-                    framework.image,
-                    json.dumps(editor.command),
-                    editor.port,
-                    editor.url_path,
-                    framework.user,
-                    resources.gpu,
-                    resources.cpu,
-                    resources.memory_mb,
-                    json.dumps(labels),
-                    json.dumps(request.envvars),
-                    now,
-                    # The snapshot carries the source's .workspace.initialized: a fork is a
-                    # restart of that workspace, so the marker rules apply from its first start.
-                    int(fork is not None),
-                    secrets.token_hex(24),
-                    now,
-                    resources.flavor,
-                    resources.gpu_model,
-                    resources.disk_gb,
-                    int(request.restart_on_timeout),
-                    int(request.unsecure_http),
-                    encode_keys(ssh_keys),
-                    fork.notebook if fork is not None else None,
-                    fork.snapshot if fork is not None else None,
-                ),
-            )
-            await save_volumes(tx, notebook_id, request.volumes)
-            started = await self.admission.start(tx, row, now=now, reason_suffix=suffix)
-            return await view(tx, started.row, fresh=True, gpus=started.gpus)
+            valid: list[int] = []
+            for i, new in enumerate(batch):
+                try:
+                    await check_volumes(tx, new.project, new.volumes)
+                except ApiError as refusal:
+                    outcomes[i] = refusal
+                else:
+                    valid.append(i)
+            if valid:
+                rows = await tx.all(
+                    _INSERT + ", ".join([_INSERT_ROW] * len(valid)) + " RETURNING *",
+                    [value for i in valid for value in batch[i].values],
+                )
+                by_id = {row["id"]: row for row in rows}
+                started = await self.admission.start_many(
+                    tx,
+                    [(by_id[batch[i].values[0]], batch[i].suffix) for i in valid],
+                    now=self.clock(),
+                )
+                refused: list[object] = []
+                for i, outcome in zip(valid, started, strict=True):
+                    if isinstance(outcome, ApiError):
+                        outcomes[i] = outcome
+                        refused.append(batch[i].values[0])
+                    else:
+                        outcomes[i] = await view(tx, outcome.row, fresh=True, gpus=outcome.gpus)
+                if refused:
+                    marks = ", ".join("?" for _ in refused)
+                    await tx.run(f"DELETE FROM notebooks WHERE id IN ({marks})", refused)
+        return [outcome for outcome in outcomes if outcome is not None]
 
     async def fork(
         self,
@@ -155,7 +214,6 @@ class NotebookService:
         async with self.db.transaction() as tx:
             row = await load(tx, project, notebook_id, selector)
             require_state(row, STARTABLE, "only a STOPPED, FAILED or ERROR notebook can be started")
-            await self.admission.check_request(tx, project, resources_of(row))
             row = await self._refresh_editor(tx, row)
             started = await self.admission.start(tx, row, now=now)
             return await view(tx, started.row, gpus=started.gpus)

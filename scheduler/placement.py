@@ -21,9 +21,11 @@ Rules (docs/design.md, Placement):
 
 Free GPUs and used CPUs are kept per host in ``hosts.gpus_free`` / ``hosts.cpus_used``, which
 :func:`refresh_hosts` recomputes from ``gpus`` and ``notebooks`` for every host a transaction
-touches; the database half therefore reads one row per candidate host, not one per GPU, through
-the index ``hosts_placeable (state, intent, gpus_free, id)``, then that host's free GPUs through
-``gpus_free (host_id, idx)``, partial on free GPUs (migration 0015).
+touches, and which a reservation (``reserve_for``) adjusts at once, so the next placement of
+the same transaction sees it before the recount; the database half therefore reads one row
+per candidate host, not one per GPU, through the index ``hosts_placeable (state, intent,
+gpus_free, id)``, then that host's free GPUs through ``gpus_free (host_id, idx)``, partial on
+free GPUs (migration 0015).
 """
 
 from __future__ import annotations
@@ -230,6 +232,14 @@ async def find_host(
         also=also,
     ):
         if resources.gpu == 0:
+            if reserve_for is not None:
+                # The host's used CPUs count the notebook from now on (its host_id, which
+                # refresh_hosts counts, is written later), so a later placement of this
+                # transaction sees them taken.
+                host = (
+                    f"UPDATE hosts SET cpus_used = cpus_used + ? WHERE id = ({host}) RETURNING id"
+                )
+                params = [resources.cpu, *params]
             row = await tx.one(host, params)
             if row is not None:
                 return Placement(host=row["id"], gpus=())
@@ -274,11 +284,25 @@ async def _take_gpus(
             (*params, count),
         )
     else:
-        rows = await tx.all(
+        # The host's free GPUs count the reservation at once, so a later placement of this
+        # transaction (a batch, Admission.start_many) sees them taken: on PostgreSQL in the
+        # same statement, on SQLite (no writes in WITH) in the next.
+        take = (
             f"UPDATE gpus SET notebook_id = ? WHERE notebook_id IS NULL AND uuid IN ({free}) "
-            "RETURNING host_id, uuid, idx, model",
-            (reserve_for, *params, count),
+            "RETURNING host_id, uuid, idx, model"
         )
+        if tx.dialect == "postgresql":
+            take = (
+                f"WITH taken AS ({take}), counted AS (UPDATE hosts SET gpus_free = gpus_free - "
+                "(SELECT COUNT(*) FROM taken) WHERE id IN (SELECT host_id FROM taken)) "
+                "SELECT * FROM taken"
+            )
+        rows = await tx.all(take, (reserve_for, *params, count))
+        if rows and tx.dialect != "postgresql":
+            await tx.run(
+                "UPDATE hosts SET gpus_free = gpus_free - ? WHERE id = ?",
+                (len(rows), rows[0]["host_id"]),
+            )
     return sorted(rows, key=lambda r: r["idx"])
 
 
@@ -342,13 +366,16 @@ async def refresh_hosts(tx: Tx, host_ids: set[str | None], *, bump: bool = False
 
 def refresh_statement(
     host_ids: set[str | None], *, bump: bool = False
-) -> tuple[str, list[str]] | None:
+) -> tuple[str, list[str | None]] | None:
     """The statement of :func:`refresh_hosts` and its parameters (``None``: no host), for a
     caller that sends it with others (:meth:`scheduler.db.Tx.all_with`). It reads the hosts'
     GPUs and their CPU notebooks' host and CPUs."""
-    ids = sorted(h for h in host_ids if h)
+    ids: list[str | None] = sorted(h for h in host_ids if h)
     if not ids:
         return None
+    # Padded with NULLs (which match no id) to a power of two: a few statement texts, each
+    # prepared once, whatever the number of hosts a batch of placements touches.
+    ids += [None] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
     marks = ", ".join("?" for _ in ids)
     version = ", assignments_version = assignments_version + 1" if bump else ""
     return (
