@@ -28,15 +28,16 @@ Every placement runs in the caller's transaction through :class:`Admission`:
 Placing is the same for all: heartbeats held in memory are written first, so placement sees
 every host as fresh as its last heartbeat (:class:`Heartbeats`); a host is chosen by
 :func:`scheduler.placement.find_host`, its GPUs reserved, and STARTING recorded with the host
-by :func:`scheduler.lifecycle.change_state`, which also uses the project's turn
+by :func:`scheduler.lifecycle.change_states`, which also uses the project's turn
 (``projects.last_placed_at``, the queue's fairness).
 
 A placement is on the hot path of every create (scripts/bench-scheduler): on PostgreSQL each
 statement is a round trip inside the writers' serialized section, so statements are combined
-where one can answer: quota limits and use are one read; the choice of a host, the
-nobody-waits-for-this-kind check and the GPU reservation are one update
-(``find_host(..., reserve_for=...)``), which says what it reserved (:class:`Started`); the
-notebook's new row comes back from its update.
+where one can answer: quota limits and use are one read per project for a whole batch; the
+choice of a host, the nobody-waits-for-this-kind check and the GPU reservation are one update
+(``find_host(..., reserve_for=...)``), which says what it reserved (:class:`Started`); every
+change of state of a batch is one write (:func:`scheduler.lifecycle.change_states`), and the
+notebooks' new rows come back from it.
 """
 
 from __future__ import annotations

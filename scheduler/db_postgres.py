@@ -2,8 +2,8 @@
 writers serialized across every process on the database.
 
 **Why asyncpg, with the SQL as it is** (not SQLAlchemy's async core on top of it): the
-statements are hand-written, keyed and hot (a placement is five round trips: savepoint,
-quota, insert, reservation, and the rest together through ``Tx.all_with``), and
+statements are hand-written, keyed and hot (a batch of placements is an insert, a quota
+read, a reservation each, and every change of state together through ``Tx.all_with``), and
 scripts/bench-scheduler measures what each one costs. asyncpg prepares each distinct statement
 once per connection and keeps it (binary protocol, no round trip to parse it again), and puts
 nothing between a call and the wire; an expression layer would build, compile and cache-look-up

@@ -1,12 +1,13 @@
 """The one function that changes a notebook's state, and what goes with each change.
 
-:func:`change_state` is the only code that assigns ``notebooks.state``, and :func:`restate` the
-only other code that writes ``state_reason``: a grep for ``lifecycle`` finds every place a
-notebook's state or reason changes. Creation too goes through :func:`change_state`: a new
-notebook is inserted as a STOPPED notebook of generation 0 that never ran (no history, no host)
-and started in the same transaction (:mod:`scheduler.admission`), so its history begins with
-the QUEUED or STARTING that :func:`change_state` records. :func:`change_state` runs inside the
-caller's write transaction and:
+:func:`change_states` is the only code that assigns ``notebooks.state`` (:func:`change_state`
+is its call for one notebook), and :func:`restate` the only other code that writes
+``state_reason``: a grep for ``lifecycle`` finds every place a notebook's state or reason
+changes. Creation too goes through it: a new notebook is inserted as a STOPPED notebook of
+generation 0 that never ran (no history, no host) and started in the same transaction
+(:mod:`scheduler.admission`), so its history begins with the QUEUED or STARTING recorded here.
+Several notebooks' changes (a batch of creates) are written together, in the statements one
+takes. It runs inside the caller's write transaction and, for each notebook:
 
 * validates the transition with :func:`common.states.check` (an idempotent repeat records
   nothing and returns ``False``; a forbidden one raises ``InvalidTransition``);
