@@ -29,7 +29,7 @@ from scheduler.agent_secrets import agent_secrets_for
 from scheduler.agents import AgentService
 from scheduler.api import add_routes
 from scheduler.api.context import CONTEXT, Context
-from scheduler.api.middleware import MAX_BODY_BYTES, errors
+from scheduler.api.replies import MAX_BODY_BYTES
 from scheduler.board import CHANNEL as BOARD_CHANNEL
 from scheduler.board import AssignmentBoard
 from scheduler.db import database_for
@@ -110,7 +110,6 @@ def create_app(
     )
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[errors],
         # Malformed requests: one rate-limited warning, not an ERROR traceback each.
         handler_args=handler_args("scheduler"),
     )

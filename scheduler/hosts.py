@@ -162,8 +162,11 @@ class HostService(WriteBehind):
         )
         await run_values(
             tx,
+            # An idle GPU's figures stay the same: its row is not written again.
             "UPDATE gpus SET memory_used_mb = v.column1, utilization_pct = v.column2 "
-            "FROM (VALUES {values}) AS v WHERE gpus.uuid = v.column3 AND gpus.host_id = v.column4",
+            "FROM (VALUES {values}) AS v WHERE gpus.uuid = v.column3 AND gpus.host_id = v.column4 "
+            "AND (gpus.memory_used_mb IS DISTINCT FROM v.column1 "
+            "OR gpus.utilization_pct IS DISTINCT FROM v.column2)",
             "(CAST(? AS BIGINT), CAST(? AS BIGINT), ?, ?)",
             (
                 (g.memory_used_mb, g.utilization_pct, g.uuid, host)

@@ -5,10 +5,36 @@ from __future__ import annotations
 from aiohttp import web
 
 from scheduler.api import admin, agents, datastores, editor, tokens, usage, user
+from scheduler.api.replies import Handler, guarded, unmatched
+
+
+class _Guarded:
+    """``app.router``'s ``add_*`` with every handler :func:`guarded`."""
+
+    def __init__(self, router: web.UrlDispatcher) -> None:
+        self._router = router
+
+    def add_get(self, path: str, handler: Handler) -> None:
+        self._router.add_get(path, guarded(handler))
+
+    def add_post(self, path: str, handler: Handler) -> None:
+        self._router.add_post(path, guarded(handler))
+
+    def add_put(self, path: str, handler: Handler) -> None:
+        self._router.add_put(path, guarded(handler))
+
+    def add_patch(self, path: str, handler: Handler) -> None:
+        self._router.add_patch(path, guarded(handler))
+
+    def add_delete(self, path: str, handler: Handler) -> None:
+        self._router.add_delete(path, guarded(handler))
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        self._router.add_route(method, path, guarded(handler))
 
 
 def add_routes(app: web.Application) -> None:
-    r = app.router
+    r = _Guarded(app.router)
     r.add_get("/health", user.health)
     r.add_get("/v1/catalog", user.catalog)
     r.add_get("/v1/quota", user.own_quota)
@@ -58,3 +84,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/agents/snapshots", agents.snapshots)
     r.add_post("/v1/agents/progress", agents.progress)
     r.add_post("/v1/agents/authorize", agents.authorize)
+
+    # Last: what no route above took (404, or 405 for a known path).
+    r.add_route("*", "/{tail:.*}", unmatched)

@@ -8,7 +8,7 @@ from common import wire
 from common.http_server import read_json
 from scheduler.api.auth import require_admin
 from scheduler.api.context import ctx
-from scheduler.api.middleware import json_reply
+from scheduler.api.replies import json_reply
 from scheduler.api.usage import usage_report
 
 

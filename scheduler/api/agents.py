@@ -10,8 +10,8 @@ from scheduler import access
 from scheduler.agents import DEFAULT_WAIT_S, MAX_WAIT_S
 from scheduler.api.auth import is_admin_token, signed_agent
 from scheduler.api.context import ctx
-from scheduler.api.middleware import json_reply
 from scheduler.api.query import float_param, int_param
+from scheduler.api.replies import json_reply
 
 
 async def register(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from common.states import NotebookState
 from scheduler.access import locate
 from scheduler.api.auth import require_router
 from scheduler.api.context import ctx
-from scheduler.api.middleware import json_reply
+from scheduler.api.replies import json_reply
 
 S = NotebookState
 

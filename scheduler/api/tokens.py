@@ -9,7 +9,7 @@ from common import wire
 from common.http_server import read_json
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
-from scheduler.api.middleware import json_reply
+from scheduler.api.replies import json_reply
 
 
 async def create_token(request: web.Request) -> web.Response:

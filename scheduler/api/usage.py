@@ -15,7 +15,7 @@ from common.errors import ApiError, invalid
 from scheduler import billing
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
-from scheduler.api.middleware import json_reply
+from scheduler.api.replies import json_reply
 
 
 def parse_time(raw: str, name: str) -> float:

@@ -14,8 +14,8 @@ from common.http_server import read_json
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
 from scheduler.api.editor import with_url
-from scheduler.api.middleware import json_reply
 from scheduler.api.query import int_param
+from scheduler.api.replies import json_reply
 from scheduler.notebook_requests import parse_label_selector, parse_states
 
 log = logging.getLogger(__name__)

@@ -35,6 +35,9 @@ from bench.scheduler_http import Client, Connection, client_for, signed_call
 
 C = TypeVar("C", bound=Client)
 
+#: Heartbeat bodies per host in the heartbeat phase, sent in turn.
+BODIES = 4
+
 # ---------------------------------------------------------------- job plumbing
 
 
@@ -250,12 +253,18 @@ async def heartbeat_storm(
     """Every host sends heartbeats back to back on its own connection (to its own replica)
     for ``duration_s``; replies that arrive after the window are not counted."""
     connections = await _open_per_host(hosts)
-    bodies = [heartbeat_body(h.id, gpus=gpus) for h in hosts]
+    # Every GPU's memory and utilization change from one beat to the next, as a busy GPU's do
+    # (a few bodies per host, built before the clock starts, taken in turn): the scheduler
+    # writes what changed, and an idle fleet's unchanged figures would cost it less.
+    bodies = [[heartbeat_body(h.id, gpus=gpus, seed=s) for s in range(BODIES)] for h in hosts]
     statuses: Counter[int] = Counter()
     end = start_at + duration_s
 
-    async def agent(connection: Connection, host: SimHost, body: bytes) -> None:
+    async def agent(connection: Connection, host: SimHost, own: list[bytes]) -> None:
+        beat = 0
         while time.time() < end:
+            body = own[beat % BODIES]
+            beat += 1
             status, _ = await signed_call(connection, host.secret, host.id, "POST", HEARTBEAT, body)
             if time.time() <= end:
                 statuses[status] += 1

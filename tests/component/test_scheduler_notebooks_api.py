@@ -206,8 +206,17 @@ async def test_unknown_notebook_is_404(harness: Harness, project: Tokens) -> Non
 async def test_unknown_route_and_method_are_json(harness: Harness, project: Tokens) -> None:
     reply = await harness.call("GET", "/v1/nothing-here", token=project.read)
     assert (reply.status, reply.code) == (404, "not_found")
+    assert reply.json["message"] == "no such endpoint: GET /v1/nothing-here"
+    for path in ("/", "/v1", "/v1/notebooks/x/nothing/deeper"):
+        reply = await harness.call("GET", path, token=project.read)
+        assert (reply.status, reply.code) == (404, "not_found"), path
     reply = await harness.call("PUT", "/v1/notebooks", token=project.read)
     assert (reply.status, reply.code) == (405, "method_not_allowed")
+    assert reply.json["message"] == "method PUT is not allowed on /v1/notebooks"
+    # A path with a parameter, and one only agents use.
+    for method, path in (("PATCH", "/v1/notebooks/abc"), ("GET", "/v1/agents/heartbeat")):
+        reply = await harness.call(method, path, token=project.read)
+        assert (reply.status, reply.code) == (405, "method_not_allowed"), (method, path)
 
 
 async def test_stop_of_stopped_and_start_of_running_are_409(
