@@ -15,7 +15,8 @@ registers that many simulated hosts (``--gpus-per-host`` fake H100s each) with s
                requests in flight): notebooks placed per second, from the first submit to the
                last placement. A notebook answered QUEUED is polled until it is STARTING.
   heartbeats   every host sends signed heartbeats back to back on its own connection for
-               ``--duration`` seconds: 200 replies per second.
+               ``--duration`` seconds: 200 replies per second. Every GPU's memory and
+               utilization change at every beat, as a busy GPU's do.
   get          ``--clients`` closed-loop clients GET random placed notebooks for ``--duration``:
                p50 and p99 latency in ms.
   post         the same clients POST CPU notebooks (``gpu=0, cpu=1``; hosts have
