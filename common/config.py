@@ -123,6 +123,10 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     #: when absent; default: router.token beside admin_token_file). It reaches
     #: ``/v1/router/*`` only. Every replica needs the same file; give routers a copy.
     router_token_file: str = ""
+    #: The token a Prometheus server scrapes ``GET /metrics`` with (created on first start when
+    #: absent; default: metrics.token beside admin_token_file). It reaches ``/metrics`` only;
+    #: the admin token does too.
+    metrics_token_file: str = ""
     #: The SSH host key every agent presents (ed25519, created on first start when absent;
     #: default: ssh_host_ed25519_key beside admin_token_file). Agents get it when they register.
     ssh_host_key_file: str = ""

@@ -42,7 +42,12 @@ from scheduler.notebooks import NotebookService
 from scheduler.projects import ProjectService
 from scheduler.replay import ReplayGuard
 from scheduler.replicas import Replica
-from scheduler.secrets import ensure_admin_token, ensure_router_token, ensure_ssh_host_key
+from scheduler.secrets import (
+    ensure_admin_token,
+    ensure_metrics_token,
+    ensure_router_token,
+    ensure_ssh_host_key,
+)
 from scheduler.snapshots import ProgressBoard, SnapshotService
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ def create_app(
     # them through its constructor.
     admin_digest = token_digest(ensure_admin_token(config.admin_token_file))
     router_digest = token_digest(ensure_router_token(config))
+    metrics_digest = token_digest(ensure_metrics_token(config))
     ssh_host_key = ensure_ssh_host_key(
         config.ssh_host_key_file
         or os.path.join(os.path.dirname(config.admin_token_file), "ssh_host_ed25519_key")
@@ -105,6 +111,7 @@ def create_app(
         activity=activity,
         admin_digest=admin_digest,
         router_digest=router_digest,
+        metrics_digest=metrics_digest,
         replay=ReplayGuard(db),
         replica=replica,
     )

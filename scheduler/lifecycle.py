@@ -50,7 +50,7 @@ from common import wire
 from common.billing import billed_minutes
 from common.errors import conflict
 from common.states import ACTIVE, NotebookState, check
-from scheduler import billing
+from scheduler import billing, metrics
 from scheduler.board import AssignmentBoard
 from scheduler.db import VALUES_CHUNK, Row, Tx, padded_values
 from scheduler.placement import refresh_statement, release
@@ -172,6 +172,8 @@ async def _change_chunk(
     hosts: set[str | None] = set()
     cpu_hosts = False
     recorded: list[bool] = []
+    # (from, to, seconds in the state left) of each move, for the metrics once committed.
+    timings: list[tuple[NotebookState, NotebookState, float]] = []
     for move in moves:
         notebook, target, changes = move.notebook, move.target, move.changes
         unknown = set(changes) - _EXTRA_COLUMNS
@@ -210,6 +212,10 @@ async def _change_chunk(
             if desired == "running" or (desired == RESTARTED and target not in RESTARTS_FROM):
                 columns["desired"] = "stopped"
 
+        if current == S.QUEUED:
+            timings.append((current, target, now - (notebook["queued_at"] or now)))
+        else:
+            timings.append((current, target, now - notebook["state_at"]))
         generation = changes.get("generation", notebook["generation"])
         history.append((notebook["id"], target.value, move.reason, now, int(generation)))
         if (current in ACTIVE) != (target in ACTIVE):
@@ -269,6 +275,7 @@ async def _change_chunk(
     if refresh is not None and not together:
         await tx.run(*refresh)
     board.wake_on_commit(tx, (h for h in hosts if h))
+    tx.after_commit(lambda: metrics.count_moves(timings))
     by_id = {r["id"]: r for r in rows}
     return [
         by_id[m.notebook["id"]] if done else None for m, done in zip(moves, recorded, strict=True)

@@ -12,7 +12,7 @@ from common.config import ConfigError, SchedulerConfig, load, split_hostport
 from common.http_server import serve
 from scheduler.agent_secrets import SecretsKeyMismatch, add_host
 from scheduler.db import MigrationsPending, database_for
-from scheduler.secrets import ensure_admin_token, ensure_router_token
+from scheduler.secrets import ensure_admin_token, ensure_metrics_token, ensure_router_token
 
 ENV_PREFIX = "NBFLEET_SCHEDULER_"
 
@@ -35,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     router = sub.add_parser(
         "router-token", help="print the token routers use (nbfleet-router), creating it if absent"
     )
-    for command in (run, migrate, adding, admin, router):
+    scrape = sub.add_parser(
+        "metrics-token",
+        help="print the token Prometheus scrapes /metrics with, creating it if absent",
+    )
+    for command in (run, migrate, adding, admin, router, scrape):
         command.add_argument("--config", required=True, help="scheduler TOML file")
     copy_db = sub.add_parser(
         "copy-db",
@@ -72,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         return _add_host(config, args.host, args.config)
     if args.command == "migrate":
         return _migrate(config)
-    if args.command in ("admin-token", "router-token"):
+    if args.command in ("admin-token", "router-token", "metrics-token"):
         try:
             if args.command == "admin-token":
                 print(ensure_admin_token(config.admin_token_file))
-            else:
+            elif args.command == "router-token":
                 print(ensure_router_token(config))
+            else:
+                print(ensure_metrics_token(config))
         except (ValueError, OSError) as exc:
             print(f"nbfleet-scheduler: {exc}", file=sys.stderr)
             return 2

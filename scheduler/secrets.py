@@ -65,6 +65,21 @@ def ensure_router_token(config: SchedulerConfig) -> str:
     return read_secret(path).decode()
 
 
+def metrics_token_path(config: SchedulerConfig) -> Path:
+    """``metrics_token_file``, by default ``metrics.token`` beside ``admin_token_file``."""
+    if config.metrics_token_file:
+        return Path(config.metrics_token_file)
+    return Path(config.admin_token_file).parent / "metrics.token"
+
+
+def ensure_metrics_token(config: SchedulerConfig) -> str:
+    """The token Prometheus scrapes ``/metrics`` with, created (0600) if absent."""
+    path = metrics_token_path(config)
+    if _create_exclusive(path, new_token("nbm_")):
+        log.info("metrics token created in %s: give your Prometheus server a copy", path)
+    return read_secret(path).decode()
+
+
 def ensure_ssh_host_key(path: str | Path) -> str:
     """The fleet's SSH host key in ``path`` (OpenSSH format), created (ed25519, 0600) if
     absent."""

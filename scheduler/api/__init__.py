@@ -15,22 +15,22 @@ class _Guarded:
         self._router = router
 
     def add_get(self, path: str, handler: Handler) -> None:
-        self._router.add_get(path, guarded(handler))
+        self._router.add_get(path, guarded(handler, path))
 
     def add_post(self, path: str, handler: Handler) -> None:
-        self._router.add_post(path, guarded(handler))
+        self._router.add_post(path, guarded(handler, path))
 
     def add_put(self, path: str, handler: Handler) -> None:
-        self._router.add_put(path, guarded(handler))
+        self._router.add_put(path, guarded(handler, path))
 
     def add_patch(self, path: str, handler: Handler) -> None:
-        self._router.add_patch(path, guarded(handler))
+        self._router.add_patch(path, guarded(handler, path))
 
     def add_delete(self, path: str, handler: Handler) -> None:
-        self._router.add_delete(path, guarded(handler))
+        self._router.add_delete(path, guarded(handler, path))
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
-        self._router.add_route(method, path, guarded(handler))
+        self._router.add_route(method, path, guarded(handler, path))
 
 
 def add_routes(app: web.Application) -> None:
@@ -75,6 +75,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/admin/hosts/{id}/drain", admin.drain_host)
     r.add_post("/v1/admin/hosts/{id}/uncordon", admin.uncordon_host)
     r.add_get("/v1/admin/usage", admin.usage)
+    r.add_get("/metrics", admin.metrics)
 
     r.add_post("/v1/agents/register", agents.register)
     r.add_post("/v1/agents/heartbeat", agents.heartbeat)
@@ -86,4 +87,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/agents/authorize", agents.authorize)
 
     # Last: what no route above took (404, or 405 for a known path).
-    r.add_route("*", "/{tail:.*}", unmatched)
+    app.router.add_route("*", "/{tail:.*}", guarded(unmatched, "unmatched"))

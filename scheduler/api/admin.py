@@ -1,4 +1,4 @@
-"""Operator API handlers (admin token only)."""
+"""Operator API handlers (admin token only; ``/metrics`` also takes the scrape token)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from aiohttp import web
 
 from common import wire
 from common.http_server import read_json
-from scheduler.api.auth import require_admin
+from scheduler.api.auth import require_admin, require_scraper
 from scheduler.api.context import ctx
 from scheduler.api.replies import json_reply
 from scheduler.api.usage import usage_report
+from scheduler.metrics import render
 
 
 async def create_project(request: web.Request) -> web.Response:
@@ -81,3 +82,13 @@ async def usage(request: web.Request) -> web.Response:
             default_group="project",
         )
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the scheduler's series (:mod:`scheduler.metrics`)."""
+    require_scraper(request)
+    context = ctx(request)
+    body, content_type = await render(context.db, now=context.clock())
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response

@@ -59,6 +59,18 @@ def require_router(request: web.Request) -> None:
         raise ApiError("unauthenticated", "this endpoint needs the router token")
 
 
+def require_scraper(request: web.Request) -> None:
+    """``/metrics``: the scrape token (``metrics_token_file``) or the admin token."""
+    token = _bearer(request)
+    digest = token_digest(token)
+    if not (
+        hmac.compare_digest(digest, ctx(request).metrics_digest) or is_admin_token(request, token)
+    ):
+        raise ApiError(
+            "unauthenticated", "this endpoint needs the metrics token or the admin token"
+        )
+
+
 async def signed_agent(request: web.Request) -> tuple[str, bytes]:
     """``(host_id, body)`` of a correctly signed, fresh, first-seen agent request."""
     body = await request.read()

@@ -49,6 +49,8 @@ class Context:
     admin_digest: str
     #: sha256 of the routers' token (``router_token_file``).
     router_digest: str
+    #: sha256 of the scrape token (``metrics_token_file``).
+    metrics_digest: str
     #: Signed requests' nonces, claimed for every replica.
     replay: ReplayGuard
     #: This process among the replicas on the database.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from common import wire
 from common.errors import STATUS, ApiError, code_for_status
+from scheduler.metrics import observe_request
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,11 @@ def error_reply(status: int, code: str, message: str, detail: dict[str, Any]) ->
     return json_reply(wire.ErrorBody(code=code, message=message, detail=detail), status)
 
 
-def guarded(handler: Handler) -> Handler:
-    """``handler`` answering every failure as ``{"code", "message", "detail"}``: an
-    :class:`ApiError` with its status, aiohttp's HTTP errors (413 body too large) with theirs,
-    anything else as a logged 500.
+def guarded(handler: Handler, route: str) -> Handler:
+    """``handler`` (of ``route``, a path template) answering every failure as ``{"code",
+    "message", "detail"}``: an :class:`ApiError` with its status, aiohttp's HTTP errors (413
+    body too large) with theirs, anything else as a logged 500; and timing every request
+    (``nbfleet_request_duration_seconds``, :mod:`scheduler.metrics`).
 
     Each route's handler is wrapped (:func:`scheduler.api.add_routes`) rather than the app
     given a middleware: with any middleware, aiohttp runs every request through two more
@@ -44,19 +47,23 @@ def guarded(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def guard(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
-            return await handler(request)
+            response = await handler(request)
         except ApiError as exc:
-            return error_reply(exc.status, exc.code, exc.message, exc.detail)
+            response = error_reply(exc.status, exc.code, exc.message, exc.detail)
         except web.HTTPException as exc:
             if exc.status < 400:
+                observe_request(route, request.method, exc.status, time.perf_counter() - started)
                 raise
-            return _http_error(request, exc.status, exc.reason)
+            response = _http_error(request, exc.status, exc.reason)
         except Exception:
             log.exception("request %s %s failed unexpectedly", request.method, request.path_qs)
-            return error_reply(
+            response = error_reply(
                 500, "internal", "internal error; the scheduler logged the details", {}
             )
+        observe_request(route, request.method, response.status, time.perf_counter() - started)
+        return response
 
     return guard
 
