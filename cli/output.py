@@ -180,10 +180,21 @@ def ssh_access(nb: wire.Notebook) -> str:
 NOTEBOOK_HEADERS = ["ID", "NAME", "STATE", "FRAMEWORK/EDITOR", "RESOURCES", "HOST", "SINCE"]
 
 
+def notebook_gpu(g: wire.GpuRef) -> str:
+    """``GPU-... (H100): 87% busy, 31.2/80.0 GiB used``, as its host's last heartbeat said."""
+    text = f"{g.uuid} ({g.model})"
+    figures = []
+    if g.utilization_pct is not None:
+        figures.append(f"{g.utilization_pct}% busy")
+    if g.memory_used_mb is not None and g.memory_total_mb:
+        figures.append(f"{g.memory_used_mb / 1024:.1f}/{g.memory_total_mb / 1024:.1f} GiB used")
+    return f"{text}: {', '.join(figures)}" if figures else text
+
+
 def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     labels = ", ".join(f"{k}={v}" for k, v in sorted(nb.labels.items())) or "-"
-    gpus = ", ".join(f"{g.uuid} ({g.model})" for g in nb.gpus) or "-"
+    gpus = "; ".join(notebook_gpu(g) for g in nb.gpus) or "-"
     if nb.queue is not None:
         state = f"{queue_text(nb)} (queued since {when(nb.queue.queued_at)})"
     else:
@@ -329,6 +340,16 @@ def host_gpus(h: wire.Host) -> str:
     return ", ".join(f"{model} {free}/{total}" for model, free, total in models)
 
 
+def host_utilization(h: wire.Host) -> str:
+    """The host's GPUs' utilization as its last heartbeat reported it: the mean, and the
+    busiest when they differ (``41% (max 97%)``); ``-`` without GPUs."""
+    if not h.gpus:
+        return "-"
+    figures = [g.utilization_pct for g in h.gpus]
+    mean = round(sum(figures) / len(figures))
+    return f"{mean}%" if max(figures) == mean else f"{mean}% (max {max(figures)}%)"
+
+
 def host_disk(h: wire.Host) -> str:
     """Free/total of the workspace disk, ``412.3 GB/1.9 TB``; ``-`` when not reported."""
     if h.disk is None:
@@ -348,6 +369,7 @@ HOST_HEADERS = [
     "STATE",
     "FLAVOR",
     "GPUS FREE",
+    "GPU UTIL",
     "CPUS FREE",
     "DISK FREE",
     "NOTEBOOKS",
@@ -363,6 +385,7 @@ def host_rows(items: Sequence[wire.Host], now: float | None = None) -> list[list
             host_state(h),
             h.flavor or "-",
             host_gpus(h),
+            host_utilization(h),
             f"{h.cpus_free}/{h.cpus}",
             host_disk(h),
             h.notebooks,

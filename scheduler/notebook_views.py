@@ -20,6 +20,7 @@ from common.notebook_urls import editor_path
 from common.states import NotebookState
 from scheduler.datastores import stored_volumes
 from scheduler.db import Database, Row, Tx
+from scheduler.placement import gpu_ref
 from scheduler.queue import queue_info, queue_infos
 from scheduler.snapshots import ProgressBoard, latest_snapshot, stored_progress
 from scheduler.ssh_keys import key_infos, ssh_address
@@ -202,9 +203,11 @@ async def _view(
     snapshots to look up; ``gpus`` known, they are not looked up either."""
     if gpus is None:
         rows = await tx.all(
-            "SELECT uuid, model, idx FROM gpus WHERE notebook_id = ? ORDER BY idx", (row["id"],)
+            "SELECT uuid, model, idx, utilization_pct, memory_used_mb, memory_total_mb "
+            "FROM gpus WHERE notebook_id = ? ORDER BY idx",
+            (row["id"],),
         )
-        gpus = [wire.GpuRef(uuid=g["uuid"], model=g["model"], index=g["idx"]) for g in rows]
+        gpus = [gpu_ref(g) for g in rows]
     billed = (
         None
         if fresh

@@ -246,7 +246,7 @@ async def find_host(
             continue
         rows = await _take_gpus(tx, host, params, resources.gpu, reserve_for)
         if len(rows) == resources.gpu:
-            reserved = (wire.GpuRef(uuid=r["uuid"], model=r["model"], index=r["idx"]) for r in rows)
+            reserved = (gpu_ref(r) for r in rows)
             return Placement(
                 host=rows[0]["host_id"],
                 gpus=tuple(r["uuid"] for r in rows),
@@ -267,6 +267,21 @@ async def find_host(
     return None
 
 
+_GPU_COLUMNS = "host_id, uuid, idx, model, utilization_pct, memory_used_mb, memory_total_mb"
+
+
+def gpu_ref(row: Row) -> wire.GpuRef:
+    """A notebook's GPU as users see it, from a ``gpus`` row."""
+    return wire.GpuRef(
+        uuid=row["uuid"],
+        model=row["model"],
+        index=row["idx"],
+        utilization_pct=row["utilization_pct"],
+        memory_used_mb=row["memory_used_mb"],
+        memory_total_mb=row["memory_total_mb"],
+    )
+
+
 async def _take_gpus(
     tx: Tx, host: str, params: Sequence[object], count: int, reserve_for: str | None
 ) -> list[Row]:
@@ -280,7 +295,7 @@ async def _take_gpus(
     )
     if reserve_for is None:
         rows = await tx.all(
-            f"SELECT host_id, uuid, idx, model FROM gpus WHERE uuid IN ({free})",
+            f"SELECT {_GPU_COLUMNS} FROM gpus WHERE uuid IN ({free})",
             (*params, count),
         )
     else:
@@ -289,7 +304,7 @@ async def _take_gpus(
         # same statement, on SQLite (no writes in WITH) in the next.
         take = (
             f"UPDATE gpus SET notebook_id = ? WHERE notebook_id IS NULL AND uuid IN ({free}) "
-            "RETURNING host_id, uuid, idx, model"
+            f"RETURNING {_GPU_COLUMNS}"
         )
         if tx.dialect == "postgresql":
             take = (

@@ -135,6 +135,10 @@ class GpuRef(Struct):
     uuid: str
     model: str
     index: int
+    #: As the host's last heartbeat reported them (its agent reads NVML); ``None`` before any.
+    utilization_pct: int | None = None
+    memory_used_mb: int | None = None
+    memory_total_mb: int | None = None
 
 
 class StateChange(Struct):

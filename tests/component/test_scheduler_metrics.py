@@ -109,3 +109,34 @@ async def test_the_series_say_what_the_fleet_and_this_process_did(
         == 1
     )
     assert _value(last, "nbfleet_queue_length") == 0
+
+
+async def test_a_notebooks_gpus_say_what_its_host_last_reported(
+    harness: Harness, project: Tokens, host: Agent
+) -> None:
+    created = (await project.run(gpu=1)).json
+    [reserved] = created["gpus"]
+    # The reply to the run carries the GPU's figures as the registration stored them.
+    assert (reserved["utilization_pct"], reserved["memory_used_mb"]) == (0, 0)
+    beat = [
+        {
+            "uuid": g["uuid"],
+            "index": g["index"],
+            "model": "A100",
+            "memory_total_mb": 81920,
+            "memory_used_mb": 30_000 if g["uuid"] == reserved["uuid"] else 0,
+            "utilization_pct": 91 if g["uuid"] == reserved["uuid"] else 0,
+        }
+        for g in ({"uuid": f"GPU-h1-{i}", "index": i} for i in range(2))
+    ]
+    assert (await host.heartbeat(gpus=beat)).status == 200
+    await harness.tick()  # heartbeats are written in batches
+    [gpu] = (await project.get(created["id"]))["gpus"]
+    assert gpu == {
+        "uuid": reserved["uuid"],
+        "model": "A100",
+        "index": reserved["index"],
+        "utilization_pct": 91,
+        "memory_used_mb": 30_000,
+        "memory_total_mb": 81920,
+    }

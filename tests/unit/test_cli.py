@@ -82,6 +82,25 @@ def test_get_shows_url_gpus_and_history(server, capsys):
         assert expected in out
 
 
+def test_get_shows_each_gpus_utilization_and_memory_as_last_reported(server, capsys):
+    gpus = [
+        {
+            "uuid": "GPU-1",
+            "model": "NVIDIA H100",
+            "index": 0,
+            "utilization_pct": 87,
+            "memory_used_mb": 31_948,
+            "memory_total_mb": 81_559,
+        },
+        # Reserved, but its host has not reported figures since.
+        {"uuid": "GPU-2", "model": "NVIDIA H100", "index": 1},
+    ]
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, {**NOTEBOOK, "gpus": gpus})
+    assert main(["notebook", "get", "6f1c"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-1 (NVIDIA H100): 87% busy, 31.2/79.6 GiB used; GPU-2 (NVIDIA H100)" in out, out
+
+
 def test_server_error_message_is_shown_with_exit_1(server, capsys):
     assert main(["notebook", "get", "nope"]) == 1
     assert "notebook nope does not exist" in capsys.readouterr().err

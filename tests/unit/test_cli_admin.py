@@ -142,19 +142,38 @@ def test_host_list(server, capsys) -> None:
         "STATE",
         "FLAVOR",
         "GPUS FREE",
+        "GPU UTIL",
         "CPUS FREE",
         "DISK FREE",
         "NOTEBOOKS",
         "SSH",
         "HEARTBEAT",
     ]
-    assert table["gpu-a"][:6] == ["ready", "h100-1-gpu", "H100 6/8", "72/96", "1.2 TB/3.8 TB", "1"]
-    assert table["gpu-a"][6] == "gpu-a.example.com:2222"
-    assert re.fullmatch(r"\d+s ago", table["gpu-a"][7])
+    # Two of gpu-a's eight GPUs at 87%, the rest idle: the mean, and the busiest.
+    assert table["gpu-a"][:7] == [
+        "ready",
+        "h100-1-gpu",
+        "H100 6/8",
+        "22% (max 87%)",
+        "72/96",
+        "1.2 TB/3.8 TB",
+        "1",
+    ]
+    assert table["gpu-a"][7] == "gpu-a.example.com:2222"
+    assert re.fullmatch(r"\d+s ago", table["gpu-a"][8])
     # An agent that reports no disk figures, and offers no SSH.
-    assert table["gpu-b"][:7] == ["cordoned", "mixed", "H100 0/2, L4 0/2", "64/64", "-", "2", "-"]
-    assert re.fullmatch(r"\d+m ago", table["gpu-b"][7])
-    assert table["cpu-1"][2:4] == ["- (NVML: driver not loaded)", "28/32"]
+    assert table["gpu-b"][:8] == [
+        "cordoned",
+        "mixed",
+        "H100 0/2, L4 0/2",
+        "0%",
+        "64/64",
+        "-",
+        "2",
+        "-",
+    ]
+    assert re.fullmatch(r"\d+m ago", table["gpu-b"][8])
+    assert table["cpu-1"][2:5] == ["- (NVML: driver not loaded)", "-", "28/32"]
 
 
 def test_host_list_says_which_hosts_take_no_notebooks_for_want_of_disk(server, capsys) -> None:
@@ -162,7 +181,7 @@ def test_host_list_says_which_hosts_take_no_notebooks_for_want_of_disk(server, c
     out = capsys.readouterr().out
     table = rows(out)
     assert table["cpu-1"][0] == "ready (blocked)"
-    assert table["cpu-1"][4] == "3.2 GB/500.0 GB"
+    assert table["cpu-1"][5] == "3.2 GB/500.0 GB"
     assert table["gpu-a"][0] == "ready"
     notes = out.split("\n\n", 1)[1].splitlines()
     assert notes == [
