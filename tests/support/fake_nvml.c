@@ -5,6 +5,13 @@
  * (uuid:name:memory MiB; an optional 4th field is utilization percent). Unset or empty means
  * zero GPUs. NBFLEET_FAKE_NVML_INIT_ERROR=<code> makes init fail with that NVML return code
  * (e.g. 9 = NVML_ERROR_DRIVER_NOT_LOADED).
+ *
+ * What a GPU is doing can change while the process runs: when NBFLEET_FAKE_GPU_STATE names a
+ * file, every utilization, memory and power query reads it again, and a line
+ *   "GPU-uuid1 87 31948 312000"
+ * (uuid, utilization percent, memory used MiB, power mW) sets that GPU's figures; a GPU without
+ * a line (or without the file) keeps its defaults: the 4th field of NBFLEET_FAKE_GPUS for
+ * utilization, 512 MiB used, 60 W. A test rewrites the file (atomically) to drive the agent.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +30,9 @@ typedef struct {
     unsigned long long memory_mb;
     unsigned int utilization;
 } fake_gpu;
+
+#define DEFAULT_MEMORY_USED_MB 512ULL
+#define DEFAULT_POWER_MW 60000U
 
 typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
 typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
@@ -122,10 +132,38 @@ int nvmlDeviceGetName(fake_gpu *device, char *name, unsigned int length) {
     return copy_out(name, length, device->name);
 }
 
+/* The device's figures now: its defaults, overridden by its line in NBFLEET_FAKE_GPU_STATE. */
+typedef struct {
+    unsigned int utilization;
+    unsigned long long memory_used_mb;
+    unsigned int power_mw;
+} figures_t;
+
+static figures_t figures(const fake_gpu *device) {
+    figures_t now = {device->utilization, DEFAULT_MEMORY_USED_MB, DEFAULT_POWER_MW};
+    const char *path = getenv("NBFLEET_FAKE_GPU_STATE");
+    if (path == NULL || *path == 0) return now;
+    FILE *file = fopen(path, "r");
+    if (file == NULL) return now;
+    char line[256], uuid[96];
+    unsigned int utilization, power;
+    unsigned long long memory;
+    while (fgets(line, sizeof line, file) != NULL) {
+        if (sscanf(line, "%95s %u %llu %u", uuid, &utilization, &memory, &power) == 4
+            && strcmp(uuid, device->uuid) == 0) {
+            now.utilization = utilization;
+            now.memory_used_mb = memory;
+            now.power_mw = power;
+        }
+    }
+    fclose(file);
+    return now;
+}
+
 int nvmlDeviceGetMemoryInfo(fake_gpu *device, nvmlMemory_t *memory) {
     if (!valid(device) || memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     memory->total = device->memory_mb * 1024ULL * 1024ULL;
-    memory->used = 512ULL * 1024ULL * 1024ULL;
+    memory->used = figures(device).memory_used_mb * 1024ULL * 1024ULL;
     if (memory->used > memory->total) memory->used = memory->total;
     memory->free = memory->total - memory->used;
     return NVML_SUCCESS;
@@ -133,7 +171,13 @@ int nvmlDeviceGetMemoryInfo(fake_gpu *device, nvmlMemory_t *memory) {
 
 int nvmlDeviceGetUtilizationRates(fake_gpu *device, nvmlUtilization_t *utilization) {
     if (!valid(device) || utilization == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    utilization->gpu = device->utilization;
+    utilization->gpu = figures(device).utilization;
     utilization->memory = 0;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetPowerUsage(fake_gpu *device, unsigned int *power) {
+    if (!valid(device) || power == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *power = figures(device).power_mw;
     return NVML_SUCCESS;
 }

@@ -14,6 +14,11 @@ API:
     A copy of ``base`` (default ``os.environ``) with ``LD_LIBRARY_PATH`` and ``NBFLEET_FAKE_GPUS``
     set, ready for ``subprocess`` / an agent process.
 
+``write_gpu_state(path, figures)``
+    Set what GPUs are doing now, for a process whose ``NBFLEET_FAKE_GPU_STATE`` is ``path``:
+    ``figures`` maps a GPU's uuid to ``GpuFigures``; written atomically (a rename), read again
+    by the fake at every utilization, memory and power query.
+
 The fake reads ``NBFLEET_FAKE_GPUS`` ("uuid:name:MiB[:util%];...") at ``nvmlInit`` and fails
 init with code N when ``NBFLEET_FAKE_NVML_INIT_ERROR=N`` is set.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("fake_nvml.c")
@@ -44,6 +50,24 @@ def build_fake_nvml(dest_dir: str | Path) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"gcc failed to build {target}:\n{result.stdout}{result.stderr}")
     return target
+
+
+@dataclass(frozen=True)
+class GpuFigures:
+    utilization_pct: int = 0
+    memory_used_mib: int = 512
+    power_mw: int = 60_000
+
+
+def write_gpu_state(path: str | Path, figures: dict[str, GpuFigures]) -> None:
+    path = Path(path)
+    lines = "".join(
+        f"{uuid} {f.utilization_pct} {f.memory_used_mib} {f.power_mw}\n"
+        for uuid, f in figures.items()
+    )
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(lines)
+    partial.replace(path)
 
 
 def fake_gpus_env(gpus: list[tuple[str, str, int]]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nvml import build_fake_nvml, nvml_env
+from tests.support.nvml import GpuFigures, build_fake_nvml, nvml_env, write_gpu_state
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
@@ -81,3 +81,52 @@ def test_no_gpus_when_driver_is_not_loaded(lib_dir: Path) -> None:
 def test_zero_gpus_has_a_note(lib_dir: Path) -> None:
     got = snapshot(nvml_env(lib_dir, []))
     assert got == {"gpus": [], "note": "NVML: no GPUs found", "driver": "550.54.15-fake"}
+
+
+LIVE_PROBE = """
+import asyncio, json, sys
+import pynvml
+from agent.gpus import NvmlInventory
+for _ in sys.stdin:
+    snap = asyncio.run(NvmlInventory().snapshot())
+    pynvml.nvmlInit()
+    power = [pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(i))
+             for i in range(pynvml.nvmlDeviceGetCount())]
+    pynvml.nvmlShutdown()
+    print(json.dumps([[g.uuid, g.utilization_pct, g.memory_used_mb, p]
+                      for g, p in zip(snap.gpus, power)]), flush=True)
+"""
+
+
+def test_a_test_changes_what_the_gpus_do_while_the_process_runs(
+    lib_dir: Path, tmp_path: Path
+) -> None:
+    """The figures come from the state file at every query: one process sees them change."""
+    state = tmp_path / "gpu-state"
+    env = nvml_env(lib_dir, [("GPU-a", "NVIDIA H100", 81920), ("GPU-b", "NVIDIA H100", 81920)])
+    env.update(NBFLEET_FAKE_GPU_STATE=str(state), PYTHONPATH=str(ROOT))
+    probe = subprocess.Popen(
+        [sys.executable, "-c", LIVE_PROBE],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert probe.stdin is not None and probe.stdout is not None
+
+    def read() -> list[list[object]]:
+        probe.stdin.write("read\n")
+        probe.stdin.flush()
+        return json.loads(probe.stdout.readline())
+
+    try:
+        # No file yet: the defaults.
+        assert read() == [["GPU-a", 0, 512, 60000], ["GPU-b", 0, 512, 60000]]
+        write_gpu_state(state, {"GPU-b": GpuFigures(87, 31948, 312000)})
+        assert read() == [["GPU-a", 0, 512, 60000], ["GPU-b", 87, 31948, 312000]]
+        write_gpu_state(state, {"GPU-a": GpuFigures(3, 1024, 75000), "GPU-b": GpuFigures()})
+        assert read() == [["GPU-a", 3, 1024, 75000], ["GPU-b", 0, 512, 60000]]
+    finally:
+        probe.stdin.close()
+        assert probe.wait(timeout=30) == 0
