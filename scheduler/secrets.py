@@ -50,34 +50,29 @@ def ensure_admin_token(path: str | Path) -> str:
     return read_secret(path).decode()
 
 
-def router_token_path(config: SchedulerConfig) -> Path:
-    """``router_token_file``, by default ``router.token`` beside ``admin_token_file``."""
-    if config.router_token_file:
-        return Path(config.router_token_file)
-    return Path(config.admin_token_file).parent / "router.token"
+def _ensure_side_token(
+    config: SchedulerConfig, configured: str, default_name: str, prefix: str, who: str
+) -> str:
+    """A token that reaches one thing only, in ``configured`` (by default ``default_name``
+    beside ``admin_token_file``), created (0600) if absent; ``who`` gets a copy."""
+    path = Path(configured) if configured else Path(config.admin_token_file).parent / default_name
+    if _create_exclusive(path, new_token(prefix)):
+        log.info("%s created in %s: give %s a copy", default_name, path, who)
+    return read_secret(path).decode()
 
 
 def ensure_router_token(config: SchedulerConfig) -> str:
-    """The token routers ask notebooks' locations with, created (0600) if absent."""
-    path = router_token_path(config)
-    if _create_exclusive(path, new_token("nbr_")):
-        log.info("router token created in %s: give every router a copy", path)
-    return read_secret(path).decode()
-
-
-def metrics_token_path(config: SchedulerConfig) -> Path:
-    """``metrics_token_file``, by default ``metrics.token`` beside ``admin_token_file``."""
-    if config.metrics_token_file:
-        return Path(config.metrics_token_file)
-    return Path(config.admin_token_file).parent / "metrics.token"
+    """The token routers ask notebooks' locations with (``router_token_file``)."""
+    return _ensure_side_token(
+        config, config.router_token_file, "router.token", "nbr_", "every router"
+    )
 
 
 def ensure_metrics_token(config: SchedulerConfig) -> str:
-    """The token Prometheus scrapes ``/metrics`` with, created (0600) if absent."""
-    path = metrics_token_path(config)
-    if _create_exclusive(path, new_token("nbm_")):
-        log.info("metrics token created in %s: give your Prometheus server a copy", path)
-    return read_secret(path).decode()
+    """The token Prometheus scrapes ``/metrics`` with (``metrics_token_file``)."""
+    return _ensure_side_token(
+        config, config.metrics_token_file, "metrics.token", "nbm_", "your Prometheus server"
+    )
 
 
 def ensure_ssh_host_key(path: str | Path) -> str:
