@@ -22,7 +22,8 @@ credential for a Prometheus server that can do nothing else.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -134,16 +135,18 @@ async def render(db: Database, *, now: float | None = None) -> tuple[bytes, str]
 
 
 async def _fleet(db: Database, now: float) -> list[Metric]:
+    """The fleet as the database has it. Each query names its columns after the series'
+    labels, and its figure ``value``."""
     async with db.read() as tx:
         notebooks = await tx.all(
-            "SELECT project, state, COUNT(*) AS n FROM notebooks WHERE state != 'DELETED' "
+            "SELECT project, state, COUNT(*) AS value FROM notebooks WHERE state != 'DELETED' "
             "GROUP BY project, state ORDER BY project, state"
         )
         queue = await tx.one(
             "SELECT COUNT(*) AS n, MIN(queued_at) AS oldest FROM notebooks WHERE state = 'QUEUED'"
         )
         hosts = await tx.all(
-            "SELECT state, intent, COUNT(*) AS n FROM hosts GROUP BY state, intent "
+            "SELECT state, intent, COUNT(*) AS value FROM hosts GROUP BY state, intent "
             "ORDER BY state, intent"
         )
         gpus = await tx.all(
@@ -155,45 +158,75 @@ async def _fleet(db: Database, now: float) -> list[Metric]:
             (HostState.READY.value, HostIntent.OPEN.value),
         )
         billed = await tx.all(
-            "SELECT COALESCE(u.project, n.project) AS project, u.gpu_model, "
-            "SUM(u.billed_minutes * u.gpus) AS minutes FROM usage u "
+            "SELECT COALESCE(u.project, n.project) AS project, u.gpu_model AS model, "
+            "SUM(u.billed_minutes * u.gpus) AS value FROM usage u "
             "JOIN notebooks n ON n.id = u.notebook_id WHERE u.gpus > 0 "
             "GROUP BY COALESCE(u.project, n.project), u.gpu_model ORDER BY 1, 2"
         )
-    by_state = GaugeMetricFamily(
-        "nbfleet_notebooks", "Notebooks by project and state", labels=["project", "state"]
-    )
-    for row in notebooks:
-        by_state.add_metric([row["project"], row["state"]], row["n"])
-    queued = GaugeMetricFamily("nbfleet_queue_length", "Notebooks waiting in the queue")
-    queued.add_metric([], queue["n"] if queue else 0)
-    oldest = GaugeMetricFamily(
-        "nbfleet_queue_oldest_wait_seconds",
-        "How long the notebook waiting longest has waited (0 when none waits)",
-    )
     oldest_at = queue["oldest"] if queue else None
-    oldest.add_metric([], max(0.0, now - oldest_at) if oldest_at is not None else 0.0)
-    host_states = GaugeMetricFamily(
-        "nbfleet_hosts",
-        "Hosts by state (ready, lost) and intent (open, cordoned, draining)",
-        labels=["state", "intent"],
-    )
-    for row in hosts:
-        host_states.add_metric([row["state"], row["intent"]], row["n"])
-    total = GaugeMetricFamily("nbfleet_gpus", "GPUs the hosts report, by model", labels=["model"])
-    free = GaugeMetricFamily(
-        "nbfleet_gpus_free",
-        "GPUs a notebook could be placed on now (unreserved, on a ready, open host), by model",
-        labels=["model"],
-    )
-    for row in gpus:
-        total.add_metric([row["model"]], row["total"])
-        free.add_metric([row["model"]], row["free"] or 0)
-    minutes = CounterMetricFamily(
-        "nbfleet_billed_gpu_minutes",
-        "GPU-minutes billed (each run's minutes times its GPUs), by project and GPU model",
-        labels=["project", "model"],
-    )
-    for row in billed:
-        minutes.add_metric([row["project"], row["gpu_model"]], row["minutes"])
-    return [by_state, queued, oldest, host_states, total, free, minutes]
+    return [
+        _family(
+            GaugeMetricFamily,
+            "nbfleet_notebooks",
+            "Notebooks by project and state",
+            ("project", "state"),
+            notebooks,
+        ),
+        _family(
+            GaugeMetricFamily,
+            "nbfleet_queue_length",
+            "Notebooks waiting in the queue",
+            (),
+            [{"value": queue["n"] if queue else 0}],
+        ),
+        _family(
+            GaugeMetricFamily,
+            "nbfleet_queue_oldest_wait_seconds",
+            "How long the notebook waiting longest has waited (0 when none waits)",
+            (),
+            [{"value": max(0.0, now - oldest_at) if oldest_at is not None else 0.0}],
+        ),
+        _family(
+            GaugeMetricFamily,
+            "nbfleet_hosts",
+            "Hosts by state (ready, lost) and intent (open, cordoned, draining)",
+            ("state", "intent"),
+            hosts,
+        ),
+        _family(
+            GaugeMetricFamily,
+            "nbfleet_gpus",
+            "GPUs the hosts report, by model",
+            ("model",),
+            [{"model": row["model"], "value": row["total"]} for row in gpus],
+        ),
+        _family(
+            GaugeMetricFamily,
+            "nbfleet_gpus_free",
+            "GPUs a notebook could be placed on now (unreserved, on a ready, open host), by model",
+            ("model",),
+            [{"model": row["model"], "value": row["free"] or 0} for row in gpus],
+        ),
+        _family(
+            CounterMetricFamily,
+            "nbfleet_billed_gpu_minutes",
+            "GPU-minutes billed (each run's minutes times its GPUs), by project and GPU model",
+            ("project", "model"),
+            billed,
+        ),
+    ]
+
+
+def _family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    labels: tuple[str, ...],
+    rows: Iterable[Mapping[str, Any]],
+) -> Metric:
+    """A series of ``kind``: one sample per row, labelled by its ``labels`` columns, valued
+    by its ``value``."""
+    family = kind(name, documentation, labels=list(labels))
+    for row in rows:
+        family.add_metric([row[label] for label in labels], row["value"])
+    return family
