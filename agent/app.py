@@ -40,6 +40,7 @@ from agent.disk import WorkspaceMeter, filesystem_space
 from agent.docker_runtime import DockerRuntime
 from agent.gpus import GpuInventory, NvmlInventory
 from agent.http_api import AgentApi, version
+from agent.metrics import render as render_metrics
 from agent.notebook_steps import Probe, http_probe
 from agent.notebook_view import NotebookView
 from agent.objectstore import ObjectStore, S3ObjectStore
@@ -53,6 +54,7 @@ from agent.ssh import NotebookSshServer
 from agent.volumes import VolumeSync
 from agent.workspace.host import HostWorkspaces
 from common import wire
+from common.auth import read_secret
 from common.config import AgentConfig, split_hostport
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,14 @@ class Agent:
             notebooks.editor, authorizer, self.activity, upstream_host=config.upstream_host
         )
         self.api = AgentApi(
-            host_id, secret, runtime, self.reconciler.kept_logs, notebooks, self.proxy
+            host_id,
+            secret,
+            runtime,
+            self.reconciler.kept_logs,
+            notebooks,
+            self.proxy,
+            metrics=self.metrics,
+            metrics_token=metrics_token(config),
         )
         self.ssh: NotebookSshServer | None = None
         if config.ssh_listen:
@@ -255,6 +264,13 @@ class Agent:
         self.agent_url = f"http://{self.config.public_host}:{bound}"
 
     # ------------------------------------------------------------ loop bodies
+
+    async def metrics(self) -> tuple[bytes, str]:
+        """``GET /metrics``: what the GPUs do now (NVML, read for the scrape) and what the
+        notebooks on the host hold."""
+        return render_metrics(
+            await self.inventory.snapshot(), self.reconciler.assignments, self.workspace_meter
+        )
 
     async def registration(self) -> wire.AgentRegister:
         snapshot = await self.inventory.snapshot()
@@ -351,6 +367,13 @@ class Agent:
             for notebook, _, _ in self.reconciler.running()
         }
         await self.workspace_meter.measure(dirs)
+
+
+def metrics_token(config: AgentConfig) -> str:
+    """The token ``/metrics`` asks for (``metrics_token_file``); "" when none is configured."""
+    if not config.metrics_token_file:
+        return ""
+    return read_secret(config.metrics_token_file).decode()
 
 
 def build_agent(

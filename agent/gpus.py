@@ -69,6 +69,10 @@ class NvmlInventory:
                 except pynvml.NVMLError:
                     # Some boards (and MIG) do not report utilization; it is informational only.
                     utilization = 0
+                try:
+                    power: float | None = pynvml.nvmlDeviceGetPowerUsage(handle) / 1000
+                except pynvml.NVMLError:
+                    power = None  # not every board reports it
                 gpus.append(
                     GpuInfo(
                         uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
@@ -77,6 +81,7 @@ class NvmlInventory:
                         memory_total_mb=int(memory.total) // (1024 * 1024),
                         memory_used_mb=int(memory.used) // (1024 * 1024),
                         utilization_pct=max(0, min(100, utilization)),
+                        power_w=power,
                     )
                 )
             note = "" if gpus else "NVML: no GPUs found"

@@ -9,6 +9,8 @@
   in the notebook's container as its user, stdout and stderr combined, capped at 1 MiB; past
   its timeout it is killed and answered with exit code 124 and a note. 404 without a
   container, 409 when the container is not running, 415 for a body not declared JSON;
+* ``GET /metrics`` (the metrics token): Prometheus series of the host's GPUs and notebooks
+  (:mod:`agent.metrics`);
 * ``/notebooks/{id}/...``: the editor proxy (:mod:`agent.proxy`), HTTP and WebSocket.
 
 Errors are answered as ``ErrorBody`` JSON; an unexpected one is logged and answered 500
@@ -18,7 +20,9 @@ without internals.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 
 from aiohttp import web
@@ -28,7 +32,7 @@ from agent.notebook_view import NotebookView
 from agent.proxy import EditorProxy
 from agent.runtime import ContainerNotRunning, ContainerRuntime, NoSuchContainer
 from common import wire
-from common.auth import Verifier
+from common.auth import Verifier, token_digest
 from common.errors import ApiError
 from common.http_server import decode_json, handler_args
 
@@ -58,8 +62,13 @@ class AgentApi:
         kept_logs: KeptLogs,
         notebooks: NotebookView,
         proxy: EditorProxy,
+        metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None,
+        metrics_token: str = "",
     ) -> None:
         self.host_id = host_id
+        #: The exposition of :mod:`agent.metrics`, and the token a scrape must bring.
+        self.metrics = metrics
+        self.metrics_digest = token_digest(metrics_token) if metrics_token else ""
         self.runtime = runtime
         self.kept_logs = kept_logs
         self.notebooks = notebooks
@@ -75,6 +84,7 @@ class AgentApi:
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/notebooks/{id}/logs", self._logs)
         app.router.add_post("/v1/notebooks/{id}/exec", self._exec)
+        app.router.add_get("/metrics", self._metrics)
         self.proxy.add_routes(app)
         return app
 
@@ -97,6 +107,19 @@ class AgentApi:
     async def _health(self, request: web.Request) -> web.Response:
         body = wire.encode(wire.Health(status="ok", version=version()))
         return web.Response(body=body, content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics is None or not self.metrics_digest:
+            raise ApiError("not_found", "metrics are off on this agent: set metrics_token_file")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token_digest(token.strip()), self.metrics_digest
+        ):
+            raise ApiError("unauthenticated", "this endpoint needs the metrics token")
+        body, content_type = await self.metrics()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
 
     async def _logs(self, request: web.Request) -> web.Response:
         self.verifier.verify(

@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"nbfleet-agent: cannot read secret_file: {exc}", file=sys.stderr)
         return 2
+    if config.metrics_token_file:
+        try:
+            read_secret(config.metrics_token_file)
+        except (OSError, ValueError) as exc:
+            print(f"nbfleet-agent: cannot read metrics_token_file: {exc}", file=sys.stderr)
+            return 2
     asyncio.run(_run(config, host_id, secret))
     return 0
 

@@ -180,6 +180,9 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     #: or one string with commas. The agent fails over between them (:mod:`common.failover`).
     scheduler_url: str | list[str] = "http://127.0.0.1:8470"
     secret_file: str = "/etc/nbfleet/agent.secret"
+    #: A copy of the scheduler's metrics token (``nbfleet-scheduler metrics-token``): a
+    #: Prometheus server scrapes ``GET /metrics`` with it. Empty: ``/metrics`` is off.
+    metrics_token_file: str = ""
     #: Where the agent's own HTTP server listens (logs now, the editor proxy later).
     listen: str = "127.0.0.1:8471"
     #: How the scheduler and users reach this host (the host of ``agent_url``, and of the SSH

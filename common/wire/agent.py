@@ -22,6 +22,8 @@ class GpuInfo(Struct):
     memory_total_mb: Annotated[int, Meta(ge=0)]
     memory_used_mb: Annotated[int, Meta(ge=0)] = 0
     utilization_pct: Annotated[int, Meta(ge=0, le=100)] = 0
+    #: Power drawn now; ``None`` where the board does not say.
+    power_w: Annotated[float, Meta(ge=0)] | None = None
 
 
 class AgentRegister(Struct, forbid_unknown_fields=True):

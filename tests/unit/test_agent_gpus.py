@@ -85,16 +85,11 @@ def test_zero_gpus_has_a_note(lib_dir: Path) -> None:
 
 LIVE_PROBE = """
 import asyncio, json, sys
-import pynvml
 from agent.gpus import NvmlInventory
 for _ in sys.stdin:
     snap = asyncio.run(NvmlInventory().snapshot())
-    pynvml.nvmlInit()
-    power = [pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(i))
-             for i in range(pynvml.nvmlDeviceGetCount())]
-    pynvml.nvmlShutdown()
-    print(json.dumps([[g.uuid, g.utilization_pct, g.memory_used_mb, p]
-                      for g, p in zip(snap.gpus, power)]), flush=True)
+    print(json.dumps([[g.uuid, g.utilization_pct, g.memory_used_mb, g.power_w * 1000]
+                      for g in snap.gpus]), flush=True)
 """
 
 

@@ -1,0 +1,91 @@
+"""The agent's Prometheus metrics: ``GET /metrics`` on its ``listen`` address (issue 14).
+
+Per notebook on this host (labels ``notebook`` and ``project``, and for a GPU its ``gpu`` UUID
+and ``model``), read when scraped: each of its GPUs' utilization, memory used and power (NVML,
+by UUID), and its workspace's size on the host's disk (as last measured, every
+``disk_usage_interval_s``). Per GPU of the host, whether a notebook holds it or not: the same
+three, so an operator sees idle and stray use too. Names follow dstack's where they overlap
+(``dstack_job_gpu_usage_ratio``: a ratio, not a percentage).
+
+Scrapes need the metrics token (``metrics_token_file``, a copy of the scheduler's, which
+``nbfleet-scheduler metrics-token`` prints); without one configured, ``/metrics`` is off (404),
+and any other token gets 401.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from agent.disk import WorkspaceMeter
+from agent.gpus import GpuSnapshot
+from common.wire import Assignment
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def render(
+    gpus: GpuSnapshot, assignments: dict[str, Assignment], workspaces: WorkspaceMeter
+) -> tuple[bytes, str]:
+    """The exposition text for what the host's GPUs do now and its notebooks hold."""
+    holders = {uuid: a for a in assignments.values() for uuid in a.gpus}
+    labels = ["notebook", "project", "gpu", "model"]
+    used = GaugeMetricFamily(
+        "nbfleet_notebook_gpu_utilization_ratio",
+        "Utilization of a notebook's GPU (0 to 1), as NVML reports it",
+        labels=labels,
+    )
+    memory = GaugeMetricFamily(
+        "nbfleet_notebook_gpu_memory_used_bytes", "Memory used on a notebook's GPU", labels=labels
+    )
+    power = GaugeMetricFamily(
+        "nbfleet_notebook_gpu_power_watts", "Power drawn by a notebook's GPU", labels=labels
+    )
+    host_used = GaugeMetricFamily(
+        "nbfleet_gpu_utilization_ratio",
+        "Utilization of each GPU of the host (0 to 1), held by a notebook or not",
+        labels=["gpu", "model"],
+    )
+    host_memory = GaugeMetricFamily(
+        "nbfleet_gpu_memory_used_bytes",
+        "Memory used on each GPU of the host",
+        labels=["gpu", "model"],
+    )
+    host_power = GaugeMetricFamily(
+        "nbfleet_gpu_power_watts", "Power drawn by each GPU of the host", labels=["gpu", "model"]
+    )
+    for gpu in gpus.gpus:
+        figures = (gpu.utilization_pct / 100, gpu.memory_used_mb * 1024 * 1024, gpu.power_w)
+        for family, value in zip((host_used, host_memory, host_power), figures, strict=True):
+            if value is not None:
+                family.add_metric([gpu.uuid, gpu.model], value)
+        holder = holders.get(gpu.uuid)
+        if holder is None:
+            continue
+        names = [holder.notebook, holder.project, gpu.uuid, gpu.model]
+        for family, value in zip((used, memory, power), figures, strict=True):
+            if value is not None:
+                family.add_metric(names, value)
+    workspace = GaugeMetricFamily(
+        "nbfleet_notebook_workspace_bytes",
+        "Disk space a notebook's /workspace takes on the host, as last measured",
+        labels=["notebook", "project"],
+    )
+    for notebook, assignment in sorted(assignments.items()):
+        measured = workspaces.get(notebook)
+        if measured is not None:
+            workspace.add_metric([notebook, assignment.project], measured.used_bytes)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        _Families([used, memory, power, workspace, host_used, host_memory, host_power])
+    )
+    return generate_latest(registry), CONTENT_TYPE_LATEST
