@@ -40,6 +40,7 @@ from agent.disk import WorkspaceMeter, filesystem_space
 from agent.docker_runtime import DockerRuntime
 from agent.gpus import GpuInventory, NvmlInventory
 from agent.http_api import AgentApi, version
+from agent.metrics import SyncMeter
 from agent.metrics import render as render_metrics
 from agent.notebook_steps import Probe, http_probe
 from agent.notebook_view import NotebookView
@@ -136,6 +137,8 @@ class Agent:
         self.client = client
         self.clock = clock
         self.outbox = Outbox(client, Spool(os.path.join(config.state_dir, OUTBOX_SPOOL)))
+        #: Workspace syncs so far, for GET /metrics.
+        self.syncs = SyncMeter()
         self.workspaces = HostWorkspaces(
             store,
             config.workspace_bucket,
@@ -145,6 +148,7 @@ class Agent:
             state_dir=config.state_dir,
             retention_last=config.retention_last,
             retention_daily=config.retention_daily,
+            on_sync=self.syncs.synced,
         )
         self.contact = SchedulerContact(clock)
         self.reconciler = Reconciler(
@@ -268,8 +272,23 @@ class Agent:
     async def metrics(self) -> tuple[bytes, str]:
         """``GET /metrics``: what the GPUs do now (NVML, read for the scrape) and what the
         notebooks on the host hold."""
+        assignments = dict(self.reconciler.assignments)
+        notebooks = sorted(assignments)
+        found = await asyncio.gather(*(self.runtime.usage(n) for n in notebooks))
+        usage = {n: u for n, u in zip(notebooks, found, strict=True) if u is not None}
+        now = self.clock()
+        saved_ago = {
+            notebook: now - (record.last_saved or since)
+            for notebook, _, since in self.reconciler.records.running()
+            if (record := self.reconciler.records.get(notebook)) is not None
+        }
         return render_metrics(
-            await self.inventory.snapshot(), self.reconciler.assignments, self.workspace_meter
+            await self.inventory.snapshot(),
+            assignments,
+            self.workspace_meter,
+            usage,
+            saved_ago=saved_ago,
+            syncs=self.syncs,
         )
 
     async def registration(self) -> wire.AgentRegister:

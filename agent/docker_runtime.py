@@ -33,6 +33,7 @@ from agent.runtime import (
     ContainerInfo,
     ContainerNotRunning,
     ContainerSpec,
+    ContainerUsage,
     ExecOutput,
     ImageUnavailable,
     NoSuchContainer,
@@ -286,6 +287,17 @@ class DockerRuntime:
             raise
         return "".join(lines)
 
+    async def usage(self, notebook: str) -> ContainerUsage | None:
+        container = self._client().containers.container(container_name(notebook))
+        try:
+            # One sample: Docker answers once it has read the cgroup (about a second).
+            [stats] = await container.stats(stream=False)
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _usage_from_stats(stats)
+
     async def follow_logs(self, notebook: str, tail: int = 200) -> AsyncIterator[str]:
         container = self._client().containers.container(container_name(notebook))
         stream = container.log(stdout=True, stderr=True, follow=True, tail=max(1, tail))
@@ -361,3 +373,19 @@ def _kill(pid: int | None, notebook: str) -> None:
         pass
     except OSError as exc:
         log.warning("notebook=%s timed-out exec (pid %d) left running: %s", notebook, pid, exc)
+
+
+def _usage_from_stats(stats: dict) -> ContainerUsage | None:
+    """CPU and working set from a stats answer; ``None`` for a container that does not run
+    (Docker answers it with empty figures)."""
+    cpu = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+    memory = stats.get("memory_stats") or {}
+    if "total_usage" not in cpu or "usage" not in memory:
+        return None
+    counts = memory.get("stats") or {}
+    # cgroup v2 says inactive_file, v1 total_inactive_file.
+    inactive = counts.get("inactive_file", counts.get("total_inactive_file", 0))
+    return ContainerUsage(
+        cpu_seconds=cpu["total_usage"] / 1e9,
+        memory_working_set_bytes=max(0, memory["usage"] - inactive),
+    )

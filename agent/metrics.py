@@ -2,10 +2,11 @@
 
 Per notebook on this host (labels ``notebook`` and ``project``, and for a GPU its ``gpu`` UUID
 and ``model``), read when scraped: each of its GPUs' utilization, memory used and power (NVML,
-by UUID), and its workspace's size on the host's disk (as last measured, every
-``disk_usage_interval_s``). Per GPU of the host, whether a notebook holds it or not: the same
-three, so an operator sees idle and stray use too. Names follow dstack's where they overlap
-(``dstack_job_gpu_usage_ratio``: a ratio, not a percentage).
+by UUID), its container's CPU time and memory working set (Docker's stats of its cgroup), and
+its workspace's size on the host's disk (as last measured, every ``disk_usage_interval_s``).
+Per GPU of the host, whether a notebook holds it or not: the same three, so an operator sees
+idle and stray use too. Names follow dstack's where they overlap (``dstack_job_gpu_usage_ratio``:
+a ratio, not a percentage).
 
 Scrapes need the metrics token (``metrics_token_file``, a copy of the scheduler's, which
 ``nbfleet-scheduler metrics-token`` prints); without one configured, ``/metrics`` is off (404),
@@ -16,13 +17,49 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.disk import WorkspaceMeter
 from agent.gpus import GpuSnapshot
+from agent.runtime import ContainerUsage
 from common.wire import Assignment
+
+#: Sync durations: from a no-change push (a fraction of a second) to a large restore.
+_SYNC_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class SyncMeter:
+    """The workspace syncs of this agent since it started, for ``/metrics``: how long each
+    took and how many bytes it moved to or from the object store, by kind (``restore``,
+    ``stop``: the push at the end of a run, ``checkpoint``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._seconds = Histogram(
+            "nbfleet_sync_duration_seconds",
+            "Time a workspace sync took, by kind (restore, stop, checkpoint)",
+            ["kind"],
+            buckets=_SYNC_BUCKETS,
+            registry=self.registry,
+        )
+        self._bytes = Counter(
+            "nbfleet_sync_bytes",
+            "Bytes a workspace sync moved to or from the object store, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def synced(self, kind: str, seconds: float, moved_bytes: int) -> None:
+        self._seconds.labels(kind=kind).observe(seconds)
+        self._bytes.labels(kind=kind).inc(moved_bytes)
 
 
 class _Families:
@@ -34,9 +71,17 @@ class _Families:
 
 
 def render(
-    gpus: GpuSnapshot, assignments: dict[str, Assignment], workspaces: WorkspaceMeter
+    gpus: GpuSnapshot,
+    assignments: dict[str, Assignment],
+    workspaces: WorkspaceMeter,
+    usage: dict[str, ContainerUsage],
+    *,
+    saved_ago: dict[str, float],
+    syncs: SyncMeter,
 ) -> tuple[bytes, str]:
-    """The exposition text for what the host's GPUs do now and its notebooks hold."""
+    """The exposition text for what the host's GPUs do now and its notebooks hold
+    (``usage``: the running containers' CPU and memory; ``saved_ago``: seconds since each
+    running notebook's workspace was last saved; both by notebook), and the syncs so far."""
     holders = {uuid: a for a in assignments.values() for uuid in a.gpus}
     labels = ["notebook", "project", "gpu", "model"]
     used = GaugeMetricFamily(
@@ -84,8 +129,38 @@ def render(
         measured = workspaces.get(notebook)
         if measured is not None:
             workspace.add_metric([notebook, assignment.project], measured.used_bytes)
+    cpu = CounterMetricFamily(
+        "nbfleet_notebook_cpu_seconds",
+        "CPU time of every process in a notebook's container since it started",
+        labels=["notebook", "project"],
+    )
+    working_set = GaugeMetricFamily(
+        "nbfleet_notebook_memory_working_set_bytes",
+        "Memory a notebook's container holds, less the file cache the kernel could drop",
+        labels=["notebook", "project"],
+    )
+    for notebook, figures in sorted(usage.items()):
+        assignment = assignments.get(notebook)
+        if assignment is None:
+            continue
+        names = [notebook, assignment.project]
+        cpu.add_metric(names, figures.cpu_seconds)
+        working_set.add_metric(names, figures.memory_working_set_bytes)
+    unsaved = GaugeMetricFamily(
+        "nbfleet_notebook_seconds_since_checkpoint",
+        "Seconds since a running notebook's workspace was last saved to the object store "
+        "(a checkpoint, or since it started when none has been taken yet)",
+        labels=["notebook", "project"],
+    )
+    for notebook, seconds in sorted(saved_ago.items()):
+        assignment = assignments.get(notebook)
+        if assignment is not None:
+            unsaved.add_metric([notebook, assignment.project], seconds)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        _Families([used, memory, power, workspace, host_used, host_memory, host_power])
+        _Families(
+            [used, memory, power, workspace, cpu, working_set, unsaved]
+            + [host_used, host_memory, host_power]
+        )
     )
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(registry) + generate_latest(syncs.registry), CONTENT_TYPE_LATEST

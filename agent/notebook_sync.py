@@ -146,6 +146,8 @@ class NotebookSync:
                 exc,
             )
             return
+        if result is not None:
+            record.last_saved = now
         if result is not None and not result.unchanged:
             log.info("notebook=%s checkpoint %s", record.notebook, result.snapshot.id)
         self.report_snapshot(record.notebook, record.generation, result)

@@ -43,6 +43,8 @@ class NotebookRecord:
     last_checkpoint: float | None = None
     #: A checkpoint was due but skipped while out of contact with the scheduler.
     fenced: bool = False
+    #: When a checkpoint of this run last saved the workspace (``None``: none yet).
+    last_saved: float | None = None
 
 
 class NotebookRecords:

@@ -166,6 +166,17 @@ class ContainerInfo:
         return self.status in ("running", "restarting", "paused")
 
 
+@dataclass(frozen=True)
+class ContainerUsage:
+    """What a running container has used, as its cgroup counts it (Docker's stats)."""
+
+    #: CPU time of every process in it since it started.
+    cpu_seconds: float
+    #: Memory it holds that the kernel could not simply drop: use less the inactive file
+    #: cache, as the kubelet and cAdvisor count a working set.
+    memory_working_set_bytes: int
+
+
 class ContainerRuntime(Protocol):
     async def create_and_start(self, spec: ContainerSpec) -> ContainerInfo: ...
 
@@ -178,6 +189,10 @@ class ContainerRuntime(Protocol):
     async def remove(self, notebook: str) -> None: ...
 
     async def logs(self, notebook: str, tail: int = 200) -> str: ...
+
+    async def usage(self, notebook: str) -> ContainerUsage | None:
+        """The notebook's container's CPU and memory use now; ``None`` unless it runs."""
+        ...
 
     def follow_logs(self, notebook: str, tail: int = 200) -> AsyncIterator[str]: ...
 

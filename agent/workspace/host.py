@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 
 from agent.objectstore import ObjectStore
 from agent.userfs import DirFds, create_file, open_root
@@ -75,8 +76,12 @@ class HostWorkspaces:
         retention_last: int = 5,
         retention_daily: int = 7,
         gc_grace_s: float = retention.GRACE_S,
+        on_sync: Callable[[str, float, int], None] | None = None,
     ) -> None:
         self.store = store
+        #: Told of every restore and push that completed: ``(kind, seconds, bytes moved)``
+        #: (the agent's metrics).
+        self.on_sync = on_sync
         self.bucket = bucket
         self.workspaces_dir = workspaces_dir
         self.scratch_dir = scratch_dir
@@ -202,6 +207,8 @@ class HostWorkspaces:
             result.requests,
             result.seconds,
         )
+        if self.on_sync is not None:
+            self.on_sync("restore", result.seconds, result.downloaded_bytes)
         return result
 
     async def push(
@@ -255,6 +262,8 @@ class HostWorkspaces:
             result.reused_objects,
             result.seconds,
         )
+        if self.on_sync is not None:
+            self.on_sync(kind, result.seconds, result.uploaded_bytes)
         return result
 
     async def written_elsewhere(self, notebook: str) -> str | None:

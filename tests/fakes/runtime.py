@@ -29,6 +29,7 @@ from agent.runtime import (
     ContainerInfo,
     ContainerNotRunning,
     ContainerSpec,
+    ContainerUsage,
     ExecOutput,
     ImageUnavailable,
     NoSuchContainer,
@@ -45,6 +46,8 @@ class FakeRuntime:
         self.answer_after = 3
         self.calls: list[tuple[str, str]] = []
         self.logs_text: dict[str, str] = {}
+        #: What ``usage`` answers for a running container (else 1.5 CPU-seconds, 64 MiB).
+        self.usage_figures: dict[str, ContainerUsage] = {}
         self._probes: dict[str, int] = {}
         self._ports = itertools.count(40000)
         self._gates: dict[str, asyncio.Event] = {}
@@ -152,6 +155,12 @@ class FakeRuntime:
             raise NoSuchContainer(notebook)
         lines = self.logs_text.get(notebook, f"log of {notebook}\n").splitlines(keepends=True)
         return "".join(lines[-tail:])
+
+    async def usage(self, notebook: str) -> ContainerUsage | None:
+        info = self.containers.get(notebook)
+        if info is None or not info.running:
+            return None
+        return self.usage_figures.get(notebook, ContainerUsage(1.5, 64 << 20))
 
     async def follow_logs(self, notebook: str, tail: int = 200) -> AsyncIterator[str]:
         if notebook not in self.containers:

@@ -165,6 +165,37 @@ async def test_exit_code_and_logs(
         await runtime.close()
 
 
+async def test_usage_says_what_a_running_container_spent(
+    tiny_image: str, tmp_path: Path, host_id: str, notebook_ids: list[str]
+) -> None:
+    """Docker's stats of the container's cgroup: CPU time grows while it works, memory it
+    holds (8 MiB kept in a tmpfs file, which the kernel cannot drop) counts in the working
+    set; a stopped or missing container has none."""
+    notebook = new_notebook_id(notebook_ids)
+    runtime = DockerRuntime(host_id=host_id)
+    try:
+        script = (
+            "head -c 8388608 /dev/zero > /dev/shm/held; "
+            "end=$(( $(date +%s) + 2 )); while [ $(date +%s) -lt $end ]; do :; done; sleep 60"
+        )
+        command = ["sh", "-c", script]
+        await runtime.create_and_start(spec_for(notebook, tiny_image, tmp_path, command, gpus=[]))
+
+        async def worked():
+            usage = await runtime.usage(notebook)
+            return usage if usage is not None and usage.cpu_seconds >= 1.0 else None
+
+        usage = await wait_until("a second of CPU time", worked)
+        assert usage.memory_working_set_bytes >= 8 << 20
+        assert usage.memory_working_set_bytes < 256 << 20  # its limit
+        await runtime.stop(notebook, timeout_s=1)
+        assert await runtime.usage(notebook) is None
+        await runtime.remove(notebook)
+        assert await runtime.usage(notebook) is None
+    finally:
+        await runtime.close()
+
+
 async def test_device_request_only_with_nvidia_runtime(tmp_path: Path) -> None:
     from agent.container_config import container_config
 

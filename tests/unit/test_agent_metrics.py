@@ -12,7 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.disk import WorkspaceMeter
 from agent.gpus import GpuSnapshot
-from agent.metrics import render
+from agent.metrics import SyncMeter, render
+from agent.runtime import ContainerUsage
+from common.states import NotebookState as S
 from common.wire import GpuInfo, WorkspaceUse
 from tests.fakes.runtime import FakeRuntime
 from tests.unit.test_agent_app import (
@@ -55,7 +57,18 @@ def test_series_by_notebook_gpu_and_workspace() -> None:
     }
     meter = WorkspaceMeter(lambda: 1.0)
     meter._latest["nb2"] = WorkspaceUse(notebook="nb2", used_bytes=4096, measured_at=1.0)
-    body, content_type = render(gpus, assignments, meter)
+    usage = {
+        "nb1": ContainerUsage(cpu_seconds=12.5, memory_working_set_bytes=3 << 30),
+        # Stale: a container of a notebook no longer assigned here is not reported.
+        "gone": ContainerUsage(cpu_seconds=1.0, memory_working_set_bytes=1),
+    }
+    syncs = SyncMeter()
+    syncs.synced("restore", 2.5, 1 << 20)
+    syncs.synced("checkpoint", 0.2, 0)
+    syncs.synced("checkpoint", 0.4, 4096)
+    body, content_type = render(
+        gpus, assignments, meter, usage, saved_ago={"nb1": 125.0, "gone": 1.0}, syncs=syncs
+    )
     assert content_type.startswith("text/plain; version=")
     got = _samples(body.decode())
 
@@ -77,6 +90,18 @@ def test_series_by_notebook_gpu_and_workspace() -> None:
     host = (("gpu", "GPU-2"), ("model", "NVIDIA H100"))
     assert got[("nbfleet_gpu_power_watts", host)] == 61.0
     assert got[("nbfleet_gpu_utilization_ratio", host)] == 0.0
+    nb1 = (("notebook", "nb1"), ("project", "vision"))
+    assert got[("nbfleet_notebook_cpu_seconds_total", nb1)] == 12.5
+    assert got[("nbfleet_notebook_memory_working_set_bytes", nb1)] == 3 << 30
+    assert got[("nbfleet_notebook_seconds_since_checkpoint", nb1)] == 125.0
+    assert not any(dict(labels).get("notebook") == "gone" for _, labels in got)
+    # The syncs so far, by kind.
+    assert got[("nbfleet_sync_duration_seconds_count", (("kind", "checkpoint"),))] == 2
+    assert abs(got[("nbfleet_sync_duration_seconds_sum", (("kind", "checkpoint"),))] - 0.6) < 1e-9
+    assert got[("nbfleet_sync_bytes_total", (("kind", "checkpoint"),))] == 4096
+    assert got[("nbfleet_sync_bytes_total", (("kind", "restore"),))] == 1 << 20
+    restore_le_5 = (("kind", "restore"), ("le", "5.0"))
+    assert got[("nbfleet_sync_duration_seconds_bucket", restore_le_5)] == 1
     workspace = "nbfleet_notebook_workspace_bytes"
     assert got[(workspace, (("notebook", "nb2"), ("project", "nlp")))] == 4096
     assert not any(name == workspace and dict(labels)["notebook"] == "nb1" for name, labels in got)
@@ -89,12 +114,15 @@ async def test_scrapes_need_the_metrics_token(tmp_path: Path) -> None:
     config = msgspec.structs.replace(
         agent_config(tmp_path, url_of(server)), metrics_token_file=str(token_file)
     )
-    agent = agent_for(config, FakeRuntime())
+    runtime = FakeRuntime()
+    agent = agent_for(config, runtime)
     await agent.start()
     try:
         scheduler.assignments = [assignment(gpus=["GPU-fake-0"])]
         scheduler.bump()
-        await eventually("the assignment", lambda: "nb1" in agent.reconciler.assignments)
+        await eventually(
+            "RUNNING", lambda: any(t.state == S.RUNNING for t in scheduler.transitions)
+        )
         async with aiohttp.ClientSession() as session:
             url = f"{agent.agent_url}/metrics"
             for headers in ({}, {"Authorization": "Bearer nbm_another"}):
@@ -108,6 +136,13 @@ async def test_scrapes_need_the_metrics_token(tmp_path: Path) -> None:
         labels["model"] = "NVIDIA H100 80GB HBM3"
         key = ("nbfleet_notebook_gpu_utilization_ratio", tuple(sorted(labels.items())))
         assert got[key] == 0.0
+        # The fake runtime's container: its CPU and memory as the runtime said.
+        nb1 = (("notebook", "nb1"), ("project", "p"))
+        assert got[("nbfleet_notebook_cpu_seconds_total", nb1)] == 1.5
+        assert got[("nbfleet_notebook_memory_working_set_bytes", nb1)] == 64 << 20
+        # Its workspace was restored (empty: a first start) before it ran, and it is running.
+        assert got[("nbfleet_sync_duration_seconds_count", (("kind", "restore"),))] == 1
+        assert got[("nbfleet_notebook_seconds_since_checkpoint", nb1)] >= 0
     finally:
         await agent.stop()
         await server.close()

@@ -551,14 +551,19 @@ async def test_checkpoint_while_running_is_reported_and_unchanged_adds_nothing(r
     (rig.workspace("nb1") / "train.py").write_text("epochs = 10")
     await rig.tick()
     assert rig.sink.snapshots == []  # not due yet
+    record = rig.reconciler.records.get("nb1")
+    assert record is not None and record.last_saved is None
     rig.clock.advance(601)
     await rig.tick()
     first = rig.sink.snapshots[-1].snapshot
     assert first.kind == "checkpoint" and "train.py" in await saved_files(rig.store, "nb1")
+    assert record.last_saved == rig.clock()  # what /metrics counts its age from
     rig.clock.advance(601)
     await rig.tick()
-    # Nothing changed: no new snapshot (the report repeats the same one, harmlessly).
+    # Nothing changed: no new snapshot (the report repeats the same one, harmlessly); the
+    # workspace is as saved as it can be.
     assert {r.snapshot.id for r in rig.sink.snapshots} == {first.id}
+    assert record.last_saved == rig.clock()
     assert rig.reported()[-1] == ("RUNNING", "editor answers")
 
 
