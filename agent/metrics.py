@@ -120,47 +120,57 @@ def render(
         for family, value in zip((used, memory, power), figures, strict=True):
             if value is not None:
                 family.add_metric(names, value)
-    workspace = GaugeMetricFamily(
-        "nbfleet_notebook_workspace_bytes",
-        "Disk space a notebook's /workspace takes on the host, as last measured",
-        labels=["notebook", "project"],
-    )
-    for notebook, assignment in sorted(assignments.items()):
-        measured = workspaces.get(notebook)
-        if measured is not None:
-            workspace.add_metric([notebook, assignment.project], measured.used_bytes)
-    cpu = CounterMetricFamily(
-        "nbfleet_notebook_cpu_seconds",
-        "CPU time of every process in a notebook's container since it started",
-        labels=["notebook", "project"],
-    )
-    working_set = GaugeMetricFamily(
-        "nbfleet_notebook_memory_working_set_bytes",
-        "Memory a notebook's container holds, less the file cache the kernel could drop",
-        labels=["notebook", "project"],
-    )
-    for notebook, figures in sorted(usage.items()):
-        assignment = assignments.get(notebook)
-        if assignment is None:
-            continue
-        names = [notebook, assignment.project]
-        cpu.add_metric(names, figures.cpu_seconds)
-        working_set.add_metric(names, figures.memory_working_set_bytes)
-    unsaved = GaugeMetricFamily(
-        "nbfleet_notebook_seconds_since_checkpoint",
-        "Seconds since a running notebook's workspace was last saved to the object store "
-        "(a checkpoint, or since it started when none has been taken yet)",
-        labels=["notebook", "project"],
-    )
-    for notebook, seconds in sorted(saved_ago.items()):
-        assignment = assignments.get(notebook)
-        if assignment is not None:
-            unsaved.add_metric([notebook, assignment.project], seconds)
+    projects = {notebook: a.project for notebook, a in assignments.items()}
+    measured = {n: m.used_bytes for n in projects if (m := workspaces.get(n)) is not None}
+    per_notebook = [
+        _per_notebook(
+            GaugeMetricFamily,
+            "nbfleet_notebook_workspace_bytes",
+            "Disk space a notebook's /workspace takes on the host, as last measured",
+            projects,
+            measured,
+        ),
+        _per_notebook(
+            CounterMetricFamily,
+            "nbfleet_notebook_cpu_seconds",
+            "CPU time of every process in a notebook's container since it started",
+            projects,
+            {n: u.cpu_seconds for n, u in usage.items()},
+        ),
+        _per_notebook(
+            GaugeMetricFamily,
+            "nbfleet_notebook_memory_working_set_bytes",
+            "Memory a notebook's container holds, less the file cache the kernel could drop",
+            projects,
+            {n: u.memory_working_set_bytes for n, u in usage.items()},
+        ),
+        _per_notebook(
+            GaugeMetricFamily,
+            "nbfleet_notebook_seconds_since_checkpoint",
+            "Seconds since a running notebook's workspace was last saved to the object store "
+            "(a checkpoint, or since it started when none has been taken yet)",
+            projects,
+            saved_ago,
+        ),
+    ]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        _Families(
-            [used, memory, power, workspace, cpu, working_set, unsaved]
-            + [host_used, host_memory, host_power]
-        )
+        _Families([used, memory, power, *per_notebook, host_used, host_memory, host_power])
     )
     return generate_latest(registry) + generate_latest(syncs.registry), CONTENT_TYPE_LATEST
+
+
+def _per_notebook(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    projects: dict[str, str],
+    values: dict[str, float],
+) -> Metric:
+    """A series labelled ``notebook`` and ``project``: one sample per notebook of ``values``
+    still assigned here (``projects``: the assigned notebooks' projects)."""
+    family = kind(name, documentation, labels=["notebook", "project"])
+    for notebook, value in sorted(values.items()):
+        if notebook in projects:
+            family.add_metric([notebook, projects[notebook]], value)
+    return family
