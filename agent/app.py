@@ -10,6 +10,8 @@ from an :class:`AgentConfig`. Loops (each a :class:`Loop` with start/stop/tick):
 * report: flushes the outbox; usage: queues billed minutes every ``usage_interval_s``;
 * disk: measures each running notebook's workspace disk use every ``disk_usage_interval_s``
   (:mod:`agent.disk`, in a worker thread);
+* activity: asks each running notebook's editor what it is doing and looks at its GPU and CPU
+  use every ``activity_interval_s`` (:mod:`agent.activity`), into the activity meter;
 * spool: writes what the outbox holds to ``state_dir/outbox.json`` when it changed, so reports
   and minutes survive an agent restart during a scheduler outage (read back at construction).
 
@@ -17,9 +19,9 @@ Its HTTP server (health, logs, exec, the editor proxy) is :mod:`agent.http_api`;
 scheduler last answered, and so whether the agent may still act for its notebooks, is
 :mod:`agent.contact`.
 
-Heartbeats carry the proxy's activity of notebooks with traffic since the last one, the free
-and total bytes of the filesystem holding ``workspaces_dir``, and workspace disk use measured
-since the last acknowledged heartbeat.
+Heartbeats carry the latest activity (proxy, SSH, the activity loop) and what showed it, of
+notebooks with news since the last one; the free and total bytes of the filesystem holding
+``workspaces_dir``; and workspace disk use measured since the last acknowledged heartbeat.
 Stopping the agent never stops notebooks: they are adopted at the next start.
 """
 
@@ -33,6 +35,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from agent.activity import ActivityProbe
 from agent.client import Backoff, SchedulerClient
 from agent.contact import SchedulerContact
 from agent.container_config import host_memory_mb
@@ -186,8 +189,17 @@ class Agent:
                 config.ssh_host_key_file or os.path.join(config.state_dir, "ssh_host_ed25519_key"),
                 notebooks.ssh_target,
                 docker_url=config.docker_url,
-                on_activity=lambda notebook: self.activity.record(notebook),
+                on_activity=lambda notebook: self.activity.record(notebook, signal="SSH"),
             )
+        self.activity_probe = ActivityProbe(
+            lambda: self.reconciler.assignments,
+            notebooks.editor,
+            runtime,
+            inventory,
+            self.activity,
+            upstream_host=config.upstream_host,
+            clock=clock,
+        )
         self.workspace_meter = WorkspaceMeter(clock)
         self.registered = asyncio.Event()
         self.assignments_version: int | None = None
@@ -210,6 +222,7 @@ class Agent:
             Loop("usage", self.usage_tick, lambda: config.usage_interval_s),
             Loop("spool", self.outbox.save, lambda: SPOOL_INTERVAL_S),
             Loop("disk", self.disk_tick, lambda: config.disk_usage_interval_s),
+            Loop("activity", self.activity_probe.tick, lambda: config.activity_interval_s),
         ]
 
     # ------------------------------------------------------------ lifecycle
@@ -254,6 +267,7 @@ class Agent:
         if self.ssh is not None:
             await self.ssh.close()
         await self.proxy.close()
+        await self.activity_probe.close()
         await self.client.close()
         await self.store.close()
         await self.runtime.close()

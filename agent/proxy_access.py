@@ -12,8 +12,9 @@ the scheduler last confirmed it, but only while the scheduler cannot be reached 
 the scheduler's own (a 4xx included) are never covered by it. It lives in memory only, bounded
 to :data:`GRACE_ENTRIES` tokens: an agent restarted during an outage vouches for nobody.
 
-:class:`ActivityMeter` keeps, per notebook, the last proxied request or frame and the bytes
-both ways, and hands the notebooks with new traffic to the heartbeat.
+:class:`ActivityMeter` keeps, per notebook, the latest activity (a proxied request or frame, SSH,
+or what :mod:`agent.activity` measured) with what showed it, and the bytes the proxy carried
+both ways, and hands the notebooks with news to the heartbeat.
 """
 
 from __future__ import annotations
@@ -288,40 +289,63 @@ def _wall(at: float, now: float) -> str:
 @dataclass
 class _Traffic:
     last_at: float
+    #: What showed the activity at ``last_at`` (``NotebookActivity.signal``).
+    signal: str
     bytes_in: int = 0
     bytes_out: int = 0
-    #: Traffic since the last acknowledged heartbeat.
+    #: Changed since the last acknowledged heartbeat.
     dirty: bool = True
 
 
 class ActivityMeter:
-    """Per notebook: when the proxy last carried something for it, and how many bytes
-    (cumulative since this agent started proxying it)."""
+    """Per notebook: the latest activity any signal showed (proxied traffic, SSH, the probes of
+    :mod:`agent.activity`) and what showed it, and the bytes the proxy carried (cumulative since
+    this agent started proxying it).
+
+    The latest activity never goes back: a signal seen at or before the one held changes
+    neither time nor signal. A notebook is sent with the next heartbeat only when something
+    changed (a later activity, or bytes), so a probe that sees the same kernel activity every
+    tick sends nothing new.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._traffic: dict[str, _Traffic] = {}
 
-    def record(self, notebook: str, *, bytes_in: int = 0, bytes_out: int = 0) -> None:
-        now = self._clock()
+    def record(
+        self,
+        notebook: str,
+        *,
+        at: float | None = None,
+        signal: str = "editor traffic",
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+    ) -> None:
+        """Activity of ``notebook`` at ``at`` (the clock's now when not given), shown by
+        ``signal``, and bytes carried."""
+        if at is None:
+            at = self._clock()
         traffic = self._traffic.get(notebook)
         if traffic is None:
-            traffic = self._traffic[notebook] = _Traffic(last_at=now)
-        traffic.last_at = now
-        traffic.bytes_in += bytes_in
-        traffic.bytes_out += bytes_out
-        traffic.dirty = True
+            traffic = self._traffic[notebook] = _Traffic(last_at=at, signal=signal)
+        elif at > traffic.last_at:
+            traffic.last_at, traffic.signal = at, signal
+            traffic.dirty = True
+        if bytes_in or bytes_out:
+            traffic.bytes_in += bytes_in
+            traffic.bytes_out += bytes_out
+            traffic.dirty = True
 
     def get(self, notebook: str) -> NotebookActivity | None:
         traffic = self._traffic.get(notebook)
         return None if traffic is None else _activity(notebook, traffic)
 
     def pending(self) -> list[NotebookActivity]:
-        """Notebooks with traffic since the last :meth:`acknowledge`, as they are now."""
+        """Notebooks with news since the last :meth:`acknowledge`, as they are now."""
         return [_activity(n, t) for n, t in sorted(self._traffic.items()) if t.dirty]
 
     def acknowledge(self, sent: list[NotebookActivity]) -> None:
-        """``sent`` reached the scheduler: those notebooks are clean unless traffic arrived
+        """``sent`` reached the scheduler: those notebooks are clean unless something changed
         after the snapshot was taken."""
         for item in sent:
             traffic = self._traffic.get(item.notebook)
@@ -340,4 +364,5 @@ def _activity(notebook: str, traffic: _Traffic) -> NotebookActivity:
         last_activity_at=traffic.last_at,
         bytes_in=traffic.bytes_in,
         bytes_out=traffic.bytes_out,
+        signal=traffic.signal,
     )

@@ -8,7 +8,7 @@ import argparse
 import msgspec
 
 from cli import output, tokens, usage
-from cli.args import BadArguments, add_output
+from cli.args import BadArguments, add_output, idle_timeout
 from cli.client import Client
 from common import wire
 
@@ -45,6 +45,13 @@ def add_admin_parser(top) -> None:
     pq.add_argument("name")
     for field, flag in QUOTA_FLAGS.items():
         pq.add_argument(flag, dest=field, type=int, metavar="N")
+    pq.add_argument(
+        "--idle-timeout",
+        dest="idle_timeout_s",
+        type=idle_timeout("--idle-timeout", off=True),
+        metavar="DURATION",
+        help="stop the project's notebooks after this long idle (e.g. 60m); off: never",
+    )
     add_output(pq)
 
     token = adm.add_parser("token", help="project tokens")
@@ -112,10 +119,14 @@ def _project(client: Client, args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
-def quota_changes(args: argparse.Namespace) -> dict[str, int]:
+def quota_changes(args: argparse.Namespace) -> dict[str, float]:
     """The quota flags given, checked against the API's limits so a bad one is named by its
-    flag before anything is sent."""
-    changes = {f: getattr(args, f) for f in QUOTA_FLAGS if getattr(args, f) is not None}
+    flag before anything is sent (``--idle-timeout`` is checked as it is parsed)."""
+    changes: dict[str, float] = {
+        f: getattr(args, f) for f in QUOTA_FLAGS if getattr(args, f) is not None
+    }
+    if args.idle_timeout_s is not None:
+        changes["idle_timeout_s"] = args.idle_timeout_s
     try:
         msgspec.convert(changes, wire.QuotaUpdate)
     except msgspec.ValidationError as exc:

@@ -7,7 +7,7 @@ import argparse
 
 import msgspec
 
-from common import wire
+from common import durations, wire
 
 
 class BadArguments(Exception):
@@ -46,6 +46,27 @@ def label_pairs(flag: str):
                     f"{chars}, at most 63, starting and ending with a letter or digit)"
                 )
         return key, value
+
+    return parse
+
+
+def idle_timeout(flag: str, *, off: bool):
+    """argparse type for ``--idle-timeout``: a duration (``90s``, ``60m``, ``1h30m``) within
+    the API's bounds; with ``off``, also ``off``/``never``/``0`` (as 0: never)."""
+
+    def parse(text: str) -> float:
+        if off and text.strip().lower() in ("off", "never", "0"):
+            return 0.0
+        try:
+            seconds = durations.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag}: {exc}")
+        if not wire.MIN_IDLE_TIMEOUT_S <= seconds <= wire.MAX_IDLE_TIMEOUT_S:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text}: must be between {wire.MIN_IDLE_TIMEOUT_S:g} s and 365 days"
+                + (" (or off)" if off else "")
+            )
+        return seconds
 
     return parse
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 
 from cli import admin, output, ssh, tokens, usage, volumes
-from cli.args import BadArguments, add_output, label_pairs, pairs
+from cli.args import BadArguments, add_output, idle_timeout, label_pairs, pairs
 from cli.client import Client, client_config
 from common import wire
 from common.config import ConfigError
@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--unsecure-http",
         action="store_true",
         help="public notebook: anyone with its URL opens the editor, without a token",
+    )
+    run.add_argument(
+        "--idle-timeout",
+        type=idle_timeout("--idle-timeout", off=False),
+        metavar="DURATION",
+        help="stop the notebook (workspace saved) after this long idle, e.g. 30m; at most "
+        "the project's idle timeout, which applies otherwise",
     )
     run.add_argument("--label", action="append", type=label_pairs("--label"), default=[])
     run.add_argument("--envvar", action="append", type=pairs("--envvar"), default=[])
@@ -211,6 +218,7 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
             restart_on_timeout=args.restart_on_timeout,
             unsecure_http=args.unsecure_http,
             ssh_public_keys=ssh.keys_of(args),
+            idle_timeout_s=args.idle_timeout,
         )
         nb = client.call("POST", "/v1/notebooks", wire.Notebook, body=body)
         if args.wait:

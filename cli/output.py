@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from common import wire
+from common import durations, wire
 from common.states import NotebookState
 
 
@@ -149,11 +149,28 @@ def access(nb: wire.Notebook) -> str:
     return "project token (read or operator; `nbfleet token create`)"
 
 
+#: Last active within this long (and within half its idle timeout), a notebook reads "active".
+ACTIVE_S = 300.0
+
+
 def activity(nb: wire.Notebook, now: float | None = None) -> str:
-    """When the editor was last used through the proxy, and the traffic it carried."""
-    if nb.last_activity_at is None:
-        return "none yet"
-    return f"last request {ago(nb.last_activity_at, now)}, {size(nb.proxied_bytes)} proxied"
+    """While RUNNING, the idle signal: "active 2 min ago (kernel busy)" or "idle for 42 min,
+    stops at 60 min"; otherwise when it was last used. Then the traffic its proxy carried."""
+    proxied = f"{size(nb.proxied_bytes)} proxied"
+    status = nb.idle
+    if status is None:
+        if nb.last_activity_at is None:
+            return "none yet"
+        return f"last active {ago(nb.last_activity_at, now)}, {proxied}"
+    quiet, limit = status.idle_s, status.timeout_s
+    active_within = ACTIVE_S if limit is None else min(ACTIVE_S, limit / 2)
+    if quiet < active_within:
+        said = f"active {durations.human(quiet)} ago ({status.signal})"
+        stops = "" if limit is None else f", stops after {durations.human(limit)} idle"
+    else:
+        said = f"idle for {durations.human(quiet)} (last: {status.signal})"
+        stops = "" if limit is None else f", stops at {durations.human(limit)}"
+    return f"{said}{stops or ', no idle timeout'}; {proxied}"
 
 
 def disk_use(nb: wire.Notebook, now: float | None = None) -> str | None:
@@ -212,6 +229,10 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
         ("Flavor", nb.flavor or "-"),
         ("Resources", resources),
         ("Restart on timeout", "yes" if nb.restart_on_timeout else "no"),
+        (
+            "Idle timeout",
+            None if nb.idle_timeout_s is None else f"{durations.human(nb.idle_timeout_s)} (asked)",
+        ),
         ("Host", nb.host or "-"),
         ("GPUs", gpus),
         ("URL", nb.url or "-"),
@@ -300,6 +321,8 @@ def quota_detail(project: wire.Project, out: TextIO | None = None) -> None:
         out,
         numeric={1, 2},
     )
+    idle = durations.human(q.idle_timeout_s) if q.idle_timeout_s else "never"
+    out.write(f"Idle notebooks stop after: {idle}\n")
     out.write(f"Queued notebooks: {project.queued}\n")
 
 

@@ -47,6 +47,11 @@ class EditorSpec(Struct, forbid_unknown_fields=True):
     command: list[str]
     url_path: str = "/"
     description: str = ""
+    #: Which of the editor's own APIs tells the agent what it is doing (the idle signal):
+    #: ``jupyter`` (Jupyter Server's ``/api/kernels``, ``/api/terminals`` and ``/api/status``,
+    #: with the notebook's token), ``code-server`` (its ``/healthz`` heartbeat), or "" (none:
+    #: only proxy traffic, SSH, GPU and CPU use count).
+    activity_api: Literal["", "jupyter", "code-server"] = ""
 
 
 class FrameworkSpec(Struct, forbid_unknown_fields=True):
@@ -94,6 +99,18 @@ class QuotaDefaults(Struct, forbid_unknown_fields=True):
     notebooks: int = 10
     gpus_per_notebook: int = 4
     cpus_per_notebook: int = 12
+    #: A RUNNING notebook with no activity for this long is stopped (its workspace saved);
+    #: 0: never (the default). Users may ask for a shorter one at ``run``.
+    idle_timeout_s: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class IdleThresholds(Struct, forbid_unknown_fields=True):
+    """What counts as activity besides the editor, SSH and the editor's own APIs: a notebook's
+    GPUs busier than ``gpu_busy_pct`` (NVML utilization; any one of them), or, for a CPU
+    notebook, its container using more than ``cpu_busy_pct`` of the CPUs it was given."""
+
+    gpu_busy_pct: Annotated[float, Meta(ge=0, le=100)] = 5.0
+    cpu_busy_pct: Annotated[float, Meta(ge=0, le=100)] = 5.0
 
 
 class SchedulerConfig(Struct, forbid_unknown_fields=True):
@@ -158,6 +175,7 @@ class SchedulerConfig(Struct, forbid_unknown_fields=True):
     min_free_disk_pct: Annotated[float, Meta(ge=0, le=100)] = 5.0
     min_free_disk_gb: Annotated[float, Meta(ge=0)] = 10.0
     quota: QuotaDefaults = msgspec.field(default_factory=QuotaDefaults)
+    idle: IdleThresholds = msgspec.field(default_factory=IdleThresholds)
     flavors: dict[str, FlavorSpec] = {}
     catalog: Catalog = msgspec.field(default_factory=Catalog)
 
@@ -259,6 +277,10 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     #: so open editors keep working through a control-plane outage. Held in memory only (an
     #: agent restarted during an outage has nothing to vouch for); 0 turns it off.
     authorize_grace_s: Annotated[float, Meta(ge=0)] = 900.0
+    #: How often the agent asks each running notebook's editor what it is doing (kernels,
+    #: terminals, code-server's heartbeat) and looks at its GPU and CPU use: the idle signal,
+    #: sent with the heartbeats. Keep it well under the shortest idle timeout in use.
+    activity_interval_s: Annotated[float, Meta(gt=0)] = 30.0
 
     def __post_init__(self) -> None:
         parse_urls(self.scheduler_url, "scheduler_url")  # a bad URL fails at load, named

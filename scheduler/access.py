@@ -93,8 +93,21 @@ def admin_token_refused() -> wire.AuthorizeReply:
 # ---------------------------------------------------------------- what traffic it had
 
 
+@dataclass(frozen=True)
+class PendingActivity:
+    """One notebook's latest activity as its host reported it (:class:`ProxyActivity`)."""
+
+    host: str
+    #: When, and what showed it (``wire.NotebookActivity.signal``).
+    at: float
+    signal: str
+    #: Bytes the editor proxy carried both ways, cumulative.
+    carried: int
+
+
 class ProxyActivity(WriteBehind):
-    """The latest editor proxy activity per notebook, from heartbeats, until written.
+    """The latest activity per notebook (the idle signal: editor proxy, SSH, the editor's own
+    API, GPU and CPU use) and the bytes its proxy carried, from heartbeats, until written.
 
     :meth:`record` does no database work (it runs inside the heartbeat handler);
     :meth:`flush` writes everything pending in one transaction, only for notebooks the
@@ -103,33 +116,36 @@ class ProxyActivity(WriteBehind):
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        #: notebook → (reporting host, last activity, bytes both ways).
-        self._pending: dict[str, tuple[str, float, int]] = {}
+        self._pending: dict[str, PendingActivity] = {}
 
     def record(self, host_id: str, items: list[wire.NotebookActivity]) -> None:
         for item in items:
-            self._pending[item.notebook] = (
-                host_id,
-                item.last_activity_at,
-                item.bytes_in + item.bytes_out,
+            at, signal = item.last_activity_at, item.signal
+            held = self._pending.get(item.notebook)
+            if held is not None and held.host == host_id and held.at > at:
+                at, signal = held.at, held.signal  # never back, as written (see _write)
+            self._pending[item.notebook] = PendingActivity(
+                host_id, at, signal, item.bytes_in + item.bytes_out
             )
 
-    def pending(self, notebook_id: str, host_id: str | None) -> tuple[float, int] | None:
-        """``(last_activity_at, proxied_bytes)`` not yet written, if ``host_id`` reported it."""
+    def pending(self, notebook_id: str, host_id: str | None) -> PendingActivity | None:
+        """What ``host_id`` reported of the notebook and is not written yet."""
         found = self._pending.get(notebook_id)
-        if found is None or found[0] != host_id:
+        if found is None or found.host != host_id:
             return None
-        return found[1], found[2]
+        return found
 
-    async def _write(self, tx: Tx, pending: dict[str, tuple[str, float, int]]) -> None:
-        # The last activity never goes back (a late heartbeat); the byte count is the agent's
-        # latest cumulative figure, as the contract says.
+    async def _write(self, tx: Tx, pending: dict[str, PendingActivity]) -> None:
+        # The last activity never goes back (a late heartbeat), nor does its signal; the byte
+        # count is the agent's latest cumulative figure, as the contract says.
         await run_values(
             tx,
-            "UPDATE notebooks SET last_activity_at = CASE WHEN COALESCE(last_activity_at, 0) > "
+            "UPDATE notebooks SET activity_signal = CASE WHEN COALESCE(last_activity_at, 0) > "
+            "v.column1 THEN activity_signal ELSE v.column5 END, "
+            "last_activity_at = CASE WHEN COALESCE(last_activity_at, 0) > "
             "v.column1 THEN COALESCE(last_activity_at, 0) ELSE v.column1 END, "
             "proxied_bytes = v.column2 FROM (VALUES {values}) AS v "
             "WHERE notebooks.id = v.column3 AND notebooks.host_id = v.column4",
-            "(CAST(? AS DOUBLE PRECISION), CAST(? AS BIGINT), ?, ?)",
-            ((at, carried, notebook, host) for notebook, (host, at, carried) in pending.items()),
+            "(CAST(? AS DOUBLE PRECISION), CAST(? AS BIGINT), ?, ?, ?)",
+            ((p.at, p.carried, notebook, p.host, p.signal) for notebook, p in pending.items()),
         )

@@ -178,7 +178,7 @@ class AgentService:
 
     async def assignments(self, host_id: str) -> wire.Assignments:
         async with self.db.read() as tx:
-            return await _assignments(tx, host_id)
+            return await _assignments(tx, host_id, self.config)
 
     async def wait_assignments(
         self, host_id: str, *, since: int | None, wait_s: float
@@ -283,7 +283,7 @@ def _assigned_host(row: Row) -> str | None:
     return row["host_id"] or row["last_host_id"]
 
 
-async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
+async def _assignments(tx: Tx, host_id: str, config: SchedulerConfig) -> wire.Assignments:
     host = await tx.one("SELECT assignments_version FROM hosts WHERE id = ?", (host_id,))
     if host is None:
         return wire.Assignments(version=0, items=[])
@@ -295,6 +295,7 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
     )
     items = []
     for row in rows:
+        editor = config.catalog.editors.get(row["editor"])
         gpus = await tx.all(
             "SELECT uuid FROM gpus WHERE notebook_id = ? ORDER BY idx", (row["id"],)
         )
@@ -329,6 +330,9 @@ async def _assignments(tx: Tx, host_id: str) -> wire.Assignments:
                 volumes=await resolve_volumes(tx, row),
                 restore_from=await restore_source(tx, row),
                 ssh_public_keys=assigned_keys(row),
+                activity_api=editor.activity_api if editor is not None else "",
+                gpu_busy_pct=config.idle.gpu_busy_pct,
+                cpu_busy_pct=config.idle.cpu_busy_pct,
             )
         )
     return wire.Assignments(version=host["assignments_version"], items=items)

@@ -90,7 +90,9 @@ def create_app(
         db=db,
         board=board,
         notebooks=NotebookService(db, config, board, clock, admission),
-        notebook_views=NotebookViews(db, progress, activity),
+        notebook_views=NotebookViews(
+            db, progress, activity, clock=clock, quota_defaults=config.quota
+        ),
         agents=AgentService(
             db,
             config,

@@ -121,6 +121,7 @@ def fork_request(
         cpu=cpu,
         flavor=flavor,
         restart_on_timeout=bool(source["restart_on_timeout"]),
+        idle_timeout_s=source["idle_timeout_s"],
         # Same workspace, same audience: a fork of a public notebook is public too.
         unsecure_http=bool(source["unsecure_http"]),
         name=request.name,

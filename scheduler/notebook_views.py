@@ -4,20 +4,24 @@ read-only queries (list, get, history, where its logs and commands go).
 A notebook of another project does not exist (404); one the caller's scoped token does not
 reach by its labels is forbidden (403). Each query is one read transaction. What ``get`` and
 ``list`` show includes what is held in memory and not written yet: sync progress
-(:class:`scheduler.snapshots.ProgressBoard`) and editor proxy activity
-(:class:`PendingActivity`), so views never lag a flush.
+(:class:`scheduler.snapshots.ProgressBoard`) and activity (:class:`PendingActivity`), so views
+never lag a flush; a RUNNING notebook's idle status (:func:`scheduler.idle.status`) is shown by
+them only, since it needs the project's idle timeout and the clock.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from common import wire
+from common.config import QuotaDefaults
 from common.errors import ApiError, conflict, not_found
 from common.notebook_urls import editor_path
 from common.states import NotebookState
+from scheduler import idle
 from scheduler.datastores import stored_volumes
 from scheduler.db import Database, Row, Tx
 from scheduler.placement import gpu_ref
@@ -29,19 +33,37 @@ S = NotebookState
 
 
 class PendingActivity(Protocol):
-    """Editor proxy activity received but not written yet
-    (:class:`scheduler.access.ProxyActivity`)."""
+    """Activity received but not written yet (:class:`scheduler.access.ProxyActivity`)."""
 
-    def pending(self, notebook_id: str, host_id: str | None) -> tuple[float, int] | None:
-        """``(last_activity_at, proxied_bytes)`` of the notebook on that host, if any."""
+    def pending(self, notebook_id: str, host_id: str | None) -> Unwritten | None:
+        """What the notebook's host reported of it, if anything."""
         ...
 
 
+class Unwritten(Protocol):
+    at: float
+    signal: str
+    carried: int
+
+
 class NotebookViews:
-    def __init__(self, db: Database, progress: ProgressBoard, activity: PendingActivity) -> None:
+    """``get`` and ``list``: the notebook as stored, with what this replica holds in memory
+    (sync progress, activity) and, while RUNNING, its idle status."""
+
+    def __init__(
+        self,
+        db: Database,
+        progress: ProgressBoard,
+        activity: PendingActivity,
+        *,
+        clock: Callable[[], float] = time.time,
+        quota_defaults: QuotaDefaults | None = None,
+    ) -> None:
         self.db = db
         self.progress = progress
         self.activity = activity
+        self.clock = clock
+        self.quota_defaults = quota_defaults or QuotaDefaults()
 
     async def list(
         self,
@@ -67,6 +89,10 @@ class NotebookViews:
                 infos = await queue_infos(tx)
                 for view in views:
                     view.queue = infos.get(view.id) if view.state == S.QUEUED else None
+            if any(v.state == S.RUNNING for v in views):
+                project_s = await idle.project_timeout_of(tx, project, self.quota_defaults)
+                for view, row in zip(views, wanted, strict=True):
+                    self._with_idle(view, row, project_s)
             return [self._with_progress(view) for view in views]
 
     async def get(
@@ -74,7 +100,11 @@ class NotebookViews:
     ) -> wire.Notebook:
         async with self.db.read() as tx:
             row = await load(tx, project, notebook_id, selector)
-            return self._with_progress(await view(tx, row, with_history=True))
+            notebook = await view(tx, row, with_history=True)
+            if notebook.state == S.RUNNING:
+                project_s = await idle.project_timeout_of(tx, project, self.quota_defaults)
+                self._with_idle(notebook, row, project_s)
+            return self._with_progress(notebook)
 
     async def history(
         self, project: str, notebook_id: str, selector: dict[str, str] | None = None
@@ -119,14 +149,22 @@ class NotebookViews:
         async with self.db.read() as tx:
             await load(tx, project, notebook_id, selector)
 
+    def _with_idle(self, nb: wire.Notebook, row: Row, project_s: float | None) -> None:
+        unwritten = self.activity.pending(nb.id, nb.host)
+        nb.idle = idle.status(
+            row,
+            project_s=project_s,
+            now=self.clock(),
+            pending=None if unwritten is None else (unwritten.at, unwritten.signal),
+        )
+
     def _with_progress(self, nb: wire.Notebook) -> wire.Notebook:
-        """What is held in memory: sync progress, and proxy activity not written yet."""
+        """What is held in memory: sync progress, and activity not written yet."""
         nb.progress = self.progress.get(nb.id, nb.generation, nb.state, nb.progress)
-        activity = self.activity.pending(nb.id, nb.host)
-        if activity is not None:
-            at, carried = activity
-            nb.last_activity_at = max(nb.last_activity_at or 0.0, at)
-            nb.proxied_bytes = carried
+        unwritten = self.activity.pending(nb.id, nb.host)
+        if unwritten is not None:
+            nb.last_activity_at = max(nb.last_activity_at or 0.0, unwritten.at)
+            nb.proxied_bytes = unwritten.carried
         return nb
 
 
@@ -255,6 +293,7 @@ async def _view(
         unsecure_http=bool(row["unsecure_http"]),
         last_activity_at=row["last_activity_at"],
         proxied_bytes=row["proxied_bytes"],
+        idle_timeout_s=row["idle_timeout_s"],
         workspace_used_bytes=row["workspace_used_bytes"],
         workspace_used_at=row["workspace_used_at"],
         ssh_keys=key_infos(row),

@@ -21,7 +21,7 @@ from common import wire
 from common.config import SchedulerConfig
 from common.errors import ApiError, conflict
 from common.states import STARTABLE, STOPPABLE, NotebookState
-from scheduler import placement
+from scheduler import idle, placement
 from scheduler.admission import Admission
 from scheduler.batches import Batcher
 from scheduler.board import AssignmentBoard
@@ -49,12 +49,13 @@ _INSERT = (
     "INSERT INTO notebooks (id, project, name, framework, editor, image, command, editor_port, "
     'url_path, "user", gpu, cpu, memory_mb, labels, envvars, state, state_reason, state_at, '
     "desired, generation, initialized, access_token, created_at, flavor, gpu_model, disk_gb, "
-    "restart_on_timeout, unsecure_http, ssh_public_keys, fork_notebook, fork_snapshot, volumes) "
+    "restart_on_timeout, unsecure_http, ssh_public_keys, fork_notebook, fork_snapshot, volumes, "
+    "idle_timeout_s) "
     "VALUES "
 )
 _INSERT_ROW = (
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'STOPPED', 'created', ?, 'stopped', 0, ?, ?, "
-    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -107,6 +108,13 @@ class NotebookService:
         ssh_keys = checked_keys(request.ssh_public_keys, "$.ssh_public_keys")
         check_mount_paths(request.volumes)
         name = request.name or default_name(request.framework, request.editor)
+        if request.idle_timeout_s is not None and fork is None:
+            # A fork keeps its source's, whatever the project's is now: the shorter applies.
+            async with self.db.read() as tx:
+                project_s = await idle.project_timeout_of(tx, project, self.config.quota)
+            refusal = idle.asked_refusal(project, project_s, request.idle_timeout_s)
+            if refusal is not None:
+                raise refusal
         notebook_id = str(uuid.uuid4())
         now = self.clock()
         # Stored as a STOPPED notebook of generation 0 that never ran (no history, no host),
@@ -143,6 +151,7 @@ class NotebookService:
             fork.notebook if fork is not None else None,
             fork.snapshot if fork is not None else None,
             encode_volumes(request.volumes),
+            request.idle_timeout_s,
         )
         suffix = (
             f"; workspace from backup {fork.snapshot} of {fork.notebook}"

@@ -14,11 +14,18 @@ from dataclasses import dataclass
 
 from common import wire
 from common.config import QuotaDefaults
-from common.errors import ApiError
+from common.errors import ApiError, invalid
 from scheduler.db import Row, Tx
 from scheduler.placement import Resources
 
-LIMITS = ("gpus", "cpus", "notebooks", "gpus_per_notebook", "cpus_per_notebook")
+LIMITS = (
+    "gpus",
+    "cpus",
+    "notebooks",
+    "gpus_per_notebook",
+    "cpus_per_notebook",
+    "idle_timeout_s",
+)
 
 
 #: A project's use and its own limits (NULL: the default), in one row.
@@ -140,6 +147,13 @@ class ProjectQuota:
 
 
 async def update(tx: Tx, project: str, change: wire.QuotaUpdate) -> None:
+    idle = change.idle_timeout_s
+    if idle is not None and 0 < idle < wire.MIN_IDLE_TIMEOUT_S:
+        raise invalid(
+            f"idle_timeout_s {idle:g}: must be 0 (never) or at least "
+            f"{wire.MIN_IDLE_TIMEOUT_S:g} seconds",
+            field="idle_timeout_s",
+        )
     values = {name: getattr(change, name) for name in LIMITS if getattr(change, name) is not None}
     await tx.run(
         "INSERT INTO quotas (project) VALUES (?) ON CONFLICT (project) DO NOTHING", (project,)

@@ -55,13 +55,18 @@ class RegisterReply(Struct):
 
 
 class NotebookActivity(Struct):
-    """What the agent's editor proxy saw of one notebook (cumulative since the agent started
-    proxying it; the scheduler keeps the latest)."""
+    """The latest activity the agent saw of one notebook: through its editor proxy or SSH,
+    in the editor's own API (a busy kernel, a terminal, code-server's heartbeat), or GPU or
+    CPU use above the thresholds; bytes the proxy carried (cumulative since the agent started
+    proxying it). The scheduler keeps the latest."""
 
     notebook: str
     last_activity_at: float
     bytes_in: int
     bytes_out: int
+    #: What showed that activity, for people: ``editor traffic``, ``SSH``, ``kernel busy``,
+    #: ``kernel``, ``terminal``, ``code-server``, ``GPU 87%``, ``CPU 40%``.
+    signal: str = "editor traffic"
 
 
 class WorkspaceUse(Struct, forbid_unknown_fields=True):
@@ -168,6 +173,12 @@ class Assignment(Struct):
     #: Full OpenSSH public key lines that may log in as this notebook (user name: its id);
     #: sent only while it is to run (``desired=running``), only to the host running it.
     ssh_public_keys: list[str] = []
+    #: Which editor API the agent reads the idle signal from (``EditorSpec.activity_api``).
+    activity_api: Literal["", "jupyter", "code-server"] = ""
+    #: Above these, the notebook's GPUs (any one) or, without GPUs, its CPUs count as activity
+    #: (the scheduler's ``[idle]`` settings).
+    gpu_busy_pct: float = 5.0
+    cpu_busy_pct: float = 5.0
 
 
 class VolumeAssignment(Struct):

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from common.wire.scalars import LabelKey, LabelValue, Name, Role
+from common.wire.scalars import MAX_IDLE_TIMEOUT_S, LabelKey, LabelValue, Name, Role
 
 
 class ProjectCreate(Struct, forbid_unknown_fields=True):
@@ -21,6 +21,8 @@ class Quota(Struct):
     notebooks: int
     gpus_per_notebook: int
     cpus_per_notebook: int
+    #: Seconds without activity after which a RUNNING notebook is stopped; 0: never.
+    idle_timeout_s: float = 0.0
 
 
 class QuotaUpdate(Struct, forbid_unknown_fields=True):
@@ -31,6 +33,8 @@ class QuotaUpdate(Struct, forbid_unknown_fields=True):
     notebooks: Annotated[int, Meta(ge=0, le=100_000)] | None = None
     gpus_per_notebook: Annotated[int, Meta(ge=0, le=16)] | None = None
     cpus_per_notebook: Annotated[int, Meta(ge=0, le=256)] | None = None
+    #: 0 turns idle stops off for the project (whatever the scheduler's default).
+    idle_timeout_s: Annotated[float, Meta(ge=0, le=MAX_IDLE_TIMEOUT_S)] | None = None
 
 
 class QuotaUse(Struct):

@@ -25,6 +25,11 @@ HostId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})\Z")]
 GpuCount = Annotated[int, Meta(ge=0, le=16)]
 CpuCount = Annotated[int, Meta(ge=0, le=256)]
 Role = Literal["read", "operator"]
+#: Idle timeouts (seconds): at least 10 (a shorter one would stop a busy notebook before its
+#: agent's next look at it), at most a year.
+MIN_IDLE_TIMEOUT_S = 10.0
+MAX_IDLE_TIMEOUT_S = 365 * 86400.0
+IdleTimeout = Annotated[float, Meta(ge=MIN_IDLE_TIMEOUT_S, le=MAX_IDLE_TIMEOUT_S)]
 #: One OpenSSH public key line, ``<type> <base64> [comment]`` (see :mod:`common.ssh`). The
 #: pattern checks its shape; the scheduler also decodes the base64 and checks the key inside
 #: (:func:`common.ssh.parse_public_key`), naming the same field.

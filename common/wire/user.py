@@ -14,6 +14,7 @@ from common.wire.scalars import (
     EnvName,
     EnvValue,
     GpuCount,
+    IdleTimeout,
     LabelKey,
     LabelValue,
     Name,
@@ -98,6 +99,9 @@ class NotebookCreate(Struct, forbid_unknown_fields=True):
     #: Keys that may log in with SSH while the notebook runs (``ssh://<id>@host:port``).
     #: Never returned by the API, which shows their fingerprints (``Notebook.ssh_keys``).
     ssh_public_keys: SshPublicKeys = []
+    #: Stop the notebook (workspace saved) after this many seconds without activity; never
+    #: longer than its project's idle timeout (403), which applies when this is not given.
+    idle_timeout_s: IdleTimeout | None = None
 
 
 class SshKeysUpdate(Struct, forbid_unknown_fields=True):
@@ -160,6 +164,21 @@ class QueueInfo(Struct):
     blocked_by: Literal["capacity", "quota"] = "capacity"
 
 
+class IdleStatus(Struct):
+    """A RUNNING notebook's idle signal, as the scheduler holds it when it answers."""
+
+    #: When the notebook was last active and what showed it (``editor traffic``, ``SSH``,
+    #: ``kernel busy``, ``kernel``, ``terminal``, ``code-server``, ``GPU 87%``, ``CPU 40%``;
+    #: ``started`` when nothing was seen since it started running).
+    last_active_at: float
+    signal: str
+    #: Seconds since then, by the scheduler's clock.
+    idle_s: float
+    #: The idle timeout that applies (the shorter of the project's and the notebook's own),
+    #: ``None``: it is never stopped for being idle.
+    timeout_s: float | None = None
+
+
 class Notebook(Struct):
     id: str
     project: str
@@ -210,6 +229,10 @@ class Notebook(Struct):
     #: ``ssh://<id>@<host>:<port>`` while RUNNING, with keys, on a host that offers SSH;
     #: ``None`` otherwise.
     ssh: str | None = None
+    #: The idle timeout asked for at ``run`` (``None``: the project's applies).
+    idle_timeout_s: float | None = None
+    #: While RUNNING (in ``get`` and ``list``): how long it has been idle and when it stops.
+    idle: IdleStatus | None = None
 
 
 class NotebookList(Struct):

@@ -10,7 +10,9 @@ Then, on the one replica holding the lease:
 2. declare hosts past their heartbeat TTL lost, their notebooks ERROR (``HostService.mark_lost``),
    counting silence only up to what every live replica has flushed;
 3. stop notebooks RUNNING longer than ``max_runtime_s`` (``restart_on_timeout`` ones are to be
-   restarted: ``desired`` :data:`scheduler.lifecycle.RESTARTED`);
+   restarted: ``desired`` :data:`scheduler.lifecycle.RESTARTED`), and those idle for their idle
+   timeout (:mod:`scheduler.idle`; never restarted), counting activity up to what every live
+   replica has flushed;
 4. start again notebooks to be restarted that have settled (STOPPED, or ERROR from a lost host)
    by queueing them (:meth:`Admission.restart`); one that FAILED to stop is not restarted
    (:mod:`scheduler.lifecycle` says why);
@@ -39,6 +41,7 @@ from scheduler.admission import Admission
 from scheduler.board import AssignmentBoard
 from scheduler.db import Database, Tx, WriteBehind
 from scheduler.hosts import HostService
+from scheduler.idle import stop_idle
 from scheduler.lifecycle import RESTARTED, RESTARTS_FROM, stop_by_scheduler
 from scheduler.loops.base import Loop, one_item
 from scheduler.replay import forget_expired
@@ -127,6 +130,7 @@ class Maintenance(Loop):
         jobs: tuple[tuple[str, Callable[[Tx, float], Awaitable[None]]], ...] = (
             ("lost-hosts", self._lost_hosts),
             ("runtime-limit", self._runtime_limit),
+            ("idle", self._idle),
             ("restarts", self._restarts),
             ("end-drains", self._end_drains),
             ("queue", self._dispatch),
@@ -162,6 +166,10 @@ class Maintenance(Loop):
                     board=self.board,
                 )
                 log.info("notebook=%s stopped at the runtime limit", row["id"])
+
+    async def _idle(self, tx: Tx, now: float) -> None:
+        through = await self.replica.flushed_through(tx, now)
+        await stop_idle(tx, now=now, through=through, config=self.config, board=self.board)
 
     async def _restarts(self, tx: Tx, now: float) -> None:
         rows = await tx.all(

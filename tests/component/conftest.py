@@ -61,8 +61,13 @@ CATALOG = {
                 "--ServerApp.base_url={base_url}",
             ],
             "url_path": "/lab?token={token}",
+            "activity_api": "jupyter",
         },
-        "vscode": {"port": 8080, "command": ["code-server", "--bind-addr=0.0.0.0:{port}"]},
+        "vscode": {
+            "port": 8080,
+            "command": ["code-server", "--bind-addr=0.0.0.0:{port}"],
+            "activity_api": "code-server",
+        },
     },
 }
 

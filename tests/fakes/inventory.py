@@ -13,8 +13,11 @@ class FakeInventory:
             for i, model in enumerate(models or [])
         ]
         self.note = note if not self.gpus else ""
+        #: How many times the GPUs were read.
+        self.snapshots = 0
 
     async def snapshot(self) -> GpuSnapshot:
+        self.snapshots += 1
         return GpuSnapshot(gpus=list(self.gpus), note=self.note)
 
 

@@ -101,6 +101,43 @@ def test_get_shows_each_gpus_utilization_and_memory_as_last_reported(server, cap
     assert "GPU-1 (NVIDIA H100): 87% busy, 31.2/79.6 GiB used; GPU-2 (NVIDIA H100)" in out, out
 
 
+def test_run_asks_for_an_idle_timeout(server, capsys):
+    server.replies[("POST", "/v1/notebooks")] = (201, {**NOTEBOOK, "idle_timeout_s": 1800.0})
+    assert main(["notebook", "run", "conda", "jupyterlab", "--idle-timeout", "30m"]) == 0
+    assert json.loads(server.calls[0][3])["idle_timeout_s"] == 1800
+    assert "Idle timeout:       30 min (asked)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "idle, shown",
+    [
+        (
+            {"last_active_at": 1.0, "signal": "kernel busy", "idle_s": 120.0, "timeout_s": 3600},
+            "Activity:           active 2 min ago (kernel busy), stops after 60 min idle; "
+            "2.0 KB proxied",
+        ),
+        (
+            {"last_active_at": 1.0, "signal": "kernel", "idle_s": 2520.0, "timeout_s": 3600},
+            "Activity:           idle for 42 min (last: kernel), stops at 60 min; 2.0 KB proxied",
+        ),
+        (
+            {"last_active_at": 1.0, "signal": "GPU 87%", "idle_s": 5.0, "timeout_s": None},
+            "Activity:           active 5 s ago (GPU 87%), no idle timeout; 2.0 KB proxied",
+        ),
+        (
+            # Half of a short timeout gone reads as idle already.
+            {"last_active_at": 1.0, "signal": "started", "idle_s": 200.0, "timeout_s": 300},
+            "Activity:           idle for 3 min (last: started), stops at 5 min; 2.0 KB proxied",
+        ),
+    ],
+)
+def test_get_shows_the_idle_signal(server, capsys, idle, shown):
+    body = {**NOTEBOOK, "idle": idle, "proxied_bytes": 2048, "last_activity_at": 1.0}
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, body)
+    assert main(["notebook", "get", "6f1c"]) == 0
+    assert shown in capsys.readouterr().out
+
+
 def test_server_error_message_is_shown_with_exit_1(server, capsys):
     assert main(["notebook", "get", "nope"]) == 1
     assert "notebook nope does not exist" in capsys.readouterr().err

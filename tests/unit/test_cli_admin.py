@@ -80,6 +80,31 @@ def test_project_quota_out_of_range_names_the_flag(server, capsys, flag, value, 
     assert server.calls == []
 
 
+def test_an_operator_sets_a_projects_idle_timeout(server, capsys) -> None:
+    assert main(["admin", "project", "quota", "vision", "--idle-timeout", "60m"]) == 0
+    assert json.loads(server.calls[0][3]) == {"idle_timeout_s": 3600}
+    assert "Idle notebooks stop after: 60 min" in capsys.readouterr().out
+    assert main(["admin", "project", "quota", "vision", "--idle-timeout", "off"]) == 0
+    assert json.loads(server.calls[1][3]) == {"idle_timeout_s": 0}
+    assert "Idle notebooks stop after: never" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "value, names",
+    [
+        ("soon", "--idle-timeout: 'soon' is not a duration: write seconds, or a number with s, m"),
+        ("5s", "--idle-timeout 5s: must be between 10 s and 365 days (or off)"),
+        ("400d", "--idle-timeout 400d: must be between 10 s and 365 days (or off)"),
+    ],
+)
+def test_a_bad_idle_timeout_names_the_flag(server, capsys, value, names) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["admin", "project", "quota", "vision", "--idle-timeout", value])
+    assert exited.value.code == 2
+    assert names in capsys.readouterr().err
+    assert server.calls == []
+
+
 def test_project_quota_of_an_unknown_project(server, capsys) -> None:
     assert main(["admin", "project", "quota", "ghost", "--gpus", "1"]) == 1
     assert "project ghost does not exist" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_get_shows_access_and_editor_activity(server, capsys) -> None:
     out = capsys.readouterr().out
     assert "URL:" in out and url in out
     assert "project token (read or operator" in out
-    assert "last request 2m ago, 2.5 MB proxied" in out
+    assert "last active 2m ago, 2.5 MB proxied" in out
 
     server.replies[("GET", f"/v1/notebooks/{NB}")] = (200, NOTEBOOK)
     assert main(["notebook", "get", NB]) == 0
