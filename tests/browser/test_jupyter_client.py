@@ -70,13 +70,14 @@ def delete_notebook(cluster, nb_id: str) -> None:
     cluster.wait_state(nb_id, "DELETED")
 
 
-def run_client(node: str, url: str, auth: str, token: str | None) -> dict:
-    """Run jupyter_client/client.mjs against ``url``; its one JSON line, as a dict."""
+def run_client(node: str, url: str, auth: str, token: str | None, *extra: str) -> dict:
+    """Run jupyter_client/client.mjs against ``url`` (``extra``: more of its options); its one
+    JSON line, as a dict."""
     env = dict(os.environ)
     env.pop("NBFLEET_JUPYTER_TOKEN", None)
     if token is not None:
         env["NBFLEET_JUPYTER_TOKEN"] = token
-    command = [node, "client.mjs", "--base-url", url, "--auth", auth]
+    command = [node, "client.mjs", "--base-url", url, "--auth", auth, *extra]
     try:
         done = subprocess.run(
             [*command, "--timeout", str(CLIENT_TIMEOUT_S)],

@@ -143,6 +143,11 @@ class Agent:
     def workspaces(self) -> Path:
         return self.root / "workspaces"
 
+    @property
+    def gpu_state(self) -> Path:
+        """What its fake GPUs report now (``tests.support.nvml.write_gpu_state``)."""
+        return self.root / "gpu-state"
+
 
 @dataclass
 class Cluster:
@@ -224,11 +229,13 @@ start_timeout_s = 60
 reconcile_interval_s = 0.5
 usage_interval_s = 5
 checkpoint_interval_s = 3
+activity_interval_s = 1
 """)
         env = dict(os.environ)
         if nvml:
             env["LD_LIBRARY_PATH"] = f"{self.nvml_dir}:{env.get('LD_LIBRARY_PATH', '')}"
             env["NBFLEET_FAKE_GPUS"] = ";".join(f"{u}:{m}:{mem}" for u, m, mem in gpus)
+            env["NBFLEET_FAKE_GPU_STATE"] = str(root / "gpu-state")
         agent = Agent(host_id, gpus, root, config, port, env)
         self.agents[host_id] = agent
         self.start_agent(host_id)

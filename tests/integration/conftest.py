@@ -43,8 +43,9 @@ def host_id() -> str:
 
 @pytest.fixture
 def notebook_ids(request: pytest.FixtureRequest) -> Iterator[list[str]]:
-    """Notebook ids a test used; their containers are removed afterwards, logs dumped on
-    failure."""
+    """Notebook ids a test used; their containers and networks are removed afterwards, logs
+    dumped on failure. A network left behind takes one of dockerd's ~30 address pools for
+    good: enough of them and no notebook gets a network of its own."""
     ids: list[str] = []
     yield ids
     for notebook in ids:
@@ -54,6 +55,7 @@ def notebook_ids(request: pytest.FixtureRequest) -> Iterator[list[str]]:
             logs = subprocess.run(["docker", "logs", "--tail", "50", name], capture_output=True)
             print(f"----- {name} logs -----\n{logs.stdout.decode()}{logs.stderr.decode()}")
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "network", "rm", name], capture_output=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

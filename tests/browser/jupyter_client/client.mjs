@@ -20,6 +20,10 @@
 //   {"ok": true, "kernelspecs": [...], "execute_result": "42", "file": {...}, ...}
 // or, on failure, {"ok": false, "step": ..., "status": HTTP status or null, "error": ...}
 // and exits 1 (2 when --timeout ran out). The token never appears in what it prints.
+//
+// With --leave-running CODE it starts the kernel the same way, sends CODE to it, waits until
+// the kernel says it is busy with it and exits, leaving the kernel running the cell (a user
+// who starts a long cell and closes the tab): {"ok": true, "kernel_id": ..., "busy": true}.
 
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -42,7 +46,8 @@ const { values: args } = parseArgs({
   options: {
     'base-url': { type: 'string' },
     auth: { type: 'string', default: 'token' },
-    timeout: { type: 'string', default: '120' }
+    timeout: { type: 'string', default: '120' },
+    'leave-running': { type: 'string' }
   }
 });
 const baseUrl = args['base-url'];
@@ -228,6 +233,17 @@ async function main() {
     kernel: { name: specs.default }
   });
   const kernel = session.kernel;
+
+  if (args['leave-running'] !== undefined) {
+    step = 'start a cell and leave';
+    const future = kernel.requestExecute({ code: args['leave-running'], store_history: false });
+    await new Promise((resolve) => {
+      future.onIOPub = (msg) => {
+        if (msg.header.msg_type === 'status' && msg.content.execution_state === 'busy') resolve();
+      };
+    });
+    finish(0, { ok: true, kernel_id: kernel.id, session_id: session.id, busy: true });
+  }
 
   step = `execute ${CODE}`;
   const outputs = [];
