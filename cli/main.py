@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -422,6 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`nbfleet notebook get ID | head`): like any Unix tool, stop
+        # quietly; stdout is pointed at /dev/null so the interpreter's last flush cannot fail.
+        with contextlib.suppress(OSError, ValueError):  # no file descriptor behind stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

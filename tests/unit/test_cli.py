@@ -138,6 +138,17 @@ def test_get_shows_the_idle_signal(server, capsys, idle, shown):
     assert shown in capsys.readouterr().out
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(server, monkeypatch, capsys):
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, NOTEBOOK)
+
+    def closed_pipe(*_args, **_kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("cli.output.notebook_detail", closed_pipe)
+    assert main(["notebook", "get", "6f1c"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_server_error_message_is_shown_with_exit_1(server, capsys):
     assert main(["notebook", "get", "nope"]) == 1
     assert "notebook nope does not exist" in capsys.readouterr().err
