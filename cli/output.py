@@ -10,6 +10,14 @@ from typing import Any, TextIO
 import msgspec
 
 from common import durations, wire
+from common.notebook_text import (  # noqa: F401 (the CLI's modules take them from here)
+    PHASES,
+    idle_text,
+    notebook_gpu,
+    progress,
+    queue_text,
+    size,
+)
 from common.states import NotebookState
 
 
@@ -61,17 +69,6 @@ def resources(nb: wire.Notebook) -> str:
     return f"{nb.cpu} CPU"
 
 
-def queue_text(nb: wire.Notebook) -> str:
-    """``QUEUED: waiting for 2 × H100, position 3`` (and what blocks it, if its quota)."""
-    q = nb.queue
-    if q is None:
-        return f"{nb.state}: {nb.state_reason}"
-    text = f"{nb.state}: waiting for {q.waiting_for}, position {q.position}"
-    if q.blocked_by == "quota":
-        text += ", blocked by project quota"
-    return text
-
-
 def list_state(nb: wire.Notebook) -> str:
     """The STATE cell: a queued notebook also shows its place in the queue."""
     if nb.state == NotebookState.QUEUED and nb.queue is not None:
@@ -92,38 +89,6 @@ def notebook_rows(items: Sequence[wire.Notebook]) -> list[list[Any]]:
         ]
         for nb in items
     ]
-
-
-def size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError
-
-
-PHASES = {
-    "image": "preparing image",
-    "restore": "restoring workspace",
-    "volumes-pull": "pulling volumes",
-    "push": "saving workspace",
-    "volumes-push": "pushing volumes",
-    "checkpoint": "checkpointing workspace",
-}
-
-
-def progress(p: wire.Progress) -> str:
-    """``restoring workspace 40% (412 of 1,030 files, 40.1 MB of 100.2 MB)``."""
-    text = PHASES.get(p.phase, p.phase)
-    if p.bytes_total:
-        text += f" {100 * p.bytes_done // p.bytes_total}%"
-    if p.files_total:
-        text += f" ({p.files_done:,} of {p.files_total:,} files, "
-        text += f"{size(p.bytes_done)} of {size(p.bytes_total)})"
-    if p.detail:
-        text += f": {p.detail}"
-    return text
 
 
 SNAPSHOT_HEADERS = ["BACKUP", "TIME", "KIND", "FILES", "SIZE", "STORED"]
@@ -149,28 +114,15 @@ def access(nb: wire.Notebook) -> str:
     return "project token (read or operator; `nbfleet token create`)"
 
 
-#: Last active within this long (and within half its idle timeout), a notebook reads "active".
-ACTIVE_S = 300.0
-
-
 def activity(nb: wire.Notebook, now: float | None = None) -> str:
-    """While RUNNING, the idle signal: "active 2 min ago (kernel busy)" or "idle for 42 min,
-    stops at 60 min"; otherwise when it was last used. Then the traffic its proxy carried."""
+    """While RUNNING, the idle signal (:func:`common.notebook_text.idle_text`); otherwise when
+    it was last used. Then the traffic its proxy carried."""
     proxied = f"{size(nb.proxied_bytes)} proxied"
-    status = nb.idle
-    if status is None:
-        if nb.last_activity_at is None:
-            return "none yet"
-        return f"last active {ago(nb.last_activity_at, now)}, {proxied}"
-    quiet, limit = status.idle_s, status.timeout_s
-    active_within = ACTIVE_S if limit is None else min(ACTIVE_S, limit / 2)
-    if quiet < active_within:
-        said = f"active {durations.human(quiet)} ago ({status.signal})"
-        stops = "" if limit is None else f", stops after {durations.human(limit)} idle"
-    else:
-        said = f"idle for {durations.human(quiet)} (last: {status.signal})"
-        stops = "" if limit is None else f", stops at {durations.human(limit)}"
-    return f"{said}{stops or ', no idle timeout'}; {proxied}"
+    if nb.idle is not None:
+        return f"{idle_text(nb.idle)}; {proxied}"
+    if nb.last_activity_at is None:
+        return "none yet"
+    return f"last active {ago(nb.last_activity_at, now)}, {proxied}"
 
 
 def disk_use(nb: wire.Notebook, now: float | None = None) -> str | None:
@@ -195,17 +147,6 @@ def ssh_access(nb: wire.Notebook) -> str:
 
 
 NOTEBOOK_HEADERS = ["ID", "NAME", "STATE", "FRAMEWORK/EDITOR", "RESOURCES", "HOST", "SINCE"]
-
-
-def notebook_gpu(g: wire.GpuRef) -> str:
-    """``GPU-... (H100): 87% busy, 31.2/80.0 GiB used``, as its host's last heartbeat said."""
-    text = f"{g.uuid} ({g.model})"
-    figures = []
-    if g.utilization_pct is not None:
-        figures.append(f"{g.utilization_pct}% busy")
-    if g.memory_used_mb is not None and g.memory_total_mb:
-        figures.append(f"{g.memory_used_mb / 1024:.1f}/{g.memory_total_mb / 1024:.1f} GiB used")
-    return f"{text}: {', '.join(figures)}" if figures else text
 
 
 def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:

@@ -32,6 +32,8 @@ from scheduler.api.context import CONTEXT, Context
 from scheduler.api.replies import MAX_BODY_BYTES
 from scheduler.board import CHANNEL as BOARD_CHANNEL
 from scheduler.board import AssignmentBoard
+from scheduler.console.pages import SESSIONS
+from scheduler.console.session import Sessions
 from scheduler.db import database_for
 from scheduler.hosts import HostService
 from scheduler.loops.base import Loop
@@ -46,7 +48,9 @@ from scheduler.secrets import (
     ensure_admin_token,
     ensure_metrics_token,
     ensure_router_token,
+    ensure_secrets_key,
     ensure_ssh_host_key,
+    secrets_key_path,
 )
 from scheduler.snapshots import ProgressBoard, SnapshotService
 
@@ -123,6 +127,7 @@ def create_app(
         handler_args=handler_args("scheduler"),
     )
     app[CONTEXT] = context
+    app[SESSIONS] = Sessions(ensure_secrets_key(secrets_key_path(config)))
     # Writing what heartbeats and reports brought, lost hosts, the runtime limit, restarts, the
     # queue and retention; reloading the agents' secrets.
     app[LOOPS] = [maintenance, agent_secrets]

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from scheduler.api import admin, agents, datastores, editor, tokens, usage, user
 from scheduler.api.replies import Handler, guarded, unmatched
+from scheduler.console.pages import add_console_routes
 
 
 class _Guarded:
@@ -86,5 +87,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/agents/progress", agents.progress)
     r.add_post("/v1/agents/authorize", agents.authorize)
 
+    # The web console (HTML pages over the same services).
+    add_console_routes(r.add_get, r.add_post)
     # Last: what no route above took (404, or 405 for a known path).
     app.router.add_route("*", "/{tail:.*}", guarded(unmatched, "unmatched"))

@@ -126,6 +126,15 @@ BODYLESS = [
     ("POST", "/v1/admin/hosts/{id}/uncordon"),
 ]
 
+#: The web console's forms (form-encoded, each with its CSRF token: test_console.py).
+FORMS = [
+    ("POST", "/console/sign-in"),
+    ("POST", "/console/sign-out"),
+    ("POST", "/console/notebooks/new"),
+    ("POST", "/console/notebooks/{id}/{action}"),
+    ("POST", "/console/hosts/{id}/{action}"),
+]
+
 
 async def test_every_route_that_may_take_a_body_is_listed(harness: Harness) -> None:
     """A new POST, PUT or PATCH route belongs in one of the lists above (and so is tested)."""
@@ -134,7 +143,7 @@ async def test_every_route_that_may_take_a_body_is_listed(harness: Harness) -> N
         for route in harness.app.router.routes()
         if route.method in ("POST", "PUT", "PATCH") and route.resource is not None
     }
-    assert routes == {(m, p) for m, p, _ in JSON_ENDPOINTS} | set(BODYLESS)
+    assert routes == {(m, p) for m, p, _ in JSON_ENDPOINTS} | set(BODYLESS) | set(FORMS)
 
 
 def credentials(

@@ -1,0 +1,59 @@
+// nbfleet console: what the pages do without, done better with a little script.
+// - a table body with data-refresh="N" is fetched again (?fragment=rows) every N seconds;
+// - forms with data-confirm ask first;
+// - the run form's CLI command follows the form (?fragment=command), with a Copy button.
+'use strict';
+
+function refreshRows(body) {
+  const every = Number(body.dataset.refresh) * 1000;
+  const tick = async () => {
+    const url = new URL(window.location.href);
+    url.searchParams.set('fragment', 'rows');
+    try {
+      const response = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+      if (response.status === 401) { window.location.assign('/console/sign-in'); return; }
+      if (response.ok) body.innerHTML = await response.text();
+    } catch (error) {
+      // The scheduler is unreachable for a moment: keep what is shown, try again.
+    }
+    window.setTimeout(tick, every);
+  };
+  window.setTimeout(tick, every);
+}
+
+function confirmForms() {
+  document.addEventListener('submit', (event) => {
+    const question = event.target.dataset && event.target.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+}
+
+function followCommand(form) {
+  const shown = document.getElementById('cli-command');
+  const copy = document.getElementById('copy-command');
+  let pending = null;
+  const update = async () => {
+    const query = new URLSearchParams();
+    for (const [key, value] of new FormData(form)) {
+      if (key !== 'csrf') query.append(key, value);
+    }
+    query.set('fragment', 'command');
+    const response = await fetch('/console/notebooks/new?' + query, { credentials: 'same-origin' });
+    if (response.ok) shown.textContent = await response.text();
+  };
+  form.addEventListener('input', () => {
+    window.clearTimeout(pending);
+    pending = window.setTimeout(update, 200);
+  });
+  if (copy && navigator.clipboard) {
+    copy.hidden = false;
+    copy.addEventListener('click', () => navigator.clipboard.writeText(shown.textContent));
+  }
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  for (const body of document.querySelectorAll('tbody[data-refresh]')) refreshRows(body);
+  confirmForms();
+  const form = document.getElementById('run-form');
+  if (form) followCommand(form);
+});
