@@ -8,7 +8,6 @@ times, so the CLI and the API cannot disagree about what ``2026-11-01`` means.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from typing import Any, TextIO
@@ -17,6 +16,7 @@ from cli import output
 from cli.args import BadArguments
 from cli.client import Client
 from common import wire
+from common.usage_text import gpu_models, write_csv
 
 USER_GROUPS = ("notebook", "flavor", "label")
 ADMIN_GROUPS = ("project", *USER_GROUPS)
@@ -97,14 +97,6 @@ def show(
         write_table(report, label_key, title, out)
 
 
-def gpu_models(report: wire.UsageReport) -> list[str]:
-    """Every GPU model with minutes in the report, one column each."""
-    models = set(report.total.gpu_minutes)
-    for row in report.items:
-        models.update(row.gpu_minutes)
-    return sorted(models)
-
-
 def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
@@ -138,32 +130,3 @@ def write_table(report: wire.UsageReport, label_key: str | None, title: str, out
     rows = [cells(row.group, row) for row in report.items]
     rows.append(cells("TOTAL", report.total))
     output.table(headers, rows, out, numeric=range(1, len(headers)))
-
-
-def write_csv(report: wire.UsageReport, out: TextIO) -> None:
-    """A header row, one row per group, then a ``TOTAL`` row; numbers unformatted."""
-    models = gpu_models(report)
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "group",
-            "notebooks",
-            "minutes",
-            *(f"gpu_minutes_{m}" for m in models),
-            "cpu_minutes",
-            "storage_gb_hours",
-            "billable_storage_gb_hours",
-        ]
-    )
-    for name, row in [(r.group, r) for r in report.items] + [("TOTAL", report.total)]:
-        writer.writerow(
-            [
-                name,
-                row.notebooks,
-                row.minutes,
-                *(row.gpu_minutes.get(m, 0) for m in models),
-                row.cpu_minutes,
-                row.storage_gb_hours,
-                row.billable_storage_gb_hours,
-            ]
-        )

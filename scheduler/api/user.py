@@ -123,12 +123,12 @@ async def notebook_logs(request: web.Request) -> web.StreamResponse:
         principal.project, notebook_id, principal.selector
     )
     if follow in ("1", "true"):
-        return await _follow_logs(request, host_id, agent_url, notebook_id, tail)
+        return await follow_logs(request, host_id, agent_url, notebook_id, tail)
     text = await context.agent_client.logs(host_id, agent_url, notebook_id, tail)
     return web.Response(text=text, content_type="text/plain")
 
 
-async def _follow_logs(
+async def follow_logs(
     request: web.Request, host_id: str, agent_url: str, notebook_id: str, tail: int | None
 ) -> web.StreamResponse:
     """Relay the agent's followed logs as they come, until the agent ends them or the reader

@@ -10,6 +10,7 @@ would answer with ``{"code", "message"}`` is a page with the same status and mes
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import shlex
 import time
@@ -25,9 +26,13 @@ from common import durations, notebook_text, wire
 from common.auth import token_digest
 from common.errors import ApiError
 from common.states import STARTABLE, STOPPABLE, NotebookState
+from common.usage_text import gpu_models, write_csv
 from common.volume_spec import VolumeSyntaxError, parse_volume
+from scheduler import billing
 from scheduler.api.context import ctx
 from scheduler.api.editor import public_base
+from scheduler.api.usage import period
+from scheduler.api.user import follow_logs
 from scheduler.console import session
 from scheduler.notebook_requests import parse_label_selector, parse_states
 from scheduler.projects import Principal
@@ -41,6 +46,8 @@ CSP = (
 STATES = [s.value for s in S if s != S.DELETED]
 #: The list refreshes itself this often (console.js).
 REFRESH_S = 3
+#: Lines of a notebook's output its page shows (then follows).
+LOG_LINES = 200
 
 SESSIONS: web.AppKey[session.Sessions] = web.AppKey("console_sessions", session.Sessions)
 
@@ -277,12 +284,26 @@ async def notebooks(request: web.Request, who: Viewer) -> web.StreamResponse:
 
 async def notebook(request: web.Request, who: Viewer) -> web.StreamResponse:
     assert who.principal is not None
-    nb = await ctx(request).notebook_views.get(
+    context = ctx(request)
+    nb = await context.notebook_views.get(
         who.principal.project, request.match_info["id"], who.principal.selector
     )
+    backups = (await context.snapshots.backups(nb.id)).items
     return render(
         request,
         "notebook.html",
+        backups=[
+            {
+                "id": b.id,
+                "at": b.created_at,
+                "kind": b.kind,
+                "files": f"{b.files:,}",
+                "size": notebook_text.size(b.logical_bytes),
+                "stored": notebook_text.size(b.stored_bytes),
+            }
+            for b in backups
+        ],
+        logs=nb.state != S.QUEUED,
         row=_row(request, nb),
         nb=nb,
         history=list(reversed(nb.history or [])),
@@ -318,6 +339,40 @@ async def act(request: web.Request, who: Viewer) -> web.StreamResponse:
         ctx(request).maintenance.wake()
     back = str((await request.post()).get("back", ""))
     raise see_other(back if back.startswith("/console/") else f"/console/notebooks/{notebook_id}")
+
+
+async def fork(request: web.Request, who: Viewer) -> web.StreamResponse:
+    """A new notebook from one of this one's backups (``nbfleet notebook fork``)."""
+    assert who.principal is not None
+    form = await request.post()
+    raw: dict[str, Any] = {"backup": str(form.get("backup", ""))}
+    if str(form.get("name", "")).strip():
+        raw["name"] = str(form["name"]).strip()
+    body = wire.decode(json.dumps(raw).encode(), wire.NotebookFork)
+    nb = await ctx(request).notebooks.fork(
+        who.principal.project, request.match_info["id"], body, who.principal.selector
+    )
+    ctx(request).maintenance.wake()
+    raise see_other(f"/console/notebooks/{nb.id}")
+
+
+async def logs(request: web.Request, who: Viewer) -> web.StreamResponse:
+    """The notebook's output: the last lines, or (``follow=1``) followed as it comes."""
+    assert who.principal is not None
+    context = ctx(request)
+    notebook_id = request.match_info["id"]
+    host_id, agent_url = await context.notebook_views.log_source(
+        who.principal.project, notebook_id, who.principal.selector
+    )
+    try:
+        if request.query.get("follow") == "1":
+            return await follow_logs(request, host_id, agent_url, notebook_id, LOG_LINES)
+        text = await context.agent_client.logs(host_id, agent_url, notebook_id, LOG_LINES)
+    except ApiError as exc:  # shown where the output would be
+        text, status = f"(no output: {exc.message})", exc.status
+    else:
+        status = 200
+    return secured(web.Response(text=text, status=status, content_type="text/plain"))
 
 
 async def open_editor(request: web.Request, who: Viewer) -> web.StreamResponse:
@@ -502,6 +557,116 @@ async def run(request: web.Request, who: Viewer) -> web.StreamResponse:
     raise see_other(f"/console/notebooks/{nb.id}")
 
 
+# ---------------------------------------------------------------- usage
+
+DAY_S = 86400.0
+#: Height of the usage chart's tallest bar (SVG units).
+CHART_H = 120
+GROUPS = ("notebook", "flavor", "label")
+
+
+def _bars(values: list[float], width: int) -> list[dict[str, float]]:
+    top = max(values, default=0) or 1
+    return [
+        {
+            "x": i * width,
+            "h": round(CHART_H * v / top, 1),
+            "y": round(CHART_H - CHART_H * v / top, 1),
+        }
+        for i, v in enumerate(values)
+    ]
+
+
+async def usage(request: web.Request, who: Viewer) -> web.StreamResponse:
+    """The project's usage over a period (``from``/``to`` as the API takes them; this month by
+    default), grouped as asked, with a chart per day and the same report as CSV."""
+    assert who.principal is not None
+    if who.principal.selector:
+        raise ApiError(
+            "forbidden", "a token limited by a label selector cannot read the whole project's usage"
+        )
+    context = ctx(request)
+    now = context.clock()
+    start, end = period(request, now)
+    group_by = request.query.get("group_by") or "notebook"
+    label_key = request.query.get("label_key") or None
+    billing.check_group(group_by, label_key, admin=False)
+    project = [who.principal.project]
+    async with context.db.read_offloop() as tx:
+        report = await billing.report(
+            tx,
+            context.config,
+            projects=project,
+            start=start,
+            end=end,
+            now=now,
+            group_by=group_by,
+            label_key=label_key,
+        )
+        if request.query.get("format") == "csv":
+            out = io.StringIO()
+            write_csv(report, out)
+            name = f"usage-{who.principal.project}-{_day(start)}-{_day(end)}.csv"
+            response = web.Response(text=out.getvalue(), content_type="text/csv")
+            response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+            return secured(response)
+        days = []
+        day = start - start % DAY_S
+        while day < end and len(days) < 366:
+            part = await billing.report(
+                tx,
+                context.config,
+                projects=project,
+                start=max(start, day),
+                end=min(end, day + DAY_S),
+                now=now,
+                group_by=group_by,
+                label_key=label_key,
+            )
+            days.append((day, part))
+            day += DAY_S
+    series = {
+        "GPU-minutes": [sum(r.total.gpu_minutes.values()) for _, r in days],
+        "CPU-minutes": [r.total.cpu_minutes for _, r in days],
+        "Storage GB-hours": [round(r.total.storage_gb_hours, 1) for _, r in days],
+    }
+    width = max(6, min(40, 720 // max(1, len(days))))
+    charts = [
+        {
+            "name": name,
+            "bars": [
+                {**bar, "day": _day(day), "value": value}
+                for bar, (day, _), value in zip(_bars(values, width), days, values, strict=True)
+            ],
+            "width": width * len(days),
+            "bar": width - 2,
+            "total": sum(values),
+        }
+        for name, values in series.items()
+    ]
+    return render(
+        request,
+        "usage.html",
+        report=report,
+        models=gpu_models(report),
+        charts=charts,
+        chart_h=CHART_H,
+        days=[(_day(d), r.total) for d, r in days],
+        groups=GROUPS,
+        group_by=group_by,
+        label_key=label_key or "",
+        start=_day(start),
+        end=_day(end) if end % DAY_S == 0 else _day(end + DAY_S),
+        query=request.query_string,
+        who=who,
+        signed_in=True,
+    )
+
+
+def _day(at: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(at))
+
+
 # ---------------------------------------------------------------- operators
 
 
@@ -567,6 +732,9 @@ def add_console_routes(add_get, add_post) -> None:
     add_post("/console/notebooks/new", page(run, post=True, operate=True))
     add_get("/console/notebooks/{id}", page(notebook))
     add_get("/console/notebooks/{id}/open", page(open_editor))
+    add_get("/console/notebooks/{id}/logs", page(logs))
+    add_post("/console/notebooks/{id}/fork", page(fork, post=True, operate=True))
     add_post("/console/notebooks/{id}/{action}", page(act, post=True, operate=True))
+    add_get("/console/usage", page(usage))
     add_get("/console/hosts", page(hosts, admin=True))
     add_post("/console/hosts/{id}/{action}", page(host_action, post=True, admin=True))

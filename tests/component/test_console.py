@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.component.conftest import Agent, Harness, Tokens
+from tests.component.test_scheduler_snapshots import report_snapshot, snapshot
 
 
 class Browser:
@@ -285,3 +286,60 @@ async def test_operators_cordon_drain_and_uncordon_from_the_hosts_page(
     await browser.sign_in(project.operator)
     status, text, _ = await browser.get("/console/hosts")
     assert status == 403 and "for operators" in text
+
+
+async def test_a_notebooks_page_lists_its_backups_and_forks_one(
+    browser: Browser, harness: Harness, project: Tokens, host: Agent
+) -> None:
+    nb = (await project.run(gpu=1, name="source")).json
+    await host.report(nb["id"], "RUNNING")
+    await report_snapshot(host, nb["id"], snapshot("20261130T000000Z-aa", harness.clock() - 60))
+    await browser.sign_in(project.operator)
+    status, text, _ = await browser.get(f"/console/notebooks/{nb['id']}")
+    assert status == 200 and 'data-backup="20261130T000000Z-aa"' in text
+    assert 'data-logs="/console/notebooks/' in text and 'data-follow="yes"' in text
+    csrf = await browser.csrf(f"/console/notebooks/{nb['id']}")
+    status, text, resp = await browser.post(
+        f"/console/notebooks/{nb['id']}/fork",
+        {"csrf": csrf, "backup": "20261130T000000Z-aa", "name": "the-fork"},
+    )
+    assert status == 303, text
+    fork_id = resp.headers["Location"].rsplit("/", 1)[1]
+    fork = await project.get(fork_id)
+    assert fork["name"] == "the-fork"
+    assert fork["forked_from"] == {"notebook": nb["id"], "snapshot": "20261130T000000Z-aa"}
+    status, text, _ = await browser.post(
+        f"/console/notebooks/{nb['id']}/fork", {"csrf": csrf, "backup": "nope"}
+    )
+    assert status == 404 and "nope" in text
+    # The output comes from the agent; one that cannot be reached is said where it would be.
+    status, text, _ = await browser.get(f"/console/notebooks/{nb['id']}/logs")
+    assert status == 502 and text.startswith("(no output: ")
+
+
+async def test_usage_shows_the_apis_numbers_per_day_and_as_csv(
+    browser: Browser, harness: Harness, project: Tokens, host: Agent
+) -> None:
+    nb = (await project.run(gpu=2, name="trainer")).json
+    await host.report(nb["id"], "RUNNING")
+    harness.clock.advance(3 * 3600)
+    await host.usage(nb["id"], 180)
+    api = await harness.call("GET", "/v1/projects/alpha/usage", token=project.read)
+    total = api.json["total"]
+    assert total["gpu_minutes"] == {"A100": 360}
+    await browser.sign_in(project.read)
+    status, text, _ = await browser.get("/console/usage")
+    assert status == 200, text
+    footer = re.search(r"<tr data-total>(.*?)</tr>", text, re.S).group(1)
+    cells = re.findall(r'<td class="num">([^<]*)</td>', footer)
+    assert cells[:3] == [str(total["notebooks"]), str(total["minutes"]), "360"]
+    assert f'<th scope="row">{api.json["items"][0]["group"]}</th>' in text
+    assert "GPU-minutes per day (total 360)" in text
+    status, text, resp = await browser.get("/console/usage?format=csv")
+    assert status == 200 and resp.headers["Content-Type"].startswith("text/csv")
+    assert "attachment" in resp.headers["Content-Disposition"]
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("group,notebooks,minutes,gpu_minutes_A100")
+    assert lines[-1].startswith(f"TOTAL,{total['notebooks']},{total['minutes']},360,")
+    status, text, _ = await browser.get("/console/usage?group_by=label")
+    assert status == 400 and "label_key" in text

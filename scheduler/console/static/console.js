@@ -57,3 +57,31 @@ document.addEventListener('DOMContentLoaded', () => {
   const form = document.getElementById('run-form');
   if (form) followCommand(form);
 });
+
+// A notebook's output: the last lines, then (data-follow="yes") followed as they come.
+async function showLogs(pre) {
+  const url = pre.dataset.logs;
+  const follow = pre.dataset.follow === 'yes';
+  try {
+    const response = await fetch(url + (follow ? '?follow=1' : ''), { credentials: 'same-origin' });
+    if (!response.ok) { pre.textContent = `(no output: ${response.status} ${await response.text()})`; return; }
+    if (!follow || !response.body) { pre.textContent = await response.text() || '(no output yet)'; return; }
+    pre.textContent = '';
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent += decoder.decode(value, { stream: true });
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    }
+  } catch (error) {
+    pre.textContent += '\n(the output stream ended: reload to see more)';
+  }
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  const pre = document.getElementById('logs');
+  if (pre) showLogs(pre);
+});
