@@ -34,6 +34,7 @@ from scheduler.api.editor import public_base
 from scheduler.api.usage import period
 from scheduler.api.user import follow_logs
 from scheduler.console import session
+from scheduler.datastores import DatastoreService
 from scheduler.notebook_requests import parse_label_selector, parse_states
 from scheduler.projects import Principal
 
@@ -557,6 +558,104 @@ async def run(request: web.Request, who: Viewer) -> web.StreamResponse:
     raise see_other(f"/console/notebooks/{nb.id}")
 
 
+# ---------------------------------------------------------------- tokens and datastores
+
+
+async def tokens(
+    request: web.Request,
+    who: Viewer,
+    created: wire.TokenCreated | None = None,
+    status: int = 200,
+    error: str = "",
+) -> web.StreamResponse:
+    assert who.principal is not None
+    items = await ctx(request).projects.list_tokens(who.principal)
+    return render(
+        request,
+        "tokens.html",
+        status,
+        items=items,
+        created=created,
+        error=error,
+        who=who,
+        signed_in=True,
+    )
+
+
+async def create_token(request: web.Request, who: Viewer) -> web.StreamResponse:
+    """A token of the project, shown once on the page that answers (never stored)."""
+    assert who.principal is not None
+    form = await request.post()
+    raw: dict[str, Any] = {
+        "role": str(form.get("role", "read")),
+        "description": str(form.get("description", "")).strip(),
+    }
+    try:
+        selector = _pairs(str(form.get("label_selector", "")), "label selector")
+        raw["label_selector"] = selector
+        body = wire.decode(json.dumps(raw).encode(), wire.ProjectTokenCreate)
+        created = await ctx(request).projects.create_project_token(who.principal, body)
+    except ApiError as exc:
+        return await tokens(request, who, status=exc.status, error=exc.message)
+    return await tokens(request, who, created=created, status=201)
+
+
+async def delete_token(request: web.Request, who: Viewer) -> web.StreamResponse:
+    assert who.principal is not None
+    await ctx(request).projects.delete_token(who.principal, request.match_info["id"])
+    raise see_other("/console/tokens")
+
+
+def _datastores(request: web.Request) -> DatastoreService:
+    context = ctx(request)
+    return DatastoreService(context.db, context.clock)
+
+
+async def datastores(
+    request: web.Request,
+    who: Viewer,
+    status: int = 200,
+    error: str = "",
+    form: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    assert who.principal is not None
+    items = await _datastores(request).list(who.principal.project)
+    return render(
+        request,
+        "datastores.html",
+        status,
+        items=items,
+        error=error,
+        form=form or {"alias": "", "endpoint": "", "region": "us-east-1"},
+        who=who,
+        signed_in=True,
+    )
+
+
+async def create_datastore(request: web.Request, who: Viewer) -> web.StreamResponse:
+    assert who.principal is not None
+    posted = await request.post()
+    form = {f: str(posted.get(f, "")).strip() for f in ("alias", "endpoint", "region")}
+    raw = {
+        **form,
+        "access_key": str(posted.get("access_key", "")),
+        "secret_key": str(posted.get("secret_key", "")),
+    }
+    try:
+        body = wire.decode(json.dumps(raw).encode(), wire.DatastoreCreate)
+        await _datastores(request).create(who.principal.project, body)
+    except ApiError as exc:
+        # The keys are never shown back, not even in the form.
+        return await datastores(request, who, exc.status, exc.message, form)
+    raise see_other("/console/datastores")
+
+
+async def delete_datastore(request: web.Request, who: Viewer) -> web.StreamResponse:
+    assert who.principal is not None
+    await _datastores(request).delete(who.principal.project, request.match_info["alias"])
+    raise see_other("/console/datastores")
+
+
 # ---------------------------------------------------------------- usage
 
 DAY_S = 86400.0
@@ -691,6 +790,77 @@ async def hosts(request: web.Request, who: Viewer) -> web.StreamResponse:
     return render(request, "hosts.html", rows=rows, who=who, signed_in=True)
 
 
+QUOTA_FIELDS = (
+    ("gpus", "GPUs"),
+    ("cpus", "CPUs (CPU notebooks)"),
+    ("notebooks", "Notebooks running"),
+    ("gpus_per_notebook", "GPUs per notebook"),
+    ("cpus_per_notebook", "CPUs per notebook"),
+)
+
+
+async def projects(
+    request: web.Request, who: Viewer, status: int = 200, error: str = ""
+) -> web.StreamResponse:
+    items = await ctx(request).projects.list_projects()
+    return render(
+        request,
+        "projects.html",
+        status,
+        items=items,
+        fields=QUOTA_FIELDS,
+        idle={
+            p.name: durations.human(p.quota.idle_timeout_s)
+            if p.quota and p.quota.idle_timeout_s
+            else "off"
+            for p in items
+        },
+        error=error,
+        who=who,
+        signed_in=True,
+    )
+
+
+async def create_project(request: web.Request, who: Viewer) -> web.StreamResponse:
+    form = await request.post()
+    try:
+        body = wire.decode(
+            json.dumps({"name": str(form.get("name", "")).strip()}).encode(), wire.ProjectCreate
+        )
+        await ctx(request).projects.create_project(body)
+    except ApiError as exc:
+        return await projects(request, who, exc.status, exc.message)
+    raise see_other("/console/projects")
+
+
+async def set_quota(request: web.Request, who: Viewer) -> web.StreamResponse:
+    """Only the limits given change (as ``nbfleet admin project quota``)."""
+    form = await request.post()
+    raw: dict[str, Any] = {}
+    try:
+        for field, _ in QUOTA_FIELDS:
+            text = str(form.get(field, "")).strip()
+            if text:
+                try:
+                    raw[field] = int(text)
+                except ValueError:
+                    raise ApiError("invalid_request", f"{field} {text!r} is not a number")
+        idle = str(form.get("idle_timeout", "")).strip().lower()
+        if idle:
+            try:
+                raw["idle_timeout_s"] = (
+                    0.0 if idle in ("off", "never", "0") else durations.parse(idle)
+                )
+            except ValueError as exc:
+                raise ApiError("invalid_request", f"idle timeout: {exc}")
+        body = wire.decode(json.dumps(raw).encode(), wire.QuotaUpdate)
+        await ctx(request).projects.set_quota(request.match_info["name"], body)
+    except ApiError as exc:
+        return await projects(request, who, exc.status, exc.message)
+    ctx(request).maintenance.wake()
+    raise see_other("/console/projects")
+
+
 async def host_action(request: web.Request, who: Viewer) -> web.StreamResponse:
     host_id, action = request.match_info["id"], request.match_info["action"]
     service = ctx(request).hosts
@@ -736,5 +906,14 @@ def add_console_routes(add_get, add_post) -> None:
     add_post("/console/notebooks/{id}/fork", page(fork, post=True, operate=True))
     add_post("/console/notebooks/{id}/{action}", page(act, post=True, operate=True))
     add_get("/console/usage", page(usage))
+    add_get("/console/tokens", page(tokens))
+    add_post("/console/tokens", page(create_token, post=True, operate=True))
+    add_post("/console/tokens/{id}/delete", page(delete_token, post=True, operate=True))
+    add_get("/console/datastores", page(datastores))
+    add_post("/console/datastores", page(create_datastore, post=True, operate=True))
+    add_post("/console/datastores/{alias}/delete", page(delete_datastore, post=True, operate=True))
     add_get("/console/hosts", page(hosts, admin=True))
+    add_get("/console/projects", page(projects, admin=True))
+    add_post("/console/projects", page(create_project, post=True, admin=True))
+    add_post("/console/projects/{name}/quota", page(set_quota, post=True, admin=True))
     add_post("/console/hosts/{id}/{action}", page(host_action, post=True, admin=True))

@@ -343,3 +343,82 @@ async def test_usage_shows_the_apis_numbers_per_day_and_as_csv(
     assert lines[-1].startswith(f"TOTAL,{total['notebooks']},{total['minutes']},360,")
     status, text, _ = await browser.get("/console/usage?group_by=label")
     assert status == 400 and "label_key" in text
+
+
+async def test_tokens_are_created_shown_once_and_deleted(
+    browser: Browser, harness: Harness, project: Tokens
+) -> None:
+    await browser.sign_in(project.operator)
+    csrf = await browser.csrf("/console/tokens")
+    status, text, _ = await browser.post(
+        "/console/tokens",
+        {"csrf": csrf, "role": "read", "description": "for <b>ci</b>", "label_selector": "team=cv"},
+    )
+    assert status == 201, text
+    token = re.search(r'<code id="new-token">([^<]+)</code>', text).group(1)
+    assert "for &lt;b&gt;ci&lt;/b&gt;" in text and "notebooks labelled team=cv" in text
+    listed = await harness.call("GET", "/v1/tokens", token=token)
+    created = [t for t in listed.json["items"] if t["description"] == "for <b>ci</b>"]
+    assert created and created[0]["label_selector"] == {"team": "cv"}
+    # Never shown again.
+    _, text, _ = await browser.get("/console/tokens")
+    assert token not in text
+    status, text, _ = await browser.post(
+        "/console/tokens", {"csrf": csrf, "role": "boss", "label_selector": ""}
+    )
+    assert status == 400 and "$.role" in text
+    status, _, _ = await browser.post(f"/console/tokens/{created[0]['id']}/delete", {"csrf": csrf})
+    assert status == 303
+    assert (await harness.call("GET", "/v1/tokens", token=token)).status == 401
+
+
+async def test_datastores_are_added_without_showing_keys_and_deleted(
+    browser: Browser, harness: Harness, project: Tokens
+) -> None:
+    await browser.sign_in(project.operator)
+    csrf = await browser.csrf("/console/datastores")
+    form = {
+        "csrf": csrf,
+        "alias": "lake",
+        "endpoint": "https://s3.example.com",
+        "region": "eu-west-1",
+        "access_key": "AKIDEXAMPLE",
+        "secret_key": "s3cr3t-value",
+    }
+    status, text, _ = await browser.post("/console/datastores", {**form, "endpoint": "ftp://x"})
+    assert status == 400 and "$.endpoint" in text
+    assert "s3cr3t-value" not in text and "AKIDEXAMPLE" not in text
+    status, _, _ = await browser.post("/console/datastores", form)
+    assert status == 303
+    _, text, _ = await browser.get("/console/datastores")
+    assert 'data-datastore="lake"' in text and "s3cr3t-value" not in text
+    listed = await harness.call("GET", "/v1/datastores", token=project.read)
+    assert [d["alias"] for d in listed.json["items"]] == ["lake"]
+    status, _, _ = await browser.post("/console/datastores/lake/delete", {"csrf": csrf})
+    assert status == 303
+    assert (await harness.call("GET", "/v1/datastores", token=project.read)).json["items"] == []
+
+
+async def test_operators_create_projects_and_change_quotas(
+    browser: Browser, harness: Harness, project: Tokens
+) -> None:
+    await browser.sign_in(harness.admin_token)
+    csrf = await browser.csrf("/console/projects")
+    status, _, _ = await browser.post("/console/projects", {"csrf": csrf, "name": "vision"})
+    assert status == 303
+    status, text, _ = await browser.post("/console/projects", {"csrf": csrf, "name": "Bad!"})
+    assert status == 400 and "$.name" in text
+    status, _, _ = await browser.post(
+        "/console/projects/vision/quota",
+        {"csrf": csrf, "gpus": "8", "cpus": "", "idle_timeout": "60m"},
+    )
+    assert status == 303
+    got = await harness.call("GET", "/v1/admin/projects/vision", token=harness.admin_token)
+    assert got.json["quota"]["gpus"] == 8 and got.json["quota"]["idle_timeout_s"] == 3600
+    assert got.json["quota"]["cpus"] == 256  # untouched: the default
+    _, text, _ = await browser.get("/console/projects")
+    assert 'data-project="vision"' in text and "60 min" in text
+    status, text, _ = await browser.post(
+        "/console/projects/vision/quota", {"csrf": csrf, "idle_timeout": "5s"}
+    )
+    assert status == 400 and "at least 10 seconds" in text

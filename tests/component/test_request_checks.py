@@ -131,8 +131,15 @@ FORMS = [
     ("POST", "/console/sign-in"),
     ("POST", "/console/sign-out"),
     ("POST", "/console/notebooks/new"),
+    ("POST", "/console/notebooks/{id}/fork"),
     ("POST", "/console/notebooks/{id}/{action}"),
+    ("POST", "/console/tokens"),
+    ("POST", "/console/tokens/{id}/delete"),
+    ("POST", "/console/datastores"),
+    ("POST", "/console/datastores/{alias}/delete"),
     ("POST", "/console/hosts/{id}/{action}"),
+    ("POST", "/console/projects"),
+    ("POST", "/console/projects/{name}/quota"),
 ]
 
 
