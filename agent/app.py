@@ -140,8 +140,9 @@ class Agent:
         self.client = client
         self.clock = clock
         self.outbox = Outbox(client, Spool(os.path.join(config.state_dir, OUTBOX_SPOOL)))
-        #: Workspace syncs so far, for GET /metrics.
+        #: Workspace and volume syncs so far, for GET /metrics.
         self.syncs = SyncMeter()
+        volumes.on_sync = self.syncs.synced
         self.workspaces = HostWorkspaces(
             store,
             config.workspace_bucket,

@@ -37,22 +37,24 @@ _SYNC_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 360
 
 
 class SyncMeter:
-    """The workspace syncs of this agent since it started, for ``/metrics``: how long each
-    took and how many bytes it moved to or from the object store, by kind (``restore``,
-    ``stop``: the push at the end of a run, ``checkpoint``)."""
+    """The workspace and volume syncs of this agent since it started, for ``/metrics``: how
+    long each took and how many bytes it moved to or from the object store, by kind
+    (``restore``, ``stop``: the push at the end of a run, ``checkpoint``; ``volume-pull`` and
+    ``volume-push``, one per volume)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._seconds = Histogram(
             "nbfleet_sync_duration_seconds",
-            "Time a workspace sync took, by kind (restore, stop, checkpoint)",
+            "Time a workspace or volume sync took, by kind (restore, stop, checkpoint, "
+            "volume-pull, volume-push)",
             ["kind"],
             buckets=_SYNC_BUCKETS,
             registry=self.registry,
         )
         self._bytes = Counter(
             "nbfleet_sync_bytes",
-            "Bytes a workspace sync moved to or from the object store, by kind",
+            "Bytes a workspace or volume sync moved to or from the object store, by kind",
             ["kind"],
             registry=self.registry,
         )

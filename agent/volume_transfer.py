@@ -92,7 +92,7 @@ class VolumeTransfer:
     clock: Callable[[], float]
     progress: ProgressCallback | None = None
 
-    async def pull(self, staging: str, record: str) -> None:
+    async def pull(self, staging: str, record: str) -> int:
         """Write every object under the volume's prefix into ``staging`` (made afresh) and what
         was written into the pull record ``record``."""
         volume = self.volume
@@ -105,14 +105,14 @@ class VolumeTransfer:
         # O_EXCL: nothing is written through a link or over an entry that is already there.
         dirs = userfs.DirFds(staging_fd)
         try:
-            await self._fetch_all(objects, prefix, dirs, record)
+            return await self._fetch_all(objects, prefix, dirs, record)
         finally:
             dirs.close()
             os.close(staging_fd)
 
     async def _fetch_all(
         self, objects: list[ObjectInfo], prefix: str, dirs: userfs.DirFds, record: str
-    ) -> None:
+    ) -> int:
         notebook, volume, store, progress = self.notebook, self.volume, self.store, self.progress
         wanted: list[tuple[ObjectInfo, str]] = []
         refused = 0
@@ -181,8 +181,9 @@ class VolumeTransfer:
             total_bytes,
             refused,
         )
+        return done.bytes_done
 
-    async def push(self, directory: str, record: str) -> None:
+    async def push(self, directory: str, record: str) -> int:
         """Upload what changed in ``directory`` since the pull ``record`` (``rw``, ``rwd``) and,
         for ``rwd``, delete the objects of the pulled files the user deleted."""
         notebook, volume, store, progress = self.notebook, self.volume, self.store, self.progress
@@ -263,6 +264,7 @@ class VolumeTransfer:
             len(uploads),
             deleted,
         )
+        return done.bytes_done
 
 
 # ---------------------------------------------------------------- helpers

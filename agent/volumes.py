@@ -78,6 +78,9 @@ class VolumeSync:
         self.concurrency = max(1, concurrency)
         self.clock = clock
         self._stores: dict[tuple[str, str, str, str], VolumeStore] = {}
+        #: Told of every volume pulled or pushed: ``(kind, seconds, bytes moved)``, kind
+        #: ``volume-pull`` or ``volume-push`` (the agent's sync metrics).
+        self.on_sync: Callable[[str, float, int], None] = lambda kind, seconds, moved: None
 
     # ------------------------------------------------------------ paths
 
@@ -170,8 +173,10 @@ class VolumeSync:
             return
         staging = target + ".pulling"
         transfer = self._transfer(notebook, index, assigned, progress)
-        await transfer.pull(staging, self._manifest_path(notebook, index))
+        started = time.monotonic()
+        moved = await transfer.pull(staging, self._manifest_path(notebook, index))
         os.rename(staging, target)
+        self.on_sync("volume-pull", time.monotonic() - started, moved)
 
     # ------------------------------------------------------------ push
 
@@ -208,7 +213,9 @@ class VolumeSync:
             self._remove_volume(notebook, index)
             return
         transfer = self._transfer(notebook, index, assigned, progress)
-        await transfer.push(directory, self._manifest_path(notebook, index))
+        started = time.monotonic()
+        moved = await transfer.push(directory, self._manifest_path(notebook, index))
+        self.on_sync("volume-push", time.monotonic() - started, moved)
         self._remove_volume(notebook, index)
 
     # ------------------------------------------------------------ host dirs

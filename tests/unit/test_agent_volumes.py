@@ -186,6 +186,21 @@ async def test_rw_uploads_additions_and_changes_but_never_deletes(
     assert not root.exists() and not Path(sync.notebook_dir(NB)).exists()
 
 
+async def test_each_volume_pull_and_push_is_told_with_its_bytes_for_the_metrics(
+    sync: VolumeSync, store: FakeObjectStore
+) -> None:
+    told: list[tuple[str, int]] = []
+    sync.on_sync = lambda kind, seconds, moved: told.append((kind, moved)) if seconds >= 0 else 0
+    await sync.pull(NB, [assigned("rw")])
+    (Path(sync.volume_dir(NB, 0)) / "train/a.jpg").write_bytes(b"changed!")
+    await sync.push(NB, [assigned("rw")])
+    # 10 bytes pulled (three objects), the 8 changed ones pushed; pulled again (now 14
+    # bytes) read-only, it is never pushed.
+    await sync.pull(NB, [assigned("ro")])
+    await sync.push(NB, [assigned("ro")])
+    assert told == [("volume-pull", 10), ("volume-push", 8), ("volume-pull", 14)]
+
+
 async def test_rwd_also_deletes_what_the_user_deleted(
     sync: VolumeSync, store: FakeObjectStore
 ) -> None:
