@@ -179,7 +179,12 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def sign_in_form(request: web.Request) -> web.StreamResponse:
-    return await _sign_in_page(request, 200, "")
+    """The sign-in form; someone signed in already goes where signing in would take them."""
+    try:
+        who = await viewer(request)
+    except SignIn:
+        return await _sign_in_page(request, 200, "")
+    raise see_other("/console/hosts" if who.admin else "/console/notebooks")
 
 
 async def _sign_in_page(request: web.Request, status: int, message: str) -> web.StreamResponse:

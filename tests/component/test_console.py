@@ -283,6 +283,11 @@ async def test_operators_cordon_drain_and_uncordon_from_the_hosts_page(
     # A project token does not reach the operator pages, nor the admin token a project's.
     status, _, _ = await browser.get("/console/notebooks")
     assert status == 303
+    # Signed in, the sign-in page leads on; another token needs a sign-out first.
+    status, _, resp = await browser.get("/console/sign-in")
+    assert (status, resp.headers["Location"]) == (303, "/console/hosts")
+    csrf = await browser.csrf("/console/hosts")
+    await browser.post("/console/sign-out", {"csrf": csrf})
     await browser.sign_in(project.operator)
     status, text, _ = await browser.get("/console/hosts")
     assert status == 403 and "for operators" in text
