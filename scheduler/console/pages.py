@@ -294,10 +294,15 @@ async def notebook(request: web.Request, who: Viewer) -> web.StreamResponse:
     nb = await context.notebook_views.get(
         who.principal.project, request.match_info["id"], who.principal.selector
     )
+    values = _notebook_summary(request, nb, who)
+    if request.query.get("fragment") == "summary":
+        return render(request, "notebook_summary.html", **values)
     backups = (await context.snapshots.backups(nb.id)).items
     return render(
         request,
         "notebook.html",
+        **values,
+        refresh_s=REFRESH_S,
         backups=[
             {
                 "id": b.id,
@@ -310,27 +315,33 @@ async def notebook(request: web.Request, who: Viewer) -> web.StreamResponse:
             for b in backups
         ],
         logs=nb.state != S.QUEUED,
-        row=_row(request, nb),
-        nb=nb,
         history=list(reversed(nb.history or [])),
-        who=who,
         signed_in=True,
-        gpus=[notebook_text.notebook_gpu(g) for g in nb.gpus],
-        volumes=[
+    )
+
+
+def _notebook_summary(request: web.Request, nb: wire.Notebook, who: Viewer) -> dict[str, Any]:
+    """What a notebook's page shows at its top, and refreshes (``?fragment=summary``)."""
+    return {
+        "row": _row(request, nb),
+        "nb": nb,
+        "who": who,
+        "gpus": [notebook_text.notebook_gpu(g) for g in nb.gpus],
+        "volumes": [
             f"{v.container}@{v.alias}{'/' + v.prefix if v.prefix else ''}:{v.mount_path}:"
             f"{v.permission}"
             for v in nb.volumes
         ],
-        workspace=(
+        "workspace": (
             f"{notebook_text.size(nb.workspace.logical_bytes)} in {nb.workspace.files:,} files, "
             f"{notebook_text.size(nb.workspace.stored_bytes)} stored"
             if nb.workspace
             else "no backup yet"
         ),
-        idle_timeout=(
+        "idle_timeout": (
             durations.human(nb.idle_timeout_s) if nb.idle_timeout_s is not None else "project's"
         ),
-    )
+    }
 
 
 async def act(request: web.Request, who: Viewer) -> web.StreamResponse:

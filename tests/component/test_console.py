@@ -128,6 +128,12 @@ async def test_running_from_the_form_creates_the_notebook_the_api_would(
     assert nb["idle_timeout_s"] == 1800 and nb["restart_on_timeout"] is True
     status, text, _ = await browser.get(f"/console/notebooks/{notebook_id}")
     assert status == 200 and "from-the-form" in text and "placed on h1" in text
+    assert 'data-fragment="summary"' in text
+    # Its top part refreshes itself.
+    await host.report(notebook_id, "RUNNING")
+    status, text, _ = await browser.get(f"/console/notebooks/{notebook_id}?fragment=summary")
+    assert status == 200 and "<html" not in text
+    assert 'class="state state-running">RUNNING<' in text and "Open the editor" in text
 
 
 async def test_the_form_refuses_bad_input_with_the_apis_messages_and_keeps_it(

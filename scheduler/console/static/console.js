@@ -1,14 +1,20 @@
 // nbfleet console: what the pages do without, done better with a little script.
-// - a table body with data-refresh="N" is fetched again (?fragment=rows) every N seconds;
+// - an element with data-refresh="N" data-fragment="F" is fetched again (?fragment=F) every
+//   N seconds (the notebook list's rows, a notebook's summary);
 // - forms with data-confirm ask first;
 // - the run form's CLI command follows the form (?fragment=command), with a Copy button.
 'use strict';
 
-function refreshRows(body) {
+function refreshPart(body) {
   const every = Number(body.dataset.refresh) * 1000;
   const tick = async () => {
+    if (body.contains(document.activeElement) && document.activeElement !== body) {
+      // Someone is on a button or a field in there (a keyboard user): do not pull it away.
+      window.setTimeout(tick, every);
+      return;
+    }
     const url = new URL(window.location.href);
-    url.searchParams.set('fragment', 'rows');
+    url.searchParams.set('fragment', body.dataset.fragment);
     try {
       const response = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
       if (response.status === 401) { window.location.assign('/console/sign-in'); return; }
@@ -52,7 +58,7 @@ function followCommand(form) {
 }
 
 document.addEventListener('DOMContentLoaded', () => {
-  for (const body of document.querySelectorAll('tbody[data-refresh]')) refreshRows(body);
+  for (const part of document.querySelectorAll('[data-refresh][data-fragment]')) refreshPart(part);
   confirmForms();
   const form = document.getElementById('run-form');
   if (form) followCommand(form);
