@@ -76,6 +76,24 @@ class IsolatedNetwork:
                 "(Docker's interface churn breaks its page loads otherwise); that needs root "
                 "and iproute2, as scripts/test has"
             ) from None
+        # No IPv6 in here: the link-local addresses the kernel would add a moment after the
+        # links come up (once duplicate address detection is done) are themselves a network
+        # change, which fails Chromium's first page load if it starts within that moment.
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.name,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+            check=True,
+            capture_output=True,
+        )
         _ip("-n", self.name, "link", "set", "lo", "up")
         # A veth pair with both ends inside (kernels without the dummy driver have veth).
         _ip("-n", self.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")

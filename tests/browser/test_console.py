@@ -15,6 +15,7 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.conftest import PROJECT
 from tests.browser.stack import artifacts_dir
 from tests.e2e.cluster import REPO
 
@@ -48,11 +49,12 @@ def test_run_open_stop_start_delete_from_the_console(cluster, notebooks, web):
     sign_in(page, cluster.url, cluster.token)
 
     page.get_by_role("link", name="Run a notebook").first.click()
-    page.get_by_label("Framework").select_option("conda")
-    page.get_by_label("Editor").select_option("jupyterlab")
-    page.get_by_label("Name").fill("console-lab")
-    page.get_by_label("GPUs").fill("1")
-    page.get_by_label("Labels").fill("made-by=console")
+    page.get_by_label("Framework", exact=True).select_option("conda")
+    page.get_by_label("Editor", exact=True).select_option("jupyterlab")
+    page.get_by_label(re.compile("^Name")).fill("console-lab")
+    page.get_by_label(re.compile("^GPUs")).fill("1")
+    page.get_by_label(re.compile("^CPUs")).fill("")
+    page.get_by_label(re.compile("^Labels")).fill("made-by=console")
     # The command beside the form follows it.
     expect(page.locator("#cli-command")).to_have_text(
         "nbfleet notebook run conda jupyterlab --gpu 1 --name console-lab --label made-by=console"
@@ -82,17 +84,54 @@ def test_run_open_stop_start_delete_from_the_console(cluster, notebooks, web):
 
     row(page, "console-lab").get_by_role("button", name=re.compile("^Stop")).click()
     wait_for_state(page, "console-lab", "STOPPED")
+
+    # The stop saved a backup: fork it into a new notebook from the notebook's page.
+    row(page, "console-lab").get_by_role("link", name="console-lab", exact=True).click()
+    backup = page.locator("tr[data-backup]").first
+    backup_id = backup.get_attribute("data-backup")
+    backup.get_by_label(re.compile("^Name of the fork")).fill("console-fork")
+    backup.get_by_role("button", name=re.compile("^Fork")).click()
+    expect(page.get_by_role("heading", name=re.compile("^console-fork"))).to_be_visible()
+    fork_id = page.url.rsplit("/", 1)[1]
+    notebooks.append(fork_id)
+    assert cluster.notebook(fork_id)["forked_from"] == {
+        "notebook": notebook_id,
+        "snapshot": backup_id,
+    }
+
+    page.get_by_role("link", name="Notebooks").click()
     row(page, "console-lab").get_by_role("button", name=re.compile("^Start")).click()
     wait_for_state(page, "console-lab", "RUNNING")
+    wait_for_state(page, "console-fork", "RUNNING")
 
     # The notebook's page has its history, newest first.
-    row(page, "console-lab").get_by_role("link", name="console-lab").click()
+    row(page, "console-lab").get_by_role("link", name="console-lab", exact=True).click()
     history = page.get_by_role("table").filter(has_text="Reason")
     expect(history.locator("tbody tr").first).to_contain_text("RUNNING")
     expect(history).to_contain_text("STOPPED")
     page.get_by_role("button", name="Delete").click()  # confirmed by the dialog handler
     expect(page.locator("h1 .state")).to_have_text(re.compile("DELETING|DELETED"))
     assert cluster.wait_state(notebook_id, "DELETED")["state"] == "DELETED"
+
+
+def test_the_usage_page_shows_the_apis_totals(cluster, web):
+    page = web.new_page()
+    sign_in(page, cluster.url, cluster.token)
+    page.get_by_role("link", name="Usage").click()
+    expect(page.get_by_role("heading", name=re.compile("^Usage of"))).to_be_visible()
+    start = page.get_by_label("From").input_value()
+    end = page.get_by_label("To (not included)").input_value()
+    api = cluster.api("GET", f"/v1/projects/{PROJECT}/usage?from={start}&to={end}")
+    total = api["total"]
+    cells = page.locator("#usage-groups tfoot tr td").all_inner_texts()
+    assert cells[:2] == [str(total["notebooks"]), str(total["minutes"])], (cells, total)
+    models = sorted(total["gpu_minutes"])
+    assert cells[2 : 2 + len(models)] == [str(total["gpu_minutes"][m]) for m in models]
+    assert cells[2 + len(models)] == str(total["cpu_minutes"])
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    last = download.value.path().read_text().strip().splitlines()[-1].split(",")
+    assert last[:3] == ["TOTAL", str(total["notebooks"]), str(total["minutes"])]
 
 
 def test_a_read_token_sees_no_button_and_a_cross_site_form_is_refused(cluster, notebooks, web):
