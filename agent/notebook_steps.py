@@ -110,8 +110,12 @@ class NotebookSteps:
             self.records.set_state(record, S.FAILED, reason)
             return None
         source = assignment.restore_from
+        if not record.phases:
+            # From when this agent took the start on to when it began working on it.
+            record.phases["wait"] = max(0.0, self.clock() - record.first_seen)
+        timed = self.records.timed
         try:
-            with self.sync.syncing(record) as progress:
+            with timed(record, "restore"), self.sync.syncing(record) as progress:
                 record.start_notes = await self.workspaces.prepare(
                     notebook,
                     assignment.initialized,
@@ -126,7 +130,8 @@ class NotebookSteps:
             record.last_error = f"workspace restore failed: {exc}"
             log.warning("notebook=%s %s; retrying next tick", notebook, record.last_error)
             return None
-        mounts = await self.sync.pull_volumes(record, assignment)
+        with timed(record, "volumes"):
+            mounts = await self.sync.pull_volumes(record, assignment)
         if mounts is None:
             return None
         spec = ContainerSpec(
@@ -148,8 +153,10 @@ class NotebookSteps:
             extra_mounts=mounts,
             limits=ContainerLimits.from_config(self.config),
         )
+        self.sync.show(record, "container")
         try:
-            info = await self.runtime.create_and_start(spec)
+            with timed(record, "container"):
+                info = await self.runtime.create_and_start(spec)
         except ImageUnavailable as exc:
             self.records.set_state(record, S.ERROR, str(exc))
             return None
@@ -160,6 +167,8 @@ class NotebookSteps:
             log.warning("notebook=%s %s; retrying next tick", notebook, record.last_error)
             return None
         log.info("notebook=%s generation=%d container started", notebook, record.generation)
+        record.container_started = self.clock()
+        self.sync.show(record, "editor", assignment.editor)
         return info
 
     async def starting(
@@ -170,9 +179,11 @@ class NotebookSteps:
         port = info.host_port
         if port and await self.probe(editor_url(assignment, self.config.upstream_host, port)):
             reason = "; ".join(["editor answers", *record.start_notes])
+            self.sync.show(record, None)
             self.records.set_state(record, S.RUNNING, reason)
             record.last_checkpoint = self.clock()
         elif self._timed_out(record):
+            self.sync.show(record, None)
             await self.runtime.stop(record.notebook)
             await self.runtime.remove(record.notebook)
             await self.sync.push_then(
@@ -216,9 +227,11 @@ class NotebookSteps:
     async def stop(self, record: NotebookRecord) -> None:
         if record.state in (S.STOPPED, S.FAILED, S.ERROR):
             return
-        await self.runtime.stop(record.notebook)
-        await self.kept_logs.keep(self.runtime, record.notebook)
-        await self.runtime.remove(record.notebook)
+        record.phases.clear()  # a start cut short is not this stop's
+        with self.records.timed(record, "container"):
+            await self.runtime.stop(record.notebook)
+            await self.kept_logs.keep(self.runtime, record.notebook)
+            await self.runtime.remove(record.notebook)
         await self.sync.push_then(record, S.STOPPED, "stopped")
 
     async def delete(self, record: NotebookRecord) -> None:

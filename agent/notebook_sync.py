@@ -31,7 +31,7 @@ from agent.workspace.host import HostWorkspaces
 from agent.workspace.progress import ProgressCallback
 from common.config import AgentConfig
 from common.states import NotebookState
-from common.wire import Assignment, SnapshotReport
+from common.wire import Assignment, Progress, SnapshotReport
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,22 @@ class NotebookSync:
         finally:
             self.outbox.set_progress(record.notebook, record.generation, None)
 
+    def show(self, record: NotebookRecord, phase: str | None, detail: str = "") -> None:
+        """Tell whoever watches the notebook which step of its start it is in (``container``,
+        ``editor``), or (``None``) that it is past them."""
+        progress = None
+        if phase is not None:
+            progress = Progress(
+                phase=phase,  # type: ignore[arg-type]
+                files_done=0,
+                files_total=0,
+                bytes_done=0,
+                bytes_total=0,
+                at=self.clock(),
+                detail=detail,
+            )
+        self.outbox.set_progress(record.notebook, record.generation, progress)
+
     def report_snapshot(self, notebook: str, generation: int, result: PushResult | None) -> None:
         """Tell the scheduler about the snapshot a push committed (or found unchanged: the
         report is idempotent, and it repairs a report lost with an earlier agent)."""
@@ -90,9 +106,10 @@ class NotebookSync:
         push reports FAILED instead and keeps the host dir (the next start uses it)."""
         notebook = record.notebook
         await self.workspaces.remove_scratch(notebook)
-        volume_failure = await self._push_volumes(record)
+        with self.records.timed(record, "volumes"):
+            volume_failure = await self._push_volumes(record)
         try:
-            with self.syncing(record) as progress:
+            with self.records.timed(record, "push"), self.syncing(record) as progress:
                 result = await self.workspaces.push(notebook, progress=progress)
         except Exception as exc:
             log.warning("notebook=%s workspace push failed, keeping host dir: %s", notebook, exc)

@@ -11,7 +11,8 @@ its final billed minutes; when the scheduler ends it, the scheduler closes the r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from agent.report import Outbox
@@ -45,6 +46,12 @@ class NotebookRecord:
     fenced: bool = False
     #: When a checkpoint of this run last saved the workspace (``None``: none yet).
     last_saved: float | None = None
+    #: Seconds each step of the start or stop under way took so far (``wait``, ``restore``,
+    #: ``volumes``, ``container``, ``editor``; ``container``, ``volumes``, ``push``), sent with
+    #: the transition that ends it (:meth:`NotebookRecords.set_state`), then cleared.
+    phases: dict[str, float] = field(default_factory=dict)
+    #: When this start's container was started: its editor phase counts from here.
+    container_started: float | None = None
 
 
 class NotebookRecords:
@@ -110,6 +117,10 @@ class NotebookRecords:
         record.state = state
         if state == S.RUNNING:
             record.running_since = now
+            if record.container_started is not None:
+                record.phases["editor"] = max(0.0, now - record.container_started)
+        phases, record.phases = record.phases, {}
+        record.container_started = None
         self.outbox.add_transition(
             Transition(
                 notebook=record.notebook,
@@ -117,8 +128,20 @@ class NotebookRecords:
                 state=state,
                 reason=reason,
                 at=now,
+                # Steps that took no time (no volumes to pull) say nothing.
+                phases={name: round(t, 3) for name, t in phases.items() if t >= 0.0005},
             )
         )
+
+    @contextmanager
+    def timed(self, record: NotebookRecord, phase: str) -> Iterator[None]:
+        """Count the time spent inside towards ``record``'s ``phase`` (added up over tries)."""
+        started = self.clock()
+        try:
+            yield
+        finally:
+            spent = max(0.0, self.clock() - started)
+            record.phases[phase] = record.phases.get(phase, 0.0) + spent
 
     def for_assignment(self, assignment: Assignment) -> NotebookRecord | None:
         """The record for the assignment's generation, created or brought in line with the

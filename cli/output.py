@@ -17,6 +17,7 @@ from common.notebook_text import (  # noqa: F401 (the CLI's modules take them fr
     progress,
     queue_text,
     size,
+    took,
 )
 from common.states import NotebookState
 
@@ -180,6 +181,8 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
         ("Access", access(nb)),
         ("SSH", ssh_access(nb)),
         ("Activity", activity(nb)),
+        ("Last start", took(nb.history or [], "RUNNING", "STARTING", "started")),
+        ("Last stop", took(nb.history or [], "STOPPED", "STOPPING", "stopped")),
         (
             "Workspace",
             (

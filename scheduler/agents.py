@@ -248,6 +248,7 @@ class AgentService:
                 board=self.board,
                 # A report that waited out a scheduler outage bills up to when it happened.
                 billed_until=min(now, item.at),
+                phases=item.phases,
             )
         except InvalidTransition as exc:
             return wire.TransitionResult(item.notebook, "refused", current, str(exc))
@@ -330,6 +331,7 @@ async def _assignments(tx: Tx, host_id: str, config: SchedulerConfig) -> wire.As
                 volumes=await resolve_volumes(tx, row),
                 restore_from=await restore_source(tx, row),
                 ssh_public_keys=assigned_keys(row),
+                editor=row["editor"],
                 activity_api=editor.activity_api if editor is not None else "",
                 gpu_busy_pct=config.idle.gpu_busy_pct,
                 cpu_busy_pct=config.idle.cpu_busy_pct,

@@ -42,6 +42,7 @@ user's start, stop or delete replaces it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -105,11 +106,11 @@ _MOVE_SET = ", ".join(
     ]
 )
 
-_HISTORY_ROW = "(?, ?, ?, CAST(? AS DOUBLE PRECISION), CAST(? AS BIGINT))"
+_HISTORY_ROW = "(?, ?, ?, CAST(? AS DOUBLE PRECISION), CAST(? AS BIGINT), ?)"
 _HISTORY = (
-    "INSERT INTO state_history (notebook_id, state, reason, at, generation) "
-    "SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v "
-    "WHERE v.column1 IS NOT NULL"
+    "INSERT INTO state_history (notebook_id, state, reason, at, generation, phases) "
+    "SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 "
+    "FROM (VALUES {values}) AS v WHERE v.column1 IS NOT NULL"
 )
 
 
@@ -123,6 +124,8 @@ class Move:
     reason: str
     billed_until: float | None = None
     changes: Mapping[str, object] = field(default_factory=dict)
+    #: Seconds each step of the start or stop ending here took (the agent's account).
+    phases: Mapping[str, float] = field(default_factory=dict)
 
 
 async def change_state(
@@ -134,17 +137,17 @@ async def change_state(
     now: float,
     board: AssignmentBoard,
     billed_until: float | None = None,
+    phases: Mapping[str, float] | None = None,
     **changes: object,
 ) -> Row | None:
     """Move ``notebook`` (a row read in this transaction) to ``target``.
 
     Returns the notebook's row as it is now if recorded (read back by the update itself),
     ``None`` for a repeat. ``changes`` may set ``desired``, ``generation`` and ``host_id`` in
-    the same update.
+    the same update; ``phases`` (what the steps ending here took) go into the history.
     """
-    [row] = await change_states(
-        tx, [Move(notebook, target, reason, billed_until, changes)], now=now, board=board
-    )
+    move = Move(notebook, target, reason, billed_until, changes, phases or {})
+    [row] = await change_states(tx, [move], now=now, board=board)
     return row
 
 
@@ -217,7 +220,16 @@ async def _change_chunk(
         else:
             timings.append((current, target, now - notebook["state_at"]))
         generation = changes.get("generation", notebook["generation"])
-        history.append((notebook["id"], target.value, move.reason, now, int(generation)))
+        history.append(
+            (
+                notebook["id"],
+                target.value,
+                move.reason,
+                now,
+                int(generation),
+                json.dumps(dict(move.phases), sort_keys=True),
+            )
+        )
         if (current in ACTIVE) != (target in ACTIVE):
             sign = 1 if target in ACTIVE else -1
             counts = use.setdefault(notebook["project"], [0, 0, 0, None])

@@ -218,12 +218,17 @@ async def view(
 
 async def _history(tx: Tx, notebook_id: str) -> list[wire.StateChange]:
     rows = await tx.all(
-        "SELECT state, reason, at, generation FROM state_history WHERE notebook_id = ? ORDER BY id",
+        "SELECT state, reason, at, generation, phases FROM state_history "
+        "WHERE notebook_id = ? ORDER BY id",
         (notebook_id,),
     )
     return [
         wire.StateChange(
-            state=S(r["state"]), reason=r["reason"], at=r["at"], generation=r["generation"]
+            state=S(r["state"]),
+            reason=r["reason"],
+            at=r["at"],
+            generation=r["generation"],
+            phases=json.loads(r["phases"] or "{}"),
         )
         for r in rows
     ]

@@ -173,6 +173,8 @@ class Assignment(Struct):
     #: Full OpenSSH public key lines that may log in as this notebook (user name: its id);
     #: sent only while it is to run (``desired=running``), only to the host running it.
     ssh_public_keys: list[str] = []
+    #: The catalog's name of the editor (``jupyterlab``), for what a start is doing.
+    editor: str = ""
     #: Which editor API the agent reads the idle signal from (``EditorSpec.activity_api``).
     activity_api: Literal["", "jupyter", "code-server"] = ""
     #: Above these, the notebook's GPUs (any one) or, without GPUs, its CPUs count as activity
@@ -197,6 +199,12 @@ class Assignments(Struct):
     items: list[Assignment]
 
 
+#: A start's or stop's steps and their seconds (a few, with short names).
+Phases = Annotated[
+    dict[Annotated[str, Meta(max_length=32)], Annotated[float, Meta(ge=0)]], Meta(max_length=16)
+]
+
+
 class Transition(Struct):
     """A state change an agent caused. Unknown fields are ignored, not refused: agents of the
     previous release still send ``url`` with RUNNING (and keep it in their spool), and a fleet
@@ -207,6 +215,10 @@ class Transition(Struct):
     state: NotebookState
     reason: Annotated[str, Meta(max_length=2000)]
     at: float
+    #: Seconds each step of the start or stop this state ends took on the agent (``wait``,
+    #: ``restore``, ``volumes``, ``container``, ``editor``; ``container``, ``volumes``,
+    #: ``push``), kept in the notebook's history.
+    phases: Phases = {}
 
 
 class TransitionBatch(Struct, forbid_unknown_fields=True):

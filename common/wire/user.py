@@ -69,7 +69,16 @@ class SnapshotList(Struct):
 class Progress(Struct):
     """How far a sync has got, for the user watching a STARTING or STOPPING notebook."""
 
-    phase: Literal["image", "restore", "volumes-pull", "push", "volumes-push", "checkpoint"]
+    phase: Literal[
+        "image",
+        "restore",
+        "volumes-pull",
+        "container",
+        "editor",
+        "push",
+        "volumes-push",
+        "checkpoint",
+    ]
     files_done: int
     files_total: int
     bytes_done: int
@@ -150,6 +159,9 @@ class StateChange(Struct):
     reason: str
     at: float
     generation: int
+    #: Seconds each step of the start or stop that ended here took, as its agent measured
+    #: them (``restore``, ``container``, ``editor``, ``push``, ...).
+    phases: dict[str, float] = {}
 
 
 class QueueInfo(Struct):

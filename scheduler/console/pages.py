@@ -341,6 +341,8 @@ def _notebook_summary(request: web.Request, nb: wire.Notebook, who: Viewer) -> d
         "idle_timeout": (
             durations.human(nb.idle_timeout_s) if nb.idle_timeout_s is not None else "project's"
         ),
+        "started": notebook_text.took(nb.history or [], "RUNNING", "STARTING", "started"),
+        "stopped": notebook_text.took(nb.history or [], "STOPPED", "STOPPING", "stopped"),
     }
 
 

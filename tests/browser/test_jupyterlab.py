@@ -48,6 +48,11 @@ def test_a_cell_runs_and_its_notebook_survives_stop_and_start(cluster, notebooks
     cluster.wait_state(nb["id"], "STOPPED", START_TIMEOUT_S)
     cluster.cli("notebook", "start", nb["id"])
     restarted = cluster.wait_state(nb["id"], "RUNNING", START_TIMEOUT_S)
+    # Where each start's time went, as the agent measured it (issue 16).
+    for run, change in enumerate(
+        [h for h in cluster.notebook(nb["id"])["history"] if h["state"] == "RUNNING"], start=1
+    ):
+        timings.record(f"JupyterLab start {run}: the agent's steps", **change["phases"])
     if is_proxied(running):
         assert restarted["url"] == running["url"], "a notebook's URL is stable across restarts"
 

@@ -2,6 +2,7 @@
 real S3, fake GPUs seen through nvidia-ml-py."""
 
 import json
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -103,8 +104,17 @@ def test_workspace_survives_stop_and_start(cluster, notebooks):
     # Same id, and the editor serves the restored file at the notebook's URL.
     status, body = http_get(running["url"].rstrip("/") + "/notes.txt", cluster.token)
     assert (status, body.strip()) == (200, b"my work")
-    states = [h["state"] for h in cluster.notebook(nb["id"])["history"]]
+    history = cluster.notebook(nb["id"])["history"]
+    states = [h["state"] for h in history]
     assert states == ["STARTING", "RUNNING", "STOPPING", "STOPPED", "STARTING", "RUNNING"]
+    # Where the time went, as the agent measured it: a restart restores the workspace.
+    first_start, stop, restart = history[1]["phases"], history[3]["phases"], history[5]["phases"]
+    assert {"container", "editor"} <= set(first_start), first_start
+    assert {"container", "push"} <= set(stop), stop
+    assert {"restore", "container", "editor"} <= set(restart), restart
+    shown = cluster.cli("notebook", "get", nb["id"]).stdout
+    assert re.search(r"Last start: +started in [0-9.]+ s \(.*container [0-9.]+", shown), shown
+    assert re.search(r"Last stop: +stopped in [0-9.]+ s", shown), shown
 
 
 def test_deleted_workspace_marker_ends_in_error(cluster, notebooks):

@@ -158,6 +158,25 @@ async def test_slow_editor_stays_starting_until_it_answers(rig: Rig) -> None:
     assert rig.reported() == [("RUNNING", "editor answers")]
 
 
+async def test_running_carries_what_each_step_of_the_start_took_and_shows_the_step(
+    rig: Rig,
+) -> None:
+    rig.runtime.behaviours["tiny:ok"] = "slow"
+    rig.runtime.answer_after = 2
+    rig.assign(assignment(editor="jupyterlab"))
+    await rig.tick()
+    shown = [r.progress for r in rig.sink.progress_reports if r.notebook == "nb1"]
+    assert [(p.phase, p.detail) for p in shown if p is not None][-1] == ("editor", "jupyterlab")
+    rig.clock.advance(1.5)
+    await rig.tick()
+    rig.clock.advance(1.5)
+    await rig.tick()
+    [running] = [t for t in rig.sink.sent if t.state == S.RUNNING]
+    # The fake clock stands still inside a tick: only the editor's wait shows.
+    assert running.phases == {"editor": 3.0}
+    assert rig.sink.progress_reports[-1].progress is None
+
+
 async def test_editor_that_never_answers_fails_after_start_timeout(rig: Rig) -> None:
     rig.runtime.behaviours["tiny:ok"] = "never"
     rig.assign(assignment())

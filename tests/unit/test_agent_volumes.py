@@ -449,7 +449,8 @@ async def test_reconciler_pulls_before_start_mounts_and_pushes_after_stop(
     await rig.tick()
     assert rig.reported() == [("RUNNING", "editor answers")]
     # Progress while pulling, cleared once done (latest wins at the scheduler).
-    assert [p.detail for p in progress if p and p.files_done == p.files_total][-1] == (
+    pulled = [p for p in progress if p and p.phase == "volumes-pull"]
+    assert [p.detail for p in pulled if p.files_done == p.files_total][-1] == (
         "datasets@lab-s3/other:/models"
     )
     assert progress[-1] is None
