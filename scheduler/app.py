@@ -32,8 +32,8 @@ from scheduler.api.context import CONTEXT, Context
 from scheduler.api.replies import MAX_BODY_BYTES
 from scheduler.board import CHANNEL as BOARD_CHANNEL
 from scheduler.board import AssignmentBoard
-from scheduler.console.pages import SESSIONS
 from scheduler.console.session import Sessions
+from scheduler.console.web import SESSIONS
 from scheduler.db import database_for
 from scheduler.hosts import HostService
 from scheduler.loops.base import Loop

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from scheduler.api import admin, agents, datastores, editor, tokens, usage, user
 from scheduler.api.replies import Handler, guarded, unmatched
-from scheduler.console.pages import add_console_routes
+from scheduler.console.routes import add_console_routes
 
 
 class _Guarded:
