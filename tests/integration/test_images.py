@@ -111,6 +111,10 @@ cs = subprocess.run(["code-server", "--version"], capture_output=True, text=True
 found["code-server"] = cs.stdout.split()[0]
 lab = subprocess.run(["jupyter-lab", "--version"], capture_output=True, text=True, check=True)
 found["jupyter-lab --version"] = lab.stdout.strip()
+try:
+    found["rfc3987_syntax"] = metadata.version("rfc3987-syntax")
+except metadata.PackageNotFoundError:
+    found["rfc3987_syntax"] = None
 print(json.dumps(found))
 """
 
@@ -132,6 +136,8 @@ def test_runs_unprivileged_with_workspace_home_and_catalog_versions(
             f"what the image ships: {description!r}"
         )
     assert set(catalog.frameworks[framework].editors) >= {"jupyterlab", "vscode"}
+    # Importing it made JupyterLab's server start take twice as long (the conda Dockerfile).
+    assert found["rfc3987_syntax"] is None, "rfc3987-syntax is back in the image"
     # code-server --version ran with the workspace as home: its config is the image's, so it
     # left no password file of its own there.
     assert not (workspace / ".config" / "code-server").exists()
