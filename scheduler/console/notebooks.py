@@ -40,7 +40,7 @@ def _filters(request: web.Request) -> tuple[set[NotebookState], dict[str, str], 
     return states, labels, state, label
 
 
-def _row(request: web.Request, nb: wire.Notebook) -> dict[str, Any]:
+def _row(nb: wire.Notebook) -> dict[str, Any]:
     if nb.progress is not None:
         status = notebook_text.progress(nb.progress)
     elif nb.queue is not None:
@@ -70,7 +70,7 @@ async def notebooks(request: web.Request, who: Viewer) -> web.StreamResponse:
     items = await ctx(request).notebook_views.list(
         who.principal.project, states=states, labels=labels, selector=who.principal.selector
     )
-    rows = [_row(request, nb) for nb in items]
+    rows = [_row(nb) for nb in items]
     values = {"rows": rows, "who": who, "refresh_s": REFRESH_S}
     if request.query.get("fragment") == "rows":
         return render(request, "notebook_rows.html", **values)
@@ -91,7 +91,7 @@ async def notebook(request: web.Request, who: Viewer) -> web.StreamResponse:
     nb = await context.notebook_views.get(
         who.principal.project, request.match_info["id"], who.principal.selector
     )
-    values = _notebook_summary(request, nb, who)
+    values = _notebook_summary(nb, who)
     if request.query.get("fragment") == "summary":
         return render(request, "notebook_summary.html", **values)
     backups = (await context.snapshots.backups(nb.id)).items
@@ -117,10 +117,10 @@ async def notebook(request: web.Request, who: Viewer) -> web.StreamResponse:
     )
 
 
-def _notebook_summary(request: web.Request, nb: wire.Notebook, who: Viewer) -> dict[str, Any]:
+def _notebook_summary(nb: wire.Notebook, who: Viewer) -> dict[str, Any]:
     """What a notebook's page shows at its top, and refreshes (``?fragment=summary``)."""
     return {
-        "row": _row(request, nb),
+        "row": _row(nb),
         "nb": nb,
         "who": who,
         "gpus": [notebook_text.notebook_gpu(g) for g in nb.gpus],
