@@ -2,6 +2,12 @@
 
 ``Results`` is ``{workload: {step: {tool: seconds or None}}}``; None marks a step that failed
 (the tool exited non-zero, or its restore differed), which never counts as anyone's best.
+
+Two of the tools are ours: ``ours`` is the ``nbfleet-agent workspace`` command (a process per
+step, start-up included: what an operator's command costs) and ``agent`` is the same engine in
+a long-lived process that keeps its S3 client, stepped the way the agent daemon steps a
+notebook's stop and start (what a user's STOPPING and a start's restore cost). Neither is a
+peer; each gets its own ratio against the best peer.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ STEP_TITLES = {
     "restore_full": "full restore",
 }
 OURS = "ours"
+AGENT = "agent"
+OWN = (OURS, AGENT)
 
 Results = dict[str, dict[str, dict[str, float | None]]]
 
@@ -30,23 +38,29 @@ def median_or_none(samples: list[float | None]) -> float | None:
 
 def compute_ratios(results: Results) -> dict[str, dict[str, dict[str, object]]]:
     """Per workload and step: ``{"ratio": ours / best peer, "best_peer": name,
-    "best_peer_s": seconds}``; ratio None when ours or every peer is missing or failed.
-    Below 1 means ours was faster."""
+    "best_peer_s": seconds}``, plus ``"agent_ratio"`` (agent / best peer) when the agent ran;
+    a ratio is None when its tool or every peer is missing or failed. Below 1 means ours was
+    faster."""
     ratios: dict[str, dict[str, dict[str, object]]] = {}
     for workload, steps in results.items():
         for step, by_tool in steps.items():
-            peers = {t: s for t, s in by_tool.items() if t != OURS and s is not None}
+            peers = {t: s for t, s in by_tool.items() if t not in OWN and s is not None}
             best = min(peers, key=lambda t: (peers[t], t)) if peers else None
-            ours = by_tool.get(OURS)
-            ratio = None
-            if best is not None and ours is not None and peers[best] > 0:
-                ratio = ours / peers[best]
+            best_s = peers[best] if best is not None else None
             ratios.setdefault(workload, {})[step] = {
-                "ratio": ratio,
+                "ratio": _ratio(by_tool.get(OURS), best_s),
                 "best_peer": best,
                 "best_peer_s": peers[best] if best is not None else None,
             }
+            if AGENT in by_tool:
+                ratios[workload][step]["agent_ratio"] = _ratio(by_tool[AGENT], best_s)
     return ratios
+
+
+def _ratio(seconds: float | None, best_s: float | None) -> float | None:
+    if seconds is None or best_s is None or best_s <= 0:
+        return None
+    return seconds / best_s
 
 
 def _cell(seconds: float | None) -> str:
@@ -55,11 +69,14 @@ def _cell(seconds: float | None) -> str:
 
 def format_table(results: Results, ratios: dict, tools: list[str]) -> str:
     """A fixed-width table: one row per workload and step, one column of seconds per tool,
-    then ours / best peer and that peer's name."""
+    then ours / best peer (and agent / best peer when the agent ran) and that peer's name."""
     header = ["workload", "step", *tools]
-    with_ratio = OURS in tools and len(tools) > 1
+    peers = [t for t in tools if t not in OWN]
+    own = [t for t in OWN if t in tools] if peers else []
+    with_ratio = bool(own)
+    ratio_keys = {OURS: "ratio", AGENT: "agent_ratio"}
     if with_ratio:
-        header += ["ours/best", "best peer"]
+        header += [f"{t}/best" for t in own] + ["best peer"]
     rows = [header]
     for workload, steps in results.items():
         for step in STEPS:
@@ -69,11 +86,10 @@ def format_table(results: Results, ratios: dict, tools: list[str]) -> str:
             row += [_cell(steps[step].get(tool)) if tool in steps[step] else "-" for tool in tools]
             if with_ratio:
                 info = ratios.get(workload, {}).get(step, {})
-                ratio = info.get("ratio")
-                row += [
-                    "-" if ratio is None else f"{ratio:.2f}",
-                    info.get("best_peer") or "-",
-                ]
+                for tool in own:
+                    ratio = info.get(ratio_keys[tool])
+                    row.append("-" if ratio is None else f"{ratio:.2f}")
+                row.append(info.get("best_peer") or "-")
             rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     # Names left-aligned, numbers right-aligned.

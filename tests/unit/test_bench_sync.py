@@ -169,3 +169,26 @@ def test_json_is_workload_step_tool_seconds_plus_ratios():
 @pytest.mark.parametrize("fraction,count", [(0.01, 1), (0.5, 2), (1.0, 3)])
 def test_choose_changed_fraction(fraction, count):
     assert len(workloads.choose_changed(["x", "y", "z"], seed=0, fraction=fraction)) == count
+
+
+def test_the_agent_is_ours_too_and_gets_a_ratio_of_its_own():
+    results = {
+        "b": {
+            "push_nochange": {"ours": 1.0, "agent": 0.2, "rclone": 2.0, "s5cmd": 4.0},
+            "push_1pct": {"ours": 1.0, "agent": None, "rclone": 2.0},
+        }
+    }
+    ratios = report.compute_ratios(results)["b"]
+    # The agent is never the best peer, however fast it is.
+    assert ratios["push_nochange"] == {
+        "ratio": 0.5,
+        "agent_ratio": 0.1,
+        "best_peer": "rclone",
+        "best_peer_s": 2.0,
+    }
+    assert ratios["push_1pct"]["agent_ratio"] is None
+    tools = ["ours", "agent", "rclone", "s5cmd"]
+    lines = report.format_table(results, report.compute_ratios(results), tools).splitlines()
+    assert lines[0].split()[-4:] == ["ours/best", "agent/best", "best", "peer"]
+    assert lines[2].split()[-3:] == ["0.50", "0.10", "rclone"]
+    assert lines[3].split()[-3:] == ["0.50", "-", "rclone"]
