@@ -63,6 +63,7 @@ class Reconciler:
         probe: Probe = http_probe,
         kept_logs: KeptLogs | None = None,
     ) -> None:
+        self.config = config
         self.runtime = runtime
         self.kept_logs = kept_logs or KeptLogs(Path(config.state_dir) / "logs")
         self.assignments: dict[str, Assignment] = {}
@@ -214,7 +215,28 @@ class Reconciler:
         elif record.state == S.RUNNING:
             await self.sync.checkpoint_if_due(record)
         elif record.state == S.STARTING:
+            await self._until_the_editor_answers(record, assignment, info)
+
+    async def _until_the_editor_answers(
+        self, record: NotebookRecord, assignment: Assignment, info: ContainerInfo
+    ) -> None:
+        """Probe a STARTING notebook's editor every ``editor_probe_interval_s`` for up to one
+        reconcile interval (the next tick carries on): RUNNING follows the editor's first
+        answer closely. Returns early once the notebook is no longer wanted running, so a stop
+        waits for one probe at most."""
+        deadline = time.monotonic() + self.config.reconcile_interval_s
+        while True:
             await self.steps.starting(record, assignment, info)
+            current = self.assignments.get(record.notebook)
+            if (
+                record.state != S.STARTING
+                or current is None
+                or current.desired != "running"
+                or current.generation != assignment.generation
+                or time.monotonic() + self.config.editor_probe_interval_s > deadline
+            ):
+                return
+            await asyncio.sleep(self.config.editor_probe_interval_s)
 
     async def _retire(self, notebook: str) -> None:
         if notebook in self.assignments:

@@ -245,6 +245,11 @@ class AgentConfig(Struct, forbid_unknown_fields=True):
     #: Host directory for data volumes (one subdirectory per notebook).
     volumes_dir: str = "/var/lib/nbfleet/volumes"
     reconcile_interval_s: float = 2.0
+    #: How often a STARTING notebook's editor is asked whether it answers yet. A reconcile
+    #: step keeps asking at this pace for up to ``reconcile_interval_s`` (the next tick goes
+    #: on), so RUNNING follows the editor's first answer by at most this much rather than by
+    #: up to a whole reconcile interval.
+    editor_probe_interval_s: Annotated[float, Meta(gt=0)] = 0.1
     usage_interval_s: float = 30.0
     #: The catalog flavor this host offers, and labels shown to operators.
     flavor: str = ""

@@ -69,6 +69,8 @@ class Rig:
 
 
 def make_rig(tmp_path: Path, **config_fields) -> Rig:
+    # One editor probe per tick unless a test asks for the in-step wait.
+    config_fields.setdefault("reconcile_interval_s", 0)
     config = AgentConfig(
         host_id="h1",
         workspaces_dir=str(tmp_path / "workspaces"),
@@ -156,6 +158,34 @@ async def test_slow_editor_stays_starting_until_it_answers(rig: Rig) -> None:
     assert rig.reported() == []
     await rig.tick()
     assert rig.reported() == [("RUNNING", "editor answers")]
+
+
+async def test_a_step_keeps_probing_the_editor_so_running_follows_its_first_answer(
+    tmp_path: Path,
+) -> None:
+    rig = make_rig(tmp_path, reconcile_interval_s=30, editor_probe_interval_s=0.01)
+    rig.runtime.behaviours["tiny:ok"] = "slow"
+    rig.runtime.answer_after = 5
+    rig.assign(assignment())
+    await rig.tick()
+    # One tick, no waiting for the next: the step asked until the editor answered.
+    assert rig.reported() == [("RUNNING", "editor answers")]
+    assert len(rig.runtime.probed) == 6
+
+
+async def test_a_stop_ends_the_wait_for_the_editor(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, reconcile_interval_s=30, editor_probe_interval_s=0.01)
+    rig.runtime.behaviours["tiny:ok"] = "never"
+    rig.assign(assignment())
+    waiting = asyncio.create_task(rig.tick())
+    while len(rig.runtime.probed) < 3:
+        await asyncio.sleep(0.01)
+    rig.assign(assignment(desired="stopped", state=S.STOPPING))
+    await asyncio.wait_for(waiting, 5)  # well before the 30 s the step could have waited
+    probes = len(rig.runtime.probed)
+    await rig.tick()
+    assert rig.reported() == [("STOPPED", "stopped")]
+    assert len(rig.runtime.probed) == probes
 
 
 async def test_running_carries_what_each_step_of_the_start_took_and_shows_the_step(
