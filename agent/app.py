@@ -206,6 +206,7 @@ class Agent:
         self.assignments_version: int | None = None
         self.agent_url = ""
         self._runner: web.AppRunner | None = None
+        self._warm_up: asyncio.Task[None] | None = None
         self.loops = [
             # A failed heartbeat is tried again within an interval, never after the backoff's
             # 30 s: a scheduler back from an outage gives hosts one TTL (a few intervals) to
@@ -241,9 +242,13 @@ class Agent:
             await self.ssh.start()
         for loop in self.loops:
             loop.start()
+        self._warm_up = asyncio.create_task(self.workspaces.warm_up(), name="warm-up-store")
         log.info("host=%s agent started, serving %s", self.host_id, self.agent_url)
 
     async def stop(self) -> None:
+        if self._warm_up is not None:
+            self._warm_up.cancel()
+            await asyncio.gather(self._warm_up, return_exceptions=True)
         self.workspace_meter.close()
         for loop in self.loops:
             await loop.stop()

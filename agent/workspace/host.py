@@ -24,6 +24,7 @@ API (all coroutines unless noted; pushes of one notebook are serialised):
 * ``snapshots(notebook) -> list[SnapshotInfo]`` (oldest first).
 * ``restore(notebook, *, source_notebook=None, snapshot=None, progress=None) -> RestoreResult``:
   restore into the (absent) host dir via ``<dir>.restoring``.
+* ``warm_up()``: build the store's client and check the bucket ahead of the first sync.
 * ``collect_garbage(notebook) -> int``; ``delete_remote(notebook) -> int``; directory helpers
   ``workspace_dir``, ``scratch``, ``has_workspace`` (plain functions), ``remove_scratch``,
   ``remove_workspace_dir``.
@@ -111,6 +112,15 @@ class HostWorkspaces:
         if not self._bucket_ready:
             await self.store.ensure_bucket(self.bucket)
             self._bucket_ready = True
+
+    async def warm_up(self) -> None:
+        """Build the store's client and check the bucket now, so the first start's restore
+        does not pay for it (half a second: botocore's client and the first connection).
+        Failing is harmless: the first restore or push tries again."""
+        try:
+            await self._ensure_bucket()
+        except Exception as exc:
+            log.info("object storage not ready at start-up (%s); the first sync tries again", exc)
 
     async def prepare(
         self,

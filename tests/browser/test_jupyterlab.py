@@ -18,11 +18,25 @@ START_TIMEOUT_S = 180
 
 
 def test_a_cell_runs_and_its_notebook_survives_stop_and_start(cluster, notebooks, web, timings):
-    started = time.monotonic()
+    started, wall_started = time.monotonic(), time.time()
     nb = cluster.cli_json("notebook", "run", "conda", "jupyterlab")
     notebooks.append(nb["id"])
     running = cluster.wait_state(nb["id"], "RUNNING", START_TIMEOUT_S)
-    at_running = time.monotonic()
+    at_running, wall_running = time.monotonic(), time.time()
+    # Where run → RUNNING went, by the notebook's own history (scheduler and agent clocks are
+    # this machine's): the CLI until the notebook existed, placement and delivery until the
+    # agent said STARTING, the start itself, and how late this test's polling saw it.
+    history = cluster.notebook(nb["id"])["history"]
+    first_at = {}
+    for change in history:
+        first_at.setdefault(change["state"], change["at"])
+    timings.record(
+        "notebook run → RUNNING, by the notebook's history",
+        cli_to_created=history[0]["at"] - wall_started,
+        created_to_starting=first_at["STARTING"] - history[0]["at"],
+        starting_to_running=first_at["RUNNING"] - first_at["STARTING"],
+        running_to_seen=wall_running - first_at["RUNNING"],
+    )
 
     page = web.new_page()
     lab = JupyterLab(page)

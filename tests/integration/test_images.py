@@ -98,7 +98,7 @@ def run(image: str, workspace: Path, *command: str, mounts: tuple[str, ...] = ()
 
 # What an image ships, printed by itself (the catalog's descriptions must name these).
 VERSIONS_SCRIPT = """
-import json, os, platform, subprocess
+import json, os, platform, shutil, subprocess
 from importlib import metadata
 found = {"uid": os.getuid(), "HOME": os.environ["HOME"], "cwd": os.getcwd()}
 found |= {"Python": platform.python_version(), "JupyterLab": metadata.version("jupyterlab")}
@@ -115,6 +115,17 @@ try:
     found["rfc3987_syntax"] = metadata.version("rfc3987-syntax")
 except metadata.PackageNotFoundError:
     found["rfc3987_syntax"] = None
+found["node on PATH"] = [n for n in ("node", "nodejs") if shutil.which(n)]
+# What JupyterLab is configured with, as it reads it (system config, then the user's).
+shown = subprocess.run(
+    ["jupyter-lab", "--show-config-json"], capture_output=True, text=True, check=True
+)
+lab = json.loads(shown.stdout).get("LabApp", {})
+found["lab config"] = {k: lab.get(k) for k in ("extension_manager", "news_url")}
+from jupyterlab_server.config import get_page_config
+from jupyter_core.paths import jupyter_config_path
+labconfig = [os.path.join(p, "labconfig") for p in jupyter_config_path()]
+found["disabled"] = sorted(get_page_config(labconfig).get("disabledExtensions", {}))
 print(json.dumps(found))
 """
 
@@ -138,6 +149,11 @@ def test_runs_unprivileged_with_workspace_home_and_catalog_versions(
     assert set(catalog.frameworks[framework].editors) >= {"jupyterlab", "vscode"}
     # Importing it made JupyterLab's server start take twice as long (the conda Dockerfile).
     assert found["rfc3987_syntax"] is None, "rfc3987-syntax is back in the image"
+    # With a node on PATH JupyterLab runs yarn (0.9 s) at every server start and page load;
+    # code-server's Node.js is its own (the conda Dockerfile).
+    assert found["node on PATH"] == [], "Node.js is on the editor's PATH again"
+    assert found["lab config"] == {"extension_manager": "readonly", "news_url": None}
+    assert "@jupyterlab/apputils-extension:announcements" in found["disabled"]
     # code-server --version ran with the workspace as home: its config is the image's, so it
     # left no password file of its own there.
     assert not (workspace / ".config" / "code-server").exists()

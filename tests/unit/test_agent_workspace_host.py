@@ -162,3 +162,21 @@ async def test_a_host_cut_off_while_the_notebook_moved_never_pushes_over_the_oth
     assert (Path(a.workspace_dir("nb1")) / "notes.txt").read_text() == "done on B"
     aside = [p for p in (tmp_path / "a" / "ws").iterdir() if ".superseded-" in p.name]
     assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "before the partition"
+
+
+async def test_warm_up_checks_the_bucket_once_ahead_of_the_first_sync(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    hw = host(store, tmp_path)
+    await hw.warm_up()
+    assert store.calls["ensure_bucket"] == 1
+    await hw.restore("nb1")
+    assert store.calls["ensure_bucket"] == 1  # the restore found it done
+
+
+async def test_warm_up_with_storage_down_leaves_it_to_the_first_sync(tmp_path: Path) -> None:
+    store = FakeObjectStore()
+    store.down_for(1)
+    hw = host(store, tmp_path)
+    await hw.warm_up()  # logged, not raised
+    await hw.restore("nb1")
+    assert store.calls["ensure_bucket"] == 2
