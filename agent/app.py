@@ -70,9 +70,10 @@ OUTBOX_SPOOL = "outbox.json"
 
 
 class Loop:
-    """Runs ``tick`` forever: after a success waits ``interval()`` seconds, after a failure a
-    jittered backoff, never longer than ``retry_within()`` when given. One failing tick is
-    logged and the loop continues."""
+    """Runs ``tick`` forever: after a success waits ``interval()`` seconds, or less when
+    ``wake`` is set meanwhile; after a failure a jittered backoff (``wake`` does not cut it
+    short), never longer than ``retry_within()`` when given. One failing tick is logged and
+    the loop continues."""
 
     def __init__(
         self,
@@ -82,8 +83,10 @@ class Loop:
         *,
         backoff: Backoff | None = None,
         retry_within: Callable[[], float] | None = None,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.name = name
+        self.wake = wake
         self.tick = tick
         self.interval = interval
         self.backoff = backoff or Backoff()
@@ -102,6 +105,8 @@ class Loop:
 
     async def _run(self) -> None:
         while True:
+            if self.wake is not None:
+                self.wake.clear()  # what comes during the tick wakes the next one
             try:
                 await self.tick()
                 self.backoff.reset()
@@ -113,7 +118,15 @@ class Loop:
                 if self.retry_within is not None:
                     delay = min(delay, self.retry_within())
                 log.warning("loop=%s failed (%s); retrying in %.1fs", self.name, exc, delay)
-            await asyncio.sleep(delay)
+                await asyncio.sleep(delay)
+                continue
+            if self.wake is None:
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await asyncio.wait_for(self.wake.wait(), delay)
+            except TimeoutError:
+                pass
 
 
 class Agent:
@@ -220,7 +233,7 @@ class Agent:
             ),
             Loop("assignments", self.assignments_tick, lambda: 0.0),
             Loop("reconcile", self.reconciler.tick, lambda: config.reconcile_interval_s),
-            Loop("report", self.outbox.tick, lambda: 0.5),
+            Loop("report", self.outbox.tick, lambda: 0.5, wake=self.outbox.pending),
             Loop("usage", self.usage_tick, lambda: config.usage_interval_s),
             Loop("spool", self.outbox.save, lambda: SPOOL_INTERVAL_S),
             Loop("disk", self.disk_tick, lambda: config.disk_usage_interval_s),

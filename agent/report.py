@@ -24,6 +24,7 @@ memory: a newer one follows, or the sync is over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -83,6 +84,9 @@ class Outbox:
         self._progress: dict[str, ProgressReport] = {}
         #: Minutes the scheduler acknowledged per running (notebook, generation).
         self._acked_usage: dict[tuple[str, int], int] = {}
+        #: Set when a snapshot or transition is queued: the report loop sends it at once
+        #: rather than at its next interval (a RUNNING is seen as soon as it happens).
+        self.pending = asyncio.Event()
         #: Counts changes to what is pending; the spool holds the state as of ``_saved``.
         self._changes = 0
         self._saved = 0
@@ -204,6 +208,7 @@ class Outbox:
 
     def _changed(self) -> None:
         self._changes += 1
+        self.pending.set()
 
     async def save(self) -> None:
         """Write what is pending to the spool, if it changed since the last write. Raises

@@ -336,6 +336,11 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+#: How often ``--wait`` asks; a GET of one notebook is cheap, and every poll interval is up to
+#: that much added to what ``run --wait`` shows of a start.
+WAIT_POLL_S = 0.25
+
+
 def _wait(client: Client, ident: str, target: NotebookState, timeout_s: float, fmt: str) -> int:
     """Poll until ``target``; stop early when the notebook settles somewhere else. QUEUED is
     not settled: a queued notebook is still on its way, so the wait goes on, showing its
@@ -360,7 +365,7 @@ def _wait(client: Client, ident: str, target: NotebookState, timeout_s: float, f
         if time.monotonic() > deadline:
             sys.stderr.write(f"gave up after {timeout_s:.0f}s: notebook {ident} is {line}\n")
             return 3
-        time.sleep(0.5)
+        time.sleep(WAIT_POLL_S)
 
 
 def cmd_catalog(client: Client, args: argparse.Namespace) -> int:

@@ -305,6 +305,32 @@ async def test_a_loop_retries_within_its_bound_however_long_the_backoff() -> Non
         await loop.stop()
 
 
+async def test_a_woken_loop_runs_at_once_but_a_failing_one_keeps_its_backoff() -> None:
+    ticks: list[float] = []
+    failing = False
+
+    async def tick() -> None:
+        ticks.append(time.monotonic())
+        if failing:
+            raise RuntimeError("the scheduler is down")
+
+    wake = asyncio.Event()
+    loop = Loop("report", tick, lambda: 60.0, backoff=Backoff(base=60, cap=60), wake=wake)
+    loop.start()
+    try:
+        await eventually("the first tick", lambda: len(ticks) == 1, timeout_s=5)
+        wake.set()  # a transition was queued: sent now, not in 60 s
+        await eventually("a woken tick", lambda: len(ticks) == 2, timeout_s=5)
+        failing = True
+        wake.set()
+        await eventually("a failing tick", lambda: len(ticks) == 3, timeout_s=5)
+        wake.set()  # a failure's backoff is not cut short by more reports
+        await asyncio.sleep(0.2)
+        assert len(ticks) == 3
+    finally:
+        await loop.stop()
+
+
 async def test_an_agent_retries_a_failed_heartbeat_within_one_heartbeat_interval(
     tmp_path: Path,
 ) -> None:
