@@ -108,3 +108,22 @@ def format_table(results: Results, ratios: dict, tools: list[str]) -> str:
 def to_json(results: Results, ratios: dict) -> str:
     """One object: each workload → step → tool → seconds (null = failed), plus ``ratios``."""
     return json.dumps({**results, "ratios": ratios}, indent=2, sort_keys=False)
+
+
+def floor_lines(floors: dict[str, list[dict]]) -> list[str]:
+    """One line per workload: what the S3 server and the disk allow a full restore, each
+    alone (medians over the runs; bench/agent_sync.py measures them)."""
+    lines = []
+    for workload, samples in floors.items():
+        s3 = statistics.median(f["s3_seconds"] for f in samples)
+        disk = statistics.median(f["disk_seconds"] for f in samples)
+        first = samples[0]
+        lines.append(
+            f"restore floor, workload {workload}: S3 GETs of the snapshot's "
+            f"{first['objects']:,} objects ({first['object_bytes'] / 2**20:,.0f} MiB, "
+            f"{first['concurrency']} at a time, one client) {s3:.2f} s "
+            f"({first['object_bytes'] / 2**20 / s3:,.0f} MiB/s); writing its "
+            f"{first['files']:,} files from memory ({first['concurrency']} threads) "
+            f"{disk:.2f} s ({first['files'] / disk:,.0f} files/s)"
+        )
+    return lines

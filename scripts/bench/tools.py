@@ -87,6 +87,11 @@ class Tool:
         """Run one step; wall seconds. Raises :class:`StepFailed`."""
         return run_step(argv, env, log_path)
 
+    def floor(self, restored: Path) -> dict | None:
+        """What the S3 server and the disk allow a restore of ``restored`` (see
+        bench/agent_sync.py), or None when this tool does not measure it."""
+        return None
+
 
 def ensure_venv_tool(cache: Path, name: str, requirement: str, binary: str) -> Path:
     """``cache/venv-<name>/bin/<binary>``, creating the venv and pip-installing
@@ -225,19 +230,32 @@ class Agent(Tool):
     def restore(self, dst, bucket, prefix, s3):
         return self._request("restore", dst)
 
-    def run(self, argv, env, log_path):
+    def _ask(self, request: str) -> tuple[dict, str]:
         assert self._process is not None, "start() first"
-        os.sync()
-        started = time.perf_counter()
-        self._process.stdin.write(argv[0] + "\n")
+        self._process.stdin.write(request + "\n")
         self._process.stdin.flush()
         line = self._process.stdout.readline()
-        elapsed = time.perf_counter() - started
-        log_path.write_text(line)
         reply = json.loads(line) if line.strip() else {"error": "the agent contender exited"}
         if "error" in reply:
-            raise StepFailed(f"agent {argv[0]}: {reply['error']} (log {self._log})")
+            raise StepFailed(f"agent {request}: {reply['error']} (log {self._log})")
+        return reply, line
+
+    def run(self, argv, env, log_path):
+        os.sync()
+        started = time.perf_counter()
+        _, line = self._ask(argv[0])
+        elapsed = time.perf_counter() - started
+        log_path.write_text(line)
         return elapsed
+
+    def floor(self, restored):
+        request = {
+            "op": "floor",
+            "workspaces": str(restored.parent),
+            "notebook": restored.name,
+            "tree": str(restored),
+        }
+        return self._ask(json.dumps(request))[0]["summary"]
 
 
 class S5cmd(Tool):

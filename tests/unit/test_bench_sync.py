@@ -192,3 +192,18 @@ def test_the_agent_is_ours_too_and_gets_a_ratio_of_its_own():
     assert lines[0].split()[-4:] == ["ours/best", "agent/best", "best", "peer"]
     assert lines[2].split()[-3:] == ["0.50", "0.10", "rclone"]
     assert lines[3].split()[-3:] == ["0.50", "-", "rclone"]
+
+
+def test_floor_lines_give_medians_per_workload():
+    sample = {"objects": 40, "object_bytes": 100 * 2**20, "files": 1000, "concurrency": 16}
+    floors = {
+        "b": [
+            {**sample, "s3_seconds": 2.0, "disk_seconds": 1.0},
+            {**sample, "s3_seconds": 4.0, "disk_seconds": 5.0},
+            {**sample, "s3_seconds": 3.0, "disk_seconds": 2.0},
+        ]
+    }
+    [line] = report.floor_lines(floors)
+    assert "workload b" in line
+    assert "40 objects (100 MiB" in line and "3.00 s (33 MiB/s)" in line
+    assert "1,000 files" in line and "2.00 s (500 files/s)" in line
