@@ -210,6 +210,9 @@ class Reconciler:
             info = await self.steps.create(record, assignment)
             if info is None:
                 return
+            # Known at once, not at the next listing: the proxy and the activity probe look
+            # here for the editor's port, and the editor may answer within this step.
+            self.containers[record.notebook] = info
         if not info.running:
             await self.steps.exited(record, info)
         elif record.state == S.RUNNING:

@@ -171,6 +171,8 @@ async def test_a_step_keeps_probing_the_editor_so_running_follows_its_first_answ
     # One tick, no waiting for the next: the step asked until the editor answered.
     assert rig.reported() == [("RUNNING", "editor answers")]
     assert len(rig.runtime.probed) == 6
+    # ... and the container it made is known at once (the proxy looks there for the port).
+    assert rig.reconciler.containers["nb1"].running
 
 
 async def test_a_stop_ends_the_wait_for_the_editor(tmp_path: Path) -> None:
