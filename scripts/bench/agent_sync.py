@@ -49,7 +49,7 @@ async def serve(bucket: str) -> None:
                 store,
                 bucket,
                 workspaces,
-                os.path.join(workspaces + ".scratch"),
+                workspaces + ".scratch",
                 concurrency=defaults.sync_concurrency,
                 retention_last=defaults.retention_last,
                 retention_daily=defaults.retention_daily,

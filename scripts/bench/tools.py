@@ -77,8 +77,9 @@ class Tool:
         """Where the copy to push and the restore go, inside this run's ``work`` dir."""
         return work / "src", work / "restore"
 
-    def start(self, s3: S3Target, bucket: str) -> None:
-        """Called once before any step (after the bucket exists)."""
+    def start(self, s3: S3Target, bucket: str, logs: Path) -> None:
+        """Called once before any step (after the bucket exists); ``logs`` is the run's log
+        directory."""
 
     def stop(self) -> None:
         """Called once after the last step, also when one failed."""
@@ -132,13 +133,16 @@ def _version(argv: list[str], env: dict[str, str] | None = None) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
+def _commit(repo: Path) -> str:
+    return _version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+
+
 class Ours(Tool):
     def __init__(self, repo: Path) -> None:
         super().__init__("ours", "engine defaults; a fresh --state-dir (local index) per run")
         self.repo = repo
         self.exe = sys.executable
-        commit = _version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-        self.version = f"nbfleet-agent workspace @ {commit}"
+        self.version = f"nbfleet-agent workspace @ {_commit(repo)}"
 
     def _base(self, verb: str, directory: Path, bucket: str, prefix: str, s3: S3Target):
         # Run this checkout's agent (not whatever nbfleet-agent is on PATH). The local index
@@ -182,8 +186,7 @@ class Agent(Tool):
         )
         self.repo = repo
         self.exe = sys.executable
-        commit = _version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-        self.version = f"agent.workspace.host @ {commit}"
+        self.version = f"agent.workspace.host @ {_commit(repo)}"
         self._process: subprocess.Popen[str] | None = None
         self._log: Path | None = None
 
@@ -192,17 +195,18 @@ class Agent(Tool):
         # that starts it next (its own local index).
         return work / "host1" / name, work / "host2" / name
 
-    def start(self, s3, bucket):
+    def start(self, s3, bucket, logs):
         script = Path(__file__).with_name("agent_sync.py")
-        self._log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-agent-{os.getpid()}.log"
-        self._process = subprocess.Popen(
-            [self.exe, str(script), bucket],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(self._log, "wb"),  # noqa: SIM115 (the child owns it)
-            text=True,
-            env={**os.environ, **s3_env(s3), "PYTHONPATH": str(self.repo)},
-        )
+        self._log = logs / "agent-contender.log"
+        with open(self._log, "wb") as stderr:  # the child has its own descriptor
+            self._process = subprocess.Popen(
+                [self.exe, str(script), bucket],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env={**os.environ, **s3_env(s3), "PYTHONPATH": str(self.repo)},
+            )
         hello = self._process.stdout.readline()
         if not hello.strip():
             raise SystemExit(
