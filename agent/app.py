@@ -9,7 +9,8 @@ from an :class:`AgentConfig`. Loops (each a :class:`Loop` with start/stop/tick):
 * reconcile: a tick every ``reconcile_interval_s`` (exits, editor readiness, timeouts);
 * report: flushes the outbox; usage: queues billed minutes every ``usage_interval_s``;
 * disk: measures each running notebook's workspace disk use every ``disk_usage_interval_s``
-  (:mod:`agent.disk`, in a worker thread);
+  (:mod:`agent.disk`, in a worker thread), and looks at the host's catalog images: when they
+  changed (an operator built or removed one) it registers again, so the catalog shows them;
 * activity: asks each running notebook's editor what it is doing and looks at its GPU and CPU
   use every ``activity_interval_s`` (:mod:`agent.activity`), into the activity meter;
 * spool: writes what the outbox holds to ``state_dir/outbox.json`` when it changed, so reports
@@ -39,6 +40,7 @@ from agent.activity import ActivityProbe
 from agent.client import Backoff, SchedulerClient
 from agent.contact import SchedulerContact
 from agent.container_config import host_memory_mb
+from agent.datasync import Datasyncs
 from agent.disk import WorkspaceMeter, filesystem_space
 from agent.docker_runtime import DockerRuntime
 from agent.gpus import GpuInventory, NvmlInventory
@@ -179,10 +181,18 @@ class Agent:
             probe=probe,
         )
         notebooks = NotebookView(self.reconciler)
+        self.datasyncs = Datasyncs(
+            volumes,
+            self.outbox,
+            # The dispatcher replaces its assignments dict at every poll: looked up each time.
+            lambda notebook: self.reconciler.assignments.get(notebook),
+            self.reconciler.records.get,
+            clock=clock,
+        )
         self.activity = ActivityMeter(clock)
-        authorizer = Authorizer(client.authorize, grace_s=config.authorize_grace_s)
+        self.authorizer = Authorizer(client.authorize, grace_s=config.authorize_grace_s)
         self.proxy = EditorProxy(
-            notebooks.editor, authorizer, self.activity, upstream_host=config.upstream_host
+            notebooks.editor, self.authorizer, self.activity, upstream_host=config.upstream_host
         )
         self.api = AgentApi(
             host_id,
@@ -193,6 +203,7 @@ class Agent:
             self.proxy,
             metrics=self.metrics,
             metrics_token=metrics_token(config),
+            datasyncs=self.datasyncs,
         )
         self.ssh: NotebookSshServer | None = None
         if config.ssh_listen:
@@ -216,6 +227,10 @@ class Agent:
         )
         self.workspace_meter = WorkspaceMeter(clock)
         self.registered = asyncio.Event()
+        #: The catalog images as last listed (``None``: never), and as the scheduler last
+        #: took them in a registration.
+        self.images: list[wire.HostImage] | None = None
+        self.registered_images: list[wire.HostImage] | None = None
         self.assignments_version: int | None = None
         self.agent_url = ""
         self._runner: web.AppRunner | None = None
@@ -266,6 +281,7 @@ class Agent:
         for loop in self.loops:
             await loop.stop()
         await self.reconciler.close()
+        await self.datasyncs.close()
         await self.volumes.close()
         try:
             await self.outbox.tick()
@@ -337,7 +353,21 @@ class Agent:
             flavor=self.config.flavor,
             labels=dict(self.config.labels),
             ssh_address=self.ssh_address(),
+            images=await self.host_images(),
         )
+
+    async def host_images(self) -> list[wire.HostImage]:
+        """The host's catalog images and their labels; the last list read when Docker does not
+        answer now (none before a first answer)."""
+        try:
+            self.images = await self.runtime.framework_images()
+        except Exception as exc:
+            log.warning(
+                "host=%s images not listed (%s); registering the last list read",
+                self.host_id,
+                exc,
+            )
+        return list(self.images or [])
 
     def ssh_address(self) -> str:
         """``host:port`` where users reach this agent's SSH server; "" when it has none."""
@@ -349,7 +379,9 @@ class Agent:
         return f"{host}:{self.ssh.port}"
 
     async def register(self) -> None:
-        reply = await self.client.register(await self.registration())
+        registration = await self.registration()
+        reply = await self.client.register(registration)
+        self.registered_images = registration.images
         self.contact.registered(reply)
         if self.ssh is not None and reply.ssh_host_key and not self.config.ssh_host_key_file:
             # The fleet's host key: a notebook keeps the same one whichever host runs it.
@@ -391,6 +423,13 @@ class Agent:
         result = await self.client.assignments(self.assignments_version, LONG_POLL_S)
         changed = result.version != self.assignments_version
         self.assignments_version = result.version
+        before = self.reconciler.assignments
+        for item in result.items:
+            previous = before.get(item.notebook)
+            if previous is not None and previous.labels != item.labels:
+                # Labels scope tokens: cached answers about this notebook no longer hold.
+                log.info("notebook=%s labels changed; its tokens are checked again", item.notebook)
+                self.authorizer.forget(item.notebook)
         self.reconciler.set_assignments(result.items)
         if changed:
             await self.reconciler.tick()
@@ -413,7 +452,12 @@ class Agent:
             return None
 
     async def disk_tick(self) -> None:
-        """Measure the workspace disk use of the notebooks RUNNING here."""
+        """Measure the workspace disk use of the notebooks RUNNING here; register again when
+        the host's catalog images changed."""
+        if self.registered.is_set():
+            if await self.host_images() != self.registered_images:
+                log.info("host=%s catalog images changed; registering again", self.host_id)
+                await self.register()
         dirs = {
             notebook: self.workspaces.workspace_dir(notebook)
             for notebook, _, _ in self.reconciler.running()

@@ -22,6 +22,7 @@ from aiodocker.exceptions import DockerError
 from agent import userfs
 from agent.container_config import container_config, network_labels, parse_user
 from agent.runtime import (
+    IMAGE_FRAMEWORK,
     L_GENERATION,
     L_GPUS,
     L_HOST,
@@ -38,7 +39,9 @@ from agent.runtime import (
     ImageUnavailable,
     NoSuchContainer,
     container_name,
+    host_image,
 )
+from common import wire
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +228,11 @@ class DockerRuntime:
                 log.info("notebook=%s orphan network removed", notebook)
                 removed.append(notebook)
         return removed
+
+    async def framework_images(self) -> list[wire.HostImage]:
+        found = await self._client().images.list(filters={"label": [IMAGE_FRAMEWORK]})
+        images = [host_image(i.get("RepoTags") or [], i.get("Labels") or {}) for i in found]
+        return sorted((i for i in images if i.tags), key=lambda i: i.tags)
 
     async def _pull(self, image: str) -> None:
         log.info("image=%s not present, pulling", image)

@@ -9,6 +9,8 @@
   in the notebook's container as its user, stdout and stderr combined, capped at 1 MiB; past
   its timeout it is killed and answered with exit code 124 and a note. 404 without a
   container, 409 when the container is not running, 415 for a body not declared JSON;
+* ``POST /v1/notebooks/{id}/datasync`` (signed; ``DatasyncStart`` → newline-delimited
+  ``DatasyncEvent`` JSON): a RUNNING notebook's volumes synced now (:mod:`agent.datasync`);
 * ``GET /metrics`` (the metrics token): Prometheus series of the host's GPUs and notebooks
   (:mod:`agent.metrics`);
 * ``/notebooks/{id}/...``: the editor proxy (:mod:`agent.proxy`), HTTP and WebSocket.
@@ -27,6 +29,7 @@ from importlib import metadata
 
 from aiohttp import web
 
+from agent.datasync import Datasyncs
 from agent.kept_logs import KeptLogs
 from agent.notebook_view import NotebookView
 from agent.proxy import EditorProxy
@@ -64,6 +67,7 @@ class AgentApi:
         proxy: EditorProxy,
         metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None,
         metrics_token: str = "",
+        datasyncs: Datasyncs | None = None,
     ) -> None:
         self.host_id = host_id
         #: The exposition of :mod:`agent.metrics`, and the token a scrape must bring.
@@ -73,6 +77,7 @@ class AgentApi:
         self.kept_logs = kept_logs
         self.notebooks = notebooks
         self.proxy = proxy
+        self.datasyncs = datasyncs
         self.verifier = Verifier(lambda host: secret if host == host_id else None)
 
     def web_app(self) -> web.Application:
@@ -84,6 +89,8 @@ class AgentApi:
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/notebooks/{id}/logs", self._logs)
         app.router.add_post("/v1/notebooks/{id}/exec", self._exec)
+        if self.datasyncs is not None:
+            app.router.add_post("/v1/notebooks/{id}/datasync", self._datasync)
         app.router.add_get("/metrics", self._metrics)
         self.proxy.add_routes(app)
         return app
@@ -226,3 +233,10 @@ class AgentApi:
             truncated=result.truncated,
         )
         return web.Response(body=wire.encode(reply), content_type="application/json")
+
+    async def _datasync(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.verifier.verify(request.method, request.raw_path, request.headers, body)
+        ask = decode_json(request, body, wire.DatasyncStart)
+        assert self.datasyncs is not None
+        return await self.datasyncs.serve(request, request.match_info["id"], ask)

@@ -18,6 +18,14 @@ Contract of :class:`ObjectStore`:
 * ``get_bytes(bucket, key, start=None, end=None)`` returns the object, or the byte range
   ``[start, end)`` of it (one ranged GET); a missing key raises :class:`NotFound`.
 * ``ObjectInfo.modified`` is the object's last-modified time (epoch seconds) as listed.
+* ``put_object(bucket, key, data)`` uploads ``data`` in one PUT and returns the new object's
+  ETag as a listing shows it (datasync records it, so a later ``rwd`` delete can tell the
+  object it uploaded from one written since).
+* ``put_parts(bucket, key, size, part_size, read_part, commit)`` is a multipart upload of
+  ``size`` bytes that ``read_part(offset, length)`` supplies, made visible only if ``commit()``,
+  asked once every part is stored, says so; otherwise (or when a part comes back short, or on
+  any failure) it is aborted and nothing is visible under ``key``. Returns the ETag, or
+  ``None`` when ``commit()`` or a short part refused.
 * Any failure to reach the store raises :class:`StoreError`, whose message says what failed.
 """
 
@@ -27,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -302,6 +311,77 @@ class S3ObjectStore:
             if isinstance(exc, Exception):
                 raise StoreError(f"multipart upload of s3://{bucket}/{key} failed: {exc}") from exc
             raise
+
+    async def put_object(self, bucket: str, key: str, data: bytes) -> str:
+        s3 = await self._s3()
+        try:
+            reply = await s3.put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise StoreError(f"upload of s3://{bucket}/{key} failed: {exc}") from exc
+        return str(reply.get("ETag", "")).strip('"')
+
+    async def put_parts(
+        self,
+        bucket: str,
+        key: str,
+        size: int,
+        part_size: int,
+        read_part: Callable[[int, int], Awaitable[bytes]],
+        commit: Callable[[], Awaitable[bool]],
+    ) -> str | None:
+        s3 = await self._s3()
+        try:
+            created = await s3.create_multipart_upload(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise StoreError(f"multipart upload of s3://{bucket}/{key} failed: {exc}") from exc
+        upload_id = created["UploadId"]
+        limit = asyncio.Semaphore(PART_CONCURRENCY)
+
+        class _Short(Exception):
+            pass
+
+        async def part(number: int, start: int) -> dict[str, Any]:
+            length = min(part_size, size - start)
+            async with limit:
+                data = await read_part(start, length)
+                if len(data) != length:
+                    raise _Short()
+                reply = await s3.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                )
+            return {"PartNumber": number, "ETag": reply["ETag"]}
+
+        committed = False
+        tasks = [
+            asyncio.ensure_future(part(i + 1, start))
+            for i, start in enumerate(range(0, size, part_size))
+        ]
+        try:
+            try:
+                parts = await asyncio.gather(*tasks)
+            except BaseException:
+                # One part failed (or came back short): the others are of no use any more.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            if not await commit():
+                return None
+            reply = await s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+            committed = True
+            return str(reply.get("ETag", "")).strip('"')
+        except _Short:
+            return None
+        except (StoreError, OSError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"multipart upload of s3://{bucket}/{key} failed: {exc}") from exc
+        finally:
+            if not committed:
+                with contextlib.suppress(Exception):
+                    await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
     async def get_bytes(
         self, bucket: str, key: str, start: int | None = None, end: int | None = None

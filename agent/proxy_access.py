@@ -90,6 +90,9 @@ class Authorizer:
         self._inflight: dict[Key, asyncio.Task[AuthorizeReply]] = {}
         #: Calls made to the scheduler (tests, and a hint in debug logs).
         self.asked = 0
+        #: Per notebook, how many times its audience changed (:meth:`forget`): an answer to a
+        #: question asked before the last change is returned to its caller, not remembered.
+        self._epochs: dict[str, int] = {}
 
     async def check(self, notebook: str, token: str) -> AuthorizeReply:
         key = (notebook, hashlib.sha256(token.encode()).hexdigest())
@@ -116,6 +119,17 @@ class Authorizer:
         self._remember(key, reply, min(now + self._allowed_ttl_s, until))
         return reply
 
+    def forget(self, notebook: str) -> None:
+        """Who may open ``notebook`` changed (its labels, which scope tokens): from the next
+        request on, every token is asked about again, and the grace vouches for none of them
+        until the scheduler allowed it again."""
+        self._epochs[notebook] = self._epochs.get(notebook, 0) + 1
+        for key in [k for k in self._cache if k[0] == notebook]:
+            del self._cache[key]
+        for key in [k for k in self._inflight if k[0] == notebook]:
+            del self._inflight[key]
+        self.grace.forget(notebook)
+
     async def close(self) -> None:
         """Abandon the questions still in flight (the agent is stopping)."""
         for question in list(self._inflight.values()):
@@ -138,6 +152,7 @@ class Authorizer:
 
     async def _ask_and_remember(self, key: Key, notebook: str, token: str) -> AuthorizeReply:
         self.asked += 1
+        epoch = self._epochs.get(notebook, 0)
         try:
             reply = await self._ask(AuthorizeRequest(notebook=notebook, token=token))
         except SchedulerUnavailable:
@@ -148,6 +163,8 @@ class Authorizer:
             raise
         now = self._clock()
         self.grace.answered(now)
+        if self._epochs.get(notebook, 0) != epoch:
+            return reply  # asked before the notebook's audience changed: not remembered
         self.grace.confirmed(key, reply, now)
         ttl = self._allowed_ttl_s if reply.allowed else self._refused_ttl_s
         self._remember(key, reply, now + ttl)
@@ -206,6 +223,11 @@ class Grace:
         if reply.allowed and self.window_s > 0:
             self._vouched[key] = _Vouched(now, reply)
             self._trim(now)
+
+    def forget(self, notebook: str) -> None:
+        """Vouch for none of ``notebook``'s tokens until the scheduler allowed them again."""
+        for key in [k for k in self._vouched if k[0] == notebook]:
+            del self._vouched[key]
 
     def unreachable(self) -> None:
         """A question found no scheduler to answer it (unreachable, or 5xx)."""

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from common import wire
 from common.config import AgentConfig
 
 PREFIX = "nbfleet-"
@@ -177,6 +178,26 @@ class ContainerUsage:
     memory_working_set_bytes: int
 
 
+#: Labels of a catalog image (``scripts/build-images``), which say what it holds.
+IMAGE_FRAMEWORK = "org.nbfleet.framework"
+IMAGE_VERSION = "org.nbfleet.framework.version"
+IMAGE_CONTENTS = "org.nbfleet.contents."
+
+
+def host_image(tags: list[str], labels: dict[str, str]) -> wire.HostImage:
+    """A catalog image as the agent reports it, from its tags and labels."""
+    return wire.HostImage(
+        tags=sorted(t for t in tags if t and t != "<none>:<none>"),
+        framework=labels.get(IMAGE_FRAMEWORK, ""),
+        version=labels.get(IMAGE_VERSION, ""),
+        contents={
+            key.removeprefix(IMAGE_CONTENTS): value
+            for key, value in sorted(labels.items())
+            if key.startswith(IMAGE_CONTENTS)
+        },
+    )
+
+
 class ContainerRuntime(Protocol):
     async def create_and_start(self, spec: ContainerSpec) -> ContainerInfo: ...
 
@@ -207,5 +228,9 @@ class ContainerRuntime(Protocol):
     ) -> ExecOutput: ...
 
     async def prune_networks(self, skip: set[str]) -> list[str]: ...
+
+    async def framework_images(self) -> list[wire.HostImage]:
+        """The host's tagged images carrying :data:`IMAGE_FRAMEWORK`, by tags."""
+        ...
 
     async def close(self) -> None: ...

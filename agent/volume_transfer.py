@@ -340,3 +340,10 @@ def _read_manifest(path: str) -> dict[str, _Entry]:
     except FileNotFoundError:
         return {}
     return {rel: _Entry(int(v[0]), int(v[1]), str(v[2])) for rel, v in raw.items()}
+
+
+#: The pull record's entry and its reading and writing, for datasync (:mod:`agent.datasync`),
+#: which keeps the same record up to date while the notebook runs.
+RecordEntry = _Entry
+read_record = _read_manifest
+write_record = _write_manifest

@@ -23,6 +23,9 @@ Contracts:
   failure keeps it and raises :class:`VolumeSyncError`. A missing volume dir pushes nothing.
 * Each datastore (endpoint, region, keys) gets its own store from ``store_factory``; they are
   cached and closed by :meth:`close`. Credentials are never logged.
+* One notebook's volume syncs run one at a time (:meth:`VolumeSync.lock`): the start's pull,
+  the stop's push, the removal at delete, and datasync (:mod:`agent.datasync`), so a stop that
+  begins during a datasync pushes after it, from the record it left.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class VolumeSync:
         self.concurrency = max(1, concurrency)
         self.clock = clock
         self._stores: dict[tuple[str, str, str, str], VolumeStore] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         #: Told of every volume pulled or pushed: ``(kind, seconds, bytes moved)``, kind
         #: ``volume-pull`` or ``volume-push`` (the agent's sync metrics).
         self.on_sync: Callable[[str, float, int], None] = lambda kind, seconds, moved: None
@@ -92,6 +96,22 @@ class VolumeSync:
 
     def _manifest_path(self, notebook: str, index: int) -> str:
         return self.volume_dir(notebook, index) + ".pulled.json"
+
+    def record_path(self, notebook: str, index: int) -> str:
+        """Volume ``index``'s pull record (what was pulled or pushed: size, mtime, ETag)."""
+        return self._manifest_path(notebook, index)
+
+    def staging_dir(self, notebook: str, index: int) -> str:
+        """Where a datasync pull downloads before putting files in place (the agent's own)."""
+        return self.volume_dir(notebook, index) + ".datasync"
+
+    def lock(self, notebook: str) -> asyncio.Lock:
+        """Held by every sync of ``notebook``'s volumes while it runs."""
+        return self._locks.setdefault(notebook, asyncio.Lock())
+
+    def store_for(self, assigned: wire.VolumeAssignment) -> VolumeStore:
+        """The (cached) store of the volume's datastore."""
+        return self._store(assigned)
 
     def mounts(self, notebook: str, volumes: list[wire.VolumeAssignment]) -> list[Mount]:
         return [
@@ -144,6 +164,15 @@ class VolumeSync:
         progress: ProgressCallback | None = None,
     ) -> None:
         """Make every volume's host dir ready (pulled, or kept from before)."""
+        async with self.lock(notebook):
+            await self._pull_all(notebook, volumes, progress)
+
+    async def _pull_all(
+        self,
+        notebook: str,
+        volumes: list[wire.VolumeAssignment],
+        progress: ProgressCallback | None,
+    ) -> None:
         for i, assigned in enumerate(volumes):
             try:
                 await self._pull_one(notebook, i, assigned, progress)
@@ -187,6 +216,15 @@ class VolumeSync:
         progress: ProgressCallback | None = None,
     ) -> None:
         """Push every volume (all are tried); raises the first failure after trying all."""
+        async with self.lock(notebook):
+            await self._push_all(notebook, volumes, progress)
+
+    async def _push_all(
+        self,
+        notebook: str,
+        volumes: list[wire.VolumeAssignment],
+        progress: ProgressCallback | None,
+    ) -> None:
         failures: list[str] = []
         for i, assigned in enumerate(volumes):
             try:
@@ -222,6 +260,7 @@ class VolumeSync:
 
     def _remove_volume(self, notebook: str, index: int) -> None:
         shutil.rmtree(self.volume_dir(notebook, index), ignore_errors=True)
+        shutil.rmtree(self.staging_dir(notebook, index), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._manifest_path(notebook, index))
 
@@ -233,4 +272,8 @@ class VolumeSync:
 
     async def remove(self, notebook: str) -> None:
         """Drop every volume host dir of ``notebook`` without pushing (delete)."""
-        await asyncio.to_thread(shutil.rmtree, self.notebook_dir(notebook), True)
+        async with self.lock(notebook):
+            await asyncio.to_thread(shutil.rmtree, self.notebook_dir(notebook), True)
+        lock = self._locks.get(notebook)
+        if lock is not None and not lock.locked():
+            del self._locks[notebook]

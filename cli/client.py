@@ -129,13 +129,22 @@ class Client:
     def call(self, method: str, path: str, reply: type[T], **kwargs: Any) -> T:
         return msgspec.json.decode(self.request(method, path, **kwargs), type=reply)
 
-    def stream(self, path: str, *, query: dict[str, Any] | None = None) -> Iterator[bytes]:
-        """``GET path`` whose body is yielded as it arrives, for as long as the scheduler
-        sends it. Connecting and the reply's status line are bounded by ``timeout_s`` (per
-        URL, failing over like :meth:`request`); after that a quiet stream is waited on for
+    def stream(
+        self,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        method: str = "GET",
+        body: Any = None,
+    ) -> Iterator[bytes]:
+        """``method path`` (GET, or a POST with ``body``) whose reply is yielded as it
+        arrives, for as long as the scheduler sends it. Connecting and the reply's status line
+        are bounded by ``timeout_s`` (per URL, failing over like :meth:`request`: a POST goes
+        to the next URL only when it was not sent); after that a quiet stream is waited on for
         ever (a followed log may say nothing for hours), and a stream cut off is not resumed
         elsewhere: what it printed stays printed."""
         query_text = "?" + urllib.parse.urlencode(query, doseq=True) if query else ""
+        data = None if body is None else wire.encode(body)
         order = self.urls.in_order()
         tried: Tried = []
         for url in order:
@@ -148,17 +157,26 @@ class Client:
             conn = connection_type(target.hostname or "", target.port, timeout=self.timeout_s)
             try:
                 try:
+                    conn.connect()
+                except OSError as exc:
+                    tried.append((url, str(exc) or type(exc).__name__))  # sent nowhere
+                    continue
+                try:
                     headers = {"Authorization": f"Bearer {self.token}"}
-                    conn.request("GET", target.path + query_text, headers=headers)
+                    if data is not None:
+                        headers["Content-Type"] = "application/json"
+                    conn.request(method, target.path + query_text, body=data, headers=headers)
                     sock = conn.sock  # the response reads from it; conn may let go of it
                     resp = conn.getresponse()
                     status = resp.status
                     payload = b"" if status == 200 else resp.read()
                 except (OSError, http.client.HTTPException) as exc:
-                    tried.append((url, str(exc) or type(exc).__name__))  # a GET: harmless
+                    why = str(exc) or type(exc).__name__
+                    _no_answer(method, path, url, why, Unanswered.SENT, tried)
                     continue
-                if proxy_failure(status, payload) is not None:
-                    tried.append((url, proxy_reason(status)))
+                failure = proxy_failure(status, payload)
+                if failure is not None:
+                    _no_answer(method, path, url, proxy_reason(status), failure, tried)
                     continue
                 self.urls.answered(order[0], url)
                 if status != 200:

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cli import admin, output, ssh, tokens, usage, volumes
+from cli import admin, datasync, output, ssh, tokens, update, usage, volumes
 from cli.args import BadArguments, add_output, idle_timeout, label_pairs, pairs
 from cli.client import Client, client_config
 from common import wire
@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = nbs.add_parser("run", help="start a new notebook")
     run.add_argument("framework", help="framework from `nbfleet catalog` (e.g. conda)")
     run.add_argument("editor", help="editor from `nbfleet catalog` (e.g. jupyterlab)")
+    run.add_argument(
+        "--framework-version",
+        metavar="VERSION",
+        help="one of the framework's versions in `nbfleet catalog` (default: the newest); "
+        "the notebook keeps it until `nbfleet notebook update --framework-version`",
+    )
     run.add_argument("--gpu", type=int, help="number of GPUs (default 1 unless --cpu is given)")
     run.add_argument(
         "--cpu", type=int, help="number of CPUs (a CPU notebook when --gpu is not given)"
@@ -177,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(wait)
 
     ssh.add_ssh_parsers(nbs)
+    datasync.add_datasync_parser(nbs)
+    update.add_update_parser(nbs, add_output)
 
     volumes.add_datastore_parser(top, add_output)
     tokens.add_token_parser(top)
@@ -210,6 +218,7 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
         body = wire.NotebookCreate(
             framework=args.framework,
             editor=args.editor,
+            framework_version=args.framework_version,
             gpu=args.gpu,
             cpu=args.cpu,
             name=args.name,
@@ -281,6 +290,10 @@ def cmd_notebook(client: Client, args: argparse.Namespace) -> int:
         return _wait(client, args.id, _wait_target(args), args.timeout, args.output)
     if action in ssh.ACTIONS:
         return ssh.cmd_ssh(client, args)
+    if action in datasync.ACTIONS:
+        return datasync.cmd_datasync(client, args)
+    if action in update.ACTIONS:
+        return update.cmd_update(client, args)
     raise AssertionError(action)
 
 
@@ -374,8 +387,8 @@ def cmd_catalog(client: Client, args: argparse.Namespace) -> int:
         output.print_json(catalog)
         return 0
     output.table(
-        ["FRAMEWORK", "IMAGE", "EDITORS", "DESCRIPTION"],
-        [[f.name, f.image, ", ".join(f.editors), f.description] for f in catalog.frameworks],
+        ["FRAMEWORK", "VERSION", "EDITORS", "CONTENTS", "IMAGE", "HOSTS"],
+        output.catalog_rows(catalog.frameworks),
     )
     if catalog.flavors:
         print()

@@ -141,7 +141,7 @@ def ssh_access(nb: wire.Notebook) -> str:
     if nb.ssh is not None:
         return f"{nb.ssh} (`nbfleet notebook ssh {nb.id}`)"
     if not nb.ssh_keys:
-        return "- (no keys: `nbfleet notebook ssh-keys ID --ssh-public-keys FILE` while stopped)"
+        return "- (no keys: `nbfleet notebook ssh-keys ID --ssh-public-keys FILE`)"
     if nb.state != NotebookState.RUNNING:
         return "- (while RUNNING)"
     return f"- (host {nb.host} offers no SSH)"
@@ -166,11 +166,17 @@ def notebook_detail(nb: wire.Notebook, out: TextIO | None = None) -> None:
         ("Name", nb.name),
         ("Project", nb.project),
         ("State", state),
-        ("Framework", f"{nb.framework} ({nb.image})"),
+        ("Framework", f"{nb.framework} {nb.framework_version} ({nb.image})"),
         ("Editor", nb.editor),
         ("Flavor", nb.flavor or "-"),
         ("Resources", resources),
         ("Restart on timeout", "yes" if nb.restart_on_timeout else "no"),
+        (
+            "Waiting for a restart",
+            f"{', '.join(nb.pending_restart)} (changed while it ran; applied at its next start)"
+            if nb.pending_restart
+            else None,
+        ),
         (
             "Idle timeout",
             None if nb.idle_timeout_s is None else f"{durations.human(nb.idle_timeout_s)} (asked)",
@@ -368,3 +374,40 @@ def host_notes(items: Sequence[wire.Host]) -> list[str]:
     return [
         f"{h.id}: no new notebooks: {h.placement_blocked}" for h in items if h.placement_blocked
     ]
+
+
+#: What a catalog version's contents list first; the rest follow in name order.
+_CONTENTS_FIRST = ("python",)
+_EDITORS_LAST = ("jupyterlab", "code-server")
+
+
+def contents_text(contents: dict[str, str]) -> str:
+    """``python 3.11.2, torch 2.13.0+cpu, jupyterlab 4.6.6, code-server 4.89.1``: Python
+    first, the editors last, the framework's packages between."""
+
+    def rank(name: str) -> tuple[int, int, str]:
+        if name in _CONTENTS_FIRST:
+            return (0, 0, name)
+        if name in _EDITORS_LAST:
+            return (2, _EDITORS_LAST.index(name), name)
+        return (1, 0, name)
+
+    return ", ".join(f"{name} {contents[name]}" for name in sorted(contents, key=rank))
+
+
+def catalog_rows(frameworks: list[wire.CatalogFramework]) -> list[list[str]]:
+    """One row per framework version, newest first, the default marked."""
+    rows = []
+    for f in frameworks:
+        for i, v in enumerate(f.versions):
+            rows.append(
+                [
+                    f.name if i == 0 else "",
+                    v.version + (" (default)" if i == 0 and len(f.versions) > 1 else ""),
+                    ", ".join(f.editors) if i == 0 else "",
+                    contents_text(v.contents) or "(no host has reported this image)",
+                    v.image,
+                    str(v.hosts),
+                ]
+            )
+    return rows

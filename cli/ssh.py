@@ -134,7 +134,7 @@ def add_ssh_parsers(nbs) -> None:
     """The SSH subcommands under ``nbfleet notebook``."""
     keys = nbs.add_parser(
         "ssh-keys",
-        help="replace the SSH keys of a stopped notebook (--clear removes them all)",
+        help="replace the SSH keys of a notebook, at once (--clear removes them all)",
     )
     keys.add_argument("id")
     add_key_option(keys, "public key file or key line, repeatable")
@@ -203,7 +203,7 @@ def why_no_ssh(nb: wire.Notebook) -> str:
     """Why a notebook has no SSH address, and what to do about it."""
     if not nb.ssh_keys:
         return (
-            f"notebook {nb.id} has no SSH keys; give some while it is stopped: "
+            f"notebook {nb.id} has no SSH keys; give it some: "
             f"nbfleet notebook ssh-keys {nb.id} {FLAG} ~/.ssh/id_ed25519.pub"
         )
     if nb.state != NotebookState.RUNNING:

@@ -27,6 +27,7 @@ Example scheduler file::
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -54,12 +55,58 @@ class EditorSpec(Struct, forbid_unknown_fields=True):
     activity_api: Literal["", "jupyter", "code-server"] = ""
 
 
-class FrameworkSpec(Struct, forbid_unknown_fields=True):
+class FrameworkVersionSpec(Struct, forbid_unknown_fields=True):
+    """One version of a framework: the image that holds it. What the image contains (Python,
+    the framework's packages, the editors) is read from its labels on the hosts, not written
+    here, so the catalog shows what the image holds."""
+
     image: str
+    description: str = ""
+
+
+class FrameworkSpec(Struct, forbid_unknown_fields=True):
+    """A framework and its versions (``[catalog.frameworks.NAME.versions."2.13"]``). A new
+    notebook gets the newest version unless it asks for one, and keeps it across stops and
+    starts until its owner changes it. ``image`` alone (configs before versions) is one
+    version named after the image's tag (``nbfleet/conda:latest`` is version ``latest``)."""
+
     editors: list[str]
+    image: str = ""
+    versions: dict[str, FrameworkVersionSpec] = {}
     description: str = ""
     #: uid:gid the editor runs as inside the container; never root.
     user: str = "1000:1000"
+
+    def all_versions(self) -> dict[str, FrameworkVersionSpec]:
+        """Every version, newest first."""
+        versions = dict(self.versions)
+        if not versions and self.image:
+            versions[image_tag(self.image)] = FrameworkVersionSpec(image=self.image)
+        return dict(sorted(versions.items(), key=lambda kv: version_key(kv[0]), reverse=True))
+
+    def newest(self) -> str:
+        return next(iter(self.all_versions()))
+
+
+def image_tag(image: str) -> str:
+    """The tag of an image reference (``latest`` when it names none; never a digest's)."""
+    name = image.partition("@")[0]
+    last = name.rpartition("/")[2]
+    return last.partition(":")[2] or "latest"
+
+
+def image_ref(image: str) -> str:
+    """``image`` as Docker names it in an image's tags: with ``:latest`` when it has no tag."""
+    if "@" in image or ":" in image.rpartition("/")[2]:
+        return image
+    return f"{image}:latest"
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order of versions: numbers compared as numbers (``2.13`` after ``2.9``), anything else
+    as text, a number after text (``py3.11`` vs ``py3.9``: 11 > 9)."""
+    parts = re.findall(r"\d+|[^\d.]+", version)
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in parts)
 
 
 class Catalog(Struct, forbid_unknown_fields=True):
@@ -68,6 +115,21 @@ class Catalog(Struct, forbid_unknown_fields=True):
 
     def validate(self) -> None:
         for name, framework in self.frameworks.items():
+            if bool(framework.image) == bool(framework.versions):
+                raise ConfigError(
+                    f"catalog.frameworks.{name} needs either versions "
+                    f'([catalog.frameworks.{name}.versions."1.0"] image = ...) or image, '
+                    "not both"
+                    if framework.image
+                    else f"catalog.frameworks.{name} has no versions "
+                    f'([catalog.frameworks.{name}.versions."1.0"] image = ...)'
+                )
+            for version, spec in framework.versions.items():
+                if not spec.image or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", version):
+                    raise ConfigError(
+                        f"catalog.frameworks.{name}.versions.{version!r}: a version is letters, "
+                        "digits, '.', '_', '+' and '-' (at most 64), and needs an image"
+                    )
             for editor in framework.editors:
                 if editor not in self.editors:
                     raise ConfigError(

@@ -4,7 +4,9 @@
 * ``GET ...logs?follow=1[&tail=N]``: the same, then new output as it comes, until the agent
   ends the response (the container stopped) or the scheduler closes it (the user left);
 * ``POST {agent_url}/v1/notebooks/{id}/exec`` (``ExecRequest`` → ``ExecResult``): run a
-  command in the notebook's container.
+  command in the notebook's container;
+* ``POST {agent_url}/v1/notebooks/{id}/datasync`` (``DatasyncStart`` → newline-delimited
+  ``DatasyncEvent`` JSON): sync its volumes now, streaming progress and the result.
 
 An agent that cannot be reached, or answers what the scheduler cannot use, is
 ``ApiError('upstream_unavailable')`` (502) naming the host; an error the agent states about the
@@ -33,6 +35,9 @@ _PASSED_ON = frozenset({"invalid_request", "not_found", "conflict"})
 EXEC_GRACE_S = 15.0
 #: Connecting to an agent for a stream; once connected a stream may stay quiet for ever.
 STREAM_CONNECT_S = 10.0
+#: A datasync stream repeats its progress every 10 s (``agent.datasync.KEEPALIVE_S``): this
+#: long without a byte, the agent is taken for gone.
+DATASYNC_QUIET_S = 60.0
 
 
 def notebook_path(notebook_id: str, action: str) -> str:
@@ -106,6 +111,23 @@ class AgentClient:
                 f"agent on host {host_id} answered exec with an unreadable body: {exc}",
                 host=host_id,
             )
+
+    @asynccontextmanager
+    async def datasync(
+        self, host_id: str, agent_url: str, notebook_id: str, request: wire.DatasyncStart
+    ) -> AsyncIterator[aiohttp.StreamReader]:
+        """The agent's datasync stream: read lines from what this yields until EOF. A refusal
+        (409 not RUNNING there or one already running, 400) is an ``ApiError`` with the
+        agent's message, raised before anything is yielded."""
+        body = wire.encode(request)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=STREAM_CONNECT_S, sock_read=DATASYNC_QUIET_S
+        )
+        path = notebook_path(notebook_id, "datasync")
+        async with self._request(host_id, agent_url, "POST", path, body, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise _agent_error(host_id, "datasync", resp.status, await resp.text())
+            yield resp.content
 
     @asynccontextmanager
     async def _request(

@@ -11,6 +11,8 @@ import json
 import logging
 from collections.abc import Callable
 
+import msgspec
+
 from common import wire
 from common.config import SchedulerConfig
 from common.notebook_urls import BASE_URL_PLACEHOLDER, editor_base_url, editor_path
@@ -87,14 +89,15 @@ class AgentService:
             [host] = await tx.all(
                 "INSERT INTO hosts (id, agent_url, cpus, memory_mb, nvidia_runtime, "
                 "last_heartbeat, registered_at, gpu_note, agent_version, flavor, labels, "
-                "ssh_address, state, intent, state_at, state_reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ssh_address, state, intent, state_at, state_reason, images) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET agent_url = excluded.agent_url, "
                 "cpus = excluded.cpus, memory_mb = excluded.memory_mb, "
                 "nvidia_runtime = excluded.nvidia_runtime, "
                 "last_heartbeat = excluded.last_heartbeat, gpu_note = excluded.gpu_note, "
                 "agent_version = excluded.agent_version, flavor = excluded.flavor, "
-                "labels = excluded.labels, ssh_address = excluded.ssh_address "
+                "labels = excluded.labels, ssh_address = excluded.ssh_address, "
+                "images = excluded.images "
                 f"RETURNING {HOST_STATE_COLUMNS}, "
                 f"(SELECT COUNT(*) FROM gpus WHERE gpus.host_id = hosts.id AND {gone}) AS gone",
                 (
@@ -114,6 +117,7 @@ class AgentService:
                     HostIntent.OPEN,
                     now,
                     why,
+                    msgspec.json.encode(request.images).decode(),
                     *reported,
                 ),
             )
@@ -335,6 +339,7 @@ async def _assignments(tx: Tx, host_id: str, config: SchedulerConfig) -> wire.As
                 activity_api=editor.activity_api if editor is not None else "",
                 gpu_busy_pct=config.idle.gpu_busy_pct,
                 cpu_busy_pct=config.idle.cpu_busy_pct,
+                labels=json.loads(row["labels"]),
             )
         )
     return wire.Assignments(version=host["assignments_version"], items=items)

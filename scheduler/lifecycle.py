@@ -97,6 +97,9 @@ _MOVE_SET = ", ".join(
         "state = v.column4",
         "state_reason = v.column5",
         "state_at = v.column6",
+        # A new container takes every setting as stored: nothing waits for a restart.
+        "pending_restart = CASE WHEN v.column4 = 'STARTING' THEN '[]' "
+        "ELSE notebooks.pending_restart END",
         *(
             f"{name} = CASE WHEN (v.column3 & {1 << bit}) <> 0 "
             f"THEN v.column{_FIXED + 1 + bit} ELSE notebooks.{name} END"

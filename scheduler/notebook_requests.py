@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from common import wire
 from common.config import EditorSpec, FrameworkSpec, SchedulerConfig
@@ -56,11 +57,18 @@ def parse_states(values: Iterable[str]) -> set[NotebookState]:
     return states
 
 
-def catalog_entries(
-    request: wire.NotebookCreate, config: SchedulerConfig
-) -> tuple[FrameworkSpec, EditorSpec]:
-    """The framework and editor a new notebook asks for; 400 unless the catalog has both and
-    the framework offers that editor."""
+class CatalogChoice(NamedTuple):
+    """What a new notebook runs: its framework, the version (and its image), its editor."""
+
+    framework: FrameworkSpec
+    version: str
+    image: str
+    editor: EditorSpec
+
+
+def catalog_entries(request: wire.NotebookCreate, config: SchedulerConfig) -> CatalogChoice:
+    """The framework, version and editor a new notebook asks for (the newest version unless
+    it names one); 400 unless the catalog has them and the framework offers that editor."""
     catalog = config.catalog
     framework = catalog.frameworks.get(request.framework)
     if framework is None:
@@ -69,6 +77,9 @@ def catalog_entries(
             f"(known: {', '.join(sorted(catalog.frameworks)) or 'none'}) - at `$.framework`",
             field="$.framework",
         )
+    version, image = framework_version(
+        request.framework, framework, request.framework_version, "$.framework_version"
+    )
     editor = catalog.editors.get(request.editor)
     if editor is None:
         raise invalid(
@@ -82,7 +93,26 @@ def catalog_entries(
             f"{request.editor!r} (it offers: {', '.join(framework.editors)}) - at `$.editor`",
             field="$.editor",
         )
-    return framework, editor
+    return CatalogChoice(framework, version, image, editor)
+
+
+def framework_version(
+    name: str, framework: FrameworkSpec, asked: str | None, field: str
+) -> tuple[str, str]:
+    """``(version, image)``: the version asked for, else the newest; 400 naming ``field``
+    and the versions there are when the catalog has no such version."""
+    versions = framework.all_versions()
+    if asked is None:
+        version = framework.newest()
+        return version, versions[version].image
+    spec = versions.get(asked)
+    if spec is None:
+        raise invalid(
+            f"invalid request: framework {name!r} has no version {asked!r} "
+            f"(versions: {', '.join(versions) or 'none'}) - at `{field}`",
+            field=field,
+        )
+    return asked, spec.image
 
 
 def labels_within(labels: dict[str, str], selector: dict[str, str] | None) -> dict[str, str]:
@@ -99,6 +129,17 @@ def labels_within(labels: dict[str, str], selector: dict[str, str] | None) -> di
     return labels
 
 
+def asked_units(row: Row, config: SchedulerConfig) -> tuple[int | None, int | None]:
+    """``(gpu, cpu)`` as a ``run`` would ask for the notebook's resources: with a flavor, its
+    GPUs or its CPU units (CPUs over the flavor's CPUs per unit)."""
+    flavor = row["flavor"]
+    if flavor is None:
+        return row["gpu"], row["cpu"]
+    spec = config.flavors.get(flavor)
+    unit_cpu = spec.cpu if spec is not None else 1
+    return (row["gpu"], None) if row["gpu"] else (None, row["cpu"] // unit_cpu)
+
+
 def fork_request(
     source: Row, request: wire.NotebookFork, config: SchedulerConfig
 ) -> wire.NotebookCreate:
@@ -106,17 +147,12 @@ def fork_request(
     with what ``request`` changes."""
     overrides = request.gpu is not None or request.cpu is not None
     flavor = source["flavor"]
-    if flavor is not None and not overrides:
-        spec = config.flavors.get(flavor)
-        unit_cpu = spec.cpu if spec is not None else 1
-        gpu, cpu = (source["gpu"], None) if source["gpu"] else (None, source["cpu"] // unit_cpu)
-    elif overrides:
-        gpu, cpu = request.gpu, request.cpu
-    else:
-        gpu, cpu = source["gpu"], source["cpu"]
+    gpu, cpu = (request.gpu, request.cpu) if overrides else asked_units(source, config)
     return wire.NotebookCreate(
         framework=source["framework"],
         editor=source["editor"],
+        # The fork runs the software its source's workspace was made with.
+        framework_version=source["framework_version"] or None,
         gpu=gpu,
         cpu=cpu,
         flavor=flavor,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from common import wire
-from common.config import QuotaDefaults
+from common.config import QuotaDefaults, image_tag
 from common.errors import ApiError, conflict, not_found
 from common.notebook_urls import editor_path
 from common.states import NotebookState
@@ -267,6 +267,9 @@ async def _view(
         framework=row["framework"],
         editor=row["editor"],
         image=row["image"],
+        # Notebooks made before versions run the version their image's tag names.
+        framework_version=row["framework_version"] or image_tag(row["image"]),
+        pending_restart=json.loads(row["pending_restart"]),
         state=state,
         state_reason=row["state_reason"],
         state_at=row["state_at"],

@@ -1,4 +1,5 @@
-"""The user's notebook commands: create, fork, start, stop, delete, replace SSH keys.
+"""The user's notebook commands: create, fork, start, stop, delete, update, replace SSH
+keys.
 
 Every method is scoped to one project: a notebook of another project does not exist (404).
 Each request is one transaction; a rejected request (400, 403, 404, 409, 503) stores nothing.
@@ -21,7 +22,7 @@ from common import wire
 from common.config import SchedulerConfig
 from common.errors import ApiError, conflict
 from common.states import STARTABLE, STOPPABLE, NotebookState
-from scheduler import idle, placement
+from scheduler import idle, notebook_update, placement
 from scheduler.admission import Admission
 from scheduler.batches import Batcher
 from scheduler.board import AssignmentBoard
@@ -50,12 +51,12 @@ _INSERT = (
     'url_path, "user", gpu, cpu, memory_mb, labels, envvars, state, state_reason, state_at, '
     "desired, generation, initialized, access_token, created_at, flavor, gpu_model, disk_gb, "
     "restart_on_timeout, unsecure_http, ssh_public_keys, fork_notebook, fork_snapshot, volumes, "
-    "idle_timeout_s) "
+    "idle_timeout_s, framework_version) "
     "VALUES "
 )
 _INSERT_ROW = (
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'STOPPED', 'created', ?, 'stopped', 0, ?, ?, "
-    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -102,7 +103,7 @@ class NotebookService:
 
         The request is checked here; it is stored and placed with the creates that arrive
         with it (:meth:`_create_batch`), each as if alone."""
-        framework, editor = catalog_entries(request, self.config)
+        choice = catalog_entries(request, self.config)
         resources = placement.resources_for(request.gpu, request.cpu, self.config, request.flavor)
         labels = labels_within(request.labels, selector)
         ssh_keys = checked_keys(request.ssh_public_keys, "$.ssh_public_keys")
@@ -126,11 +127,11 @@ class NotebookService:
             name,
             request.framework,
             request.editor,
-            framework.image,
-            json.dumps(editor.command),
-            editor.port,
-            editor.url_path,
-            framework.user,
+            choice.image,
+            json.dumps(choice.editor.command),
+            choice.editor.port,
+            choice.editor.url_path,
+            choice.framework.user,
             resources.gpu,
             resources.cpu,
             resources.memory_mb,
@@ -152,6 +153,7 @@ class NotebookService:
             fork.snapshot if fork is not None else None,
             encode_volumes(request.volumes),
             request.idle_timeout_s,
+            choice.version,
         )
         suffix = (
             f"; workspace from backup {fork.snapshot} of {fork.notebook}"
@@ -227,6 +229,19 @@ class NotebookService:
             started = await self.admission.start(tx, row, now=now)
             return await view(tx, started.row, gpus=started.gpus)
 
+    async def update(
+        self,
+        project: str,
+        notebook_id: str,
+        request: wire.NotebookUpdate,
+        selector: dict[str, str] | None = None,
+    ) -> wire.Notebook:
+        """Change the notebook (:mod:`scheduler.notebook_update`: what applies at once, what
+        at its next start, what only while it is stopped)."""
+        return await notebook_update.update(
+            self.db, self.config, self.board, self.clock, project, notebook_id, request, selector
+        )
+
     async def set_ssh_keys(
         self,
         project: str,
@@ -234,18 +249,12 @@ class NotebookService:
         request: wire.SshKeysUpdate,
         selector: dict[str, str] | None = None,
     ) -> wire.Notebook:
-        """Replace the notebook's SSH keys; 409 unless it is settled (STOPPED, FAILED, ERROR),
-        so a running notebook keeps the keys it was started with and no agent holds stale
-        ones. A settled notebook is assigned to no host: nothing to tell an agent."""
-        keys = checked_keys(request.keys, "$.keys")
-        async with self.db.transaction() as tx:
-            row = await load(tx, project, notebook_id, selector)
-            require_state(row, STARTABLE, "SSH keys are changeable on a stopped notebook only")
-            await tx.run(
-                "UPDATE notebooks SET ssh_public_keys = ? WHERE id = ?",
-                (encode_keys(keys), notebook_id),
-            )
-            notebook = await view(tx, await load(tx, project, notebook_id))
+        """Replace the notebook's SSH keys, at once: the agent running it lets in the new
+        keys from its next connection (open sessions go on)."""
+        checked_keys(request.keys, "$.keys")  # a bad key is named as this body has it
+        notebook = await self.update(
+            project, notebook_id, wire.NotebookUpdate(ssh_public_keys=list(request.keys)), selector
+        )
         log.info(
             "notebook=%s project=%s SSH keys replaced: %s",
             notebook_id,

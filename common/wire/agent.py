@@ -10,7 +10,7 @@ from msgspec import Meta, Struct
 from common.states import NotebookState
 from common.wire.operator import DiskSpace
 from common.wire.scalars import Argument, Desired, HostPort, LabelKey, LabelValue, Role
-from common.wire.user import Progress, RestoreSource, SnapshotInfo, Volume
+from common.wire.user import DatasyncDirection, Progress, RestoreSource, SnapshotInfo, Volume
 
 
 class GpuInfo(Struct):
@@ -24,6 +24,17 @@ class GpuInfo(Struct):
     utilization_pct: Annotated[int, Meta(ge=0, le=100)] = 0
     #: Power drawn now; ``None`` where the board does not say.
     power_w: Annotated[float, Meta(ge=0)] | None = None
+
+
+class HostImage(Struct):
+    """A catalog image the host has: its tags (``nbfleet/pytorch:2.13``) and what its labels
+    say it holds (``org.nbfleet.framework``, ``org.nbfleet.framework.version`` and each
+    ``org.nbfleet.contents.<name>``)."""
+
+    tags: list[Annotated[str, Meta(max_length=256)]]
+    framework: str = ""
+    version: str = ""
+    contents: dict[Annotated[str, Meta(max_length=128)], Annotated[str, Meta(max_length=128)]] = {}
 
 
 class AgentRegister(Struct, forbid_unknown_fields=True):
@@ -44,6 +55,9 @@ class AgentRegister(Struct, forbid_unknown_fields=True):
     #: ``host:port`` where users reach this agent's SSH server into its notebooks (shown in
     #: ``Notebook.ssh``); "" when it has none.
     ssh_address: HostPort = ""
+    #: The host's images carrying the framework label (what the catalog shows they hold).
+    #: The agent registers again when they change.
+    images: list[HostImage] = []
 
 
 class RegisterReply(Struct):
@@ -124,6 +138,16 @@ class ExecResult(Struct):
     truncated: bool = False
 
 
+class DatasyncStart(Struct, forbid_unknown_fields=True):
+    """``POST {agent_url}/v1/notebooks/{id}/datasync`` (signed): a datasync the scheduler has
+    checked (the notebook RUNNING in run ``generation``; ``volumes``, as assigned, eligible
+    for ``direction``). Answered with ``DatasyncEvent`` lines."""
+
+    generation: Annotated[int, Meta(ge=1)]
+    direction: DatasyncDirection
+    volumes: Annotated[list[Volume], Meta(min_length=1)]
+
+
 class HeartbeatReply(Struct):
     #: False when the scheduler does not know this host (e.g. its database was reset): the agent
     #: registers again.
@@ -181,6 +205,9 @@ class Assignment(Struct):
     #: (the scheduler's ``[idle]`` settings).
     gpu_busy_pct: float = 5.0
     cpu_busy_pct: float = 5.0
+    #: The notebook's labels, which scope project tokens: when they change, the agent drops
+    #: what it remembered of the scheduler's answers about who may open the editor.
+    labels: dict[str, str] = {}
 
 
 class VolumeAssignment(Struct):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from common.states import NotebookState
 from common.wire.scalars import (
@@ -87,12 +87,75 @@ class Progress(Struct):
     detail: str = ""
 
 
+DatasyncDirection = Literal["push", "pull"]
+
+
+class DatasyncRequest(Struct, forbid_unknown_fields=True):
+    """``POST /v1/notebooks/{id}/datasync`` (operator): sync a RUNNING notebook's volumes with
+    their buckets now, without stopping it. ``volume`` is a datastore alias or a mount path and
+    picks the notebook's volumes with it; ``None``: every volume the direction applies to
+    (``push``: ``rw`` and ``rwd``, never ``ro``; ``pull``: all of them)."""
+
+    volume: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    direction: DatasyncDirection = "push"
+
+
+class DatasyncVolume(Struct):
+    """What a datasync did to one volume."""
+
+    #: ``container@alias[/prefix]:/mount/path:permission``.
+    volume: str
+    #: Files uploaded (push) or downloaded (pull), and their bytes.
+    files: int = 0
+    bytes: int = 0
+    #: ``rwd`` push: objects deleted because their files were deleted.
+    deleted: int = 0
+    #: Already the same on both sides (as the volume's pull record says).
+    unchanged: int = 0
+    #: Pull: files changed here (or in the way) that an object would have replaced; kept.
+    conflicts: int = 0
+    #: Push: files that kept changing while read; not uploaded (the stop's push takes them).
+    unstable: int = 0
+    #: Links, special files, names no key can hold, vanished files, refused keys.
+    skipped: int = 0
+    #: The first hundred ``path: what happened`` of the above.
+    details: list[str] = []
+    #: Set when this volume's sync failed.
+    error: str = ""
+
+
+class DatasyncProgress(Struct, tag="progress", tag_field="event"):
+    """A line of the datasync stream: how far it has got (also in ``Notebook.progress``)."""
+
+    progress: Progress
+
+
+class DatasyncResult(Struct, tag="result", tag_field="event"):
+    """The last line of the datasync stream."""
+
+    notebook: str
+    direction: DatasyncDirection
+    ok: bool
+    volumes: list[DatasyncVolume] = []
+    #: Why it failed (``ok`` false), naming the volume.
+    error: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+#: One line of ``POST /v1/notebooks/{id}/datasync``'s newline-delimited JSON reply.
+DatasyncEvent = DatasyncProgress | DatasyncResult
+
+
 class NotebookCreate(Struct, forbid_unknown_fields=True):
     """``POST /v1/notebooks``. Neither ``gpu`` nor ``cpu`` given means 1 GPU."""
 
     framework: CatalogKey
     editor: CatalogKey
     gpu: GpuCount | None = None
+    #: One of the framework's versions in the catalog; ``None``: the newest. The notebook
+    #: keeps it across stops and starts until it is changed (``PUT /v1/notebooks/{id}``).
+    framework_version: CatalogKey | None = None
     cpu: CpuCount | None = None
     name: Name | None = None
     labels: dict[LabelKey, LabelValue] = {}
@@ -111,6 +174,32 @@ class NotebookCreate(Struct, forbid_unknown_fields=True):
     #: Stop the notebook (workspace saved) after this many seconds without activity; never
     #: longer than its project's idle timeout (403), which applies when this is not given.
     idle_timeout_s: IdleTimeout | None = None
+
+
+class NotebookUpdate(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``PUT /v1/notebooks/{id}`` (operator): what to change; a field left out is kept.
+
+    Applied at once whatever the state: ``name``, ``labels`` (which scope tokens: the
+    editor's proxy asks about every token again), ``ssh_public_keys`` (new SSH connections;
+    open sessions go on), ``restart_on_timeout``, ``unsecure_http`` and ``idle_timeout_s``
+    (``null``: the project's applies). ``envvars`` are the container's: a running notebook
+    gets them at its next start (``Notebook.pending_restart`` says so). The rest only while it
+    is STOPPED, FAILED or ERROR, else 409: ``gpu``, ``cpu`` and ``flavor`` (as at ``run``;
+    the others kept), ``framework_version``, and ``volumes`` (STOPPED only: a notebook that
+    failed may hold volume changes its last stop could not push)."""
+
+    name: Name | UnsetType = UNSET
+    labels: dict[LabelKey, LabelValue] | UnsetType = UNSET
+    ssh_public_keys: SshPublicKeys | UnsetType = UNSET
+    restart_on_timeout: bool | UnsetType = UNSET
+    unsecure_http: bool | UnsetType = UNSET
+    idle_timeout_s: IdleTimeout | None | UnsetType = UNSET
+    envvars: dict[EnvName, EnvValue] | UnsetType = UNSET
+    gpu: GpuCount | UnsetType = UNSET
+    cpu: CpuCount | UnsetType = UNSET
+    flavor: CatalogKey | None | UnsetType = UNSET
+    framework_version: CatalogKey | UnsetType = UNSET
+    volumes: list[Volume] | UnsetType = UNSET
 
 
 class SshKeysUpdate(Struct, forbid_unknown_fields=True):
@@ -245,17 +334,38 @@ class Notebook(Struct):
     idle_timeout_s: float | None = None
     #: While RUNNING (in ``get`` and ``list``): how long it has been idle and when it stops.
     idle: IdleStatus | None = None
+    #: The framework's version the notebook runs (``image`` holds it).
+    framework_version: str = ""
+    #: Settings changed while it ran that its container gets at its next start (``envvars``).
+    pending_restart: list[str] = []
 
 
 class NotebookList(Struct):
     items: list[Notebook]
 
 
+class CatalogVersion(Struct):
+    """One version of a framework and what its image holds."""
+
+    version: str
+    image: str
+    #: What the image holds, as its labels say (``python``, ``torch``, ``jupyterlab``,
+    #: ``code-server`` ... → version), read by the agents of the hosts that have it; empty
+    #: when no host has reported the image.
+    contents: dict[str, str] = {}
+    #: How many hosts have the image (their agents reported it).
+    hosts: int = 0
+    description: str = ""
+
+
 class CatalogFramework(Struct):
     name: str
+    #: The newest version's image (what a ``run`` without a version gets).
     image: str
     editors: list[str]
     description: str = ""
+    #: Newest first; the first is what ``run`` picks when no version is asked for.
+    versions: list[CatalogVersion] = []
 
 
 class CatalogEditor(Struct):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, agents, datastores, editor, tokens, usage, user
+from scheduler.api import admin, agents, datastores, datasync, editor, tokens, usage, user
 from scheduler.api.replies import Handler, guarded, unmatched
 from scheduler.console.routes import add_console_routes
 
@@ -50,6 +50,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/notebooks/{id}/logs", user.notebook_logs)
     r.add_post("/v1/notebooks/{id}/exec", user.exec_in_notebook)
     r.add_put("/v1/notebooks/{id}/ssh-keys", user.set_ssh_keys)
+    r.add_put("/v1/notebooks/{id}", user.update_notebook)
+    r.add_post("/v1/notebooks/{id}/datasync", datasync.datasync)
     r.add_post("/v1/datastores", datastores.create_datastore)
     r.add_get("/v1/datastores", datastores.list_datastores)
     r.add_delete("/v1/datastores/{alias}", datastores.delete_datastore)

@@ -11,6 +11,7 @@ from aiohttp import web
 from common import __version__, wire
 from common.errors import ApiError, invalid
 from common.http_server import read_json
+from scheduler import catalog as catalog_service
 from scheduler.api.auth import project_principal
 from scheduler.api.context import ctx
 from scheduler.api.editor import with_url
@@ -196,36 +197,24 @@ async def exec_in_notebook(request: web.Request) -> web.Response:
 
 async def catalog(request: web.Request) -> web.Response:
     await project_principal(request)
-    spec = ctx(request).config.catalog
+    context = ctx(request)
     return json_reply(
-        wire.Catalog(
-            frameworks=[
-                wire.CatalogFramework(
-                    name=name, image=f.image, editors=list(f.editors), description=f.description
-                )
-                for name, f in sorted(spec.frameworks.items())
-            ],
-            editors=[
-                wire.CatalogEditor(name=name, port=e.port, description=e.description)
-                for name, e in sorted(spec.editors.items())
-            ],
-            flavors=[
-                wire.CatalogFlavor(
-                    name=name,
-                    gpu_model=f.gpu_model,
-                    cpu=f.cpu,
-                    memory_mb=f.memory_mb,
-                    disk_gb=f.disk_gb,
-                    description=f.description,
-                )
-                for name, f in sorted(ctx(request).config.flavors.items())
-            ],
-        )
+        catalog_service.catalog(context.config, await catalog_service.host_images(context.db))
     )
 
 
+async def update_notebook(request: web.Request) -> web.Response:
+    """Change a notebook (operator role): ``wire.NotebookUpdate``."""
+    principal = await project_principal(request, operate=True)
+    body = await read_json(request, wire.NotebookUpdate)
+    notebook = await ctx(request).notebooks.update(
+        principal.project, request.match_info["id"], body, principal.selector
+    )
+    return json_reply(with_url(request, notebook))
+
+
 async def set_ssh_keys(request: web.Request) -> web.Response:
-    """Replace a stopped notebook's SSH keys (operator role)."""
+    """Replace a notebook's SSH keys (operator role)."""
     principal = await project_principal(request, operate=True)
     body = await read_json(request, wire.SshKeysUpdate)
     notebook = await ctx(request).notebooks.set_ssh_keys(

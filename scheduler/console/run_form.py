@@ -23,6 +23,7 @@ from scheduler.console.web import (
 
 RUN_FIELDS = (
     "framework",
+    "framework_version",
     "editor",
     "flavor",
     "gpu",
@@ -67,7 +68,7 @@ def run_request(form: dict[str, str]) -> wire.NotebookCreate:
                 raise ApiError(
                     "invalid_request", f"invalid request: {field} {text!r} is not a number"
                 )
-    for field in ("flavor", "name"):
+    for field in ("flavor", "name", "framework_version"):
         if form.get(field, "").strip():
             body[field] = form[field].strip()
     idle = form.get("idle_timeout", "").strip()
@@ -101,6 +102,7 @@ def cli_command(form: dict[str, str]) -> str:
     """The ``nbfleet notebook run`` that asks for what the form does."""
     words = ["nbfleet", "notebook", "run", form.get("framework", ""), form.get("editor", "")]
     for field, flag in (
+        ("framework_version", "--framework-version"),
         ("flavor", "--flavor"),
         ("gpu", "--gpu"),
         ("cpu", "--cpu"),

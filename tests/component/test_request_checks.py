@@ -104,6 +104,8 @@ JSON_ENDPOINTS = [
     ("POST", "/v1/notebooks/{id}/exec", "operator"),
     ("POST", "/v1/notebooks/{id}/fork", "operator"),
     ("PUT", "/v1/notebooks/{id}/ssh-keys", "operator"),
+    ("POST", "/v1/notebooks/{id}/datasync", "operator"),
+    ("PUT", "/v1/notebooks/{id}", "operator"),
     ("POST", "/v1/tokens", "operator"),
     ("POST", "/v1/datastores", "operator"),
     ("POST", "/v1/admin/projects", "admin"),

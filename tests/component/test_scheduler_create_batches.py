@@ -136,7 +136,7 @@ async def test_a_create_refused_alone_in_a_failed_batch_does_not_fail_the_others
         waiting = service._creates._waiting
         request, future = waiting[1]
         values = list(request.values)
-        values[-4] = "no-such-notebook"  # fork_notebook
+        values[-5] = "no-such-notebook"  # fork_notebook
         waiting[1] = (type(request)(request.project, tuple(values), [], ""), future)
         gate.set()
         replies = [await first, *await asyncio.gather(*rest)]

@@ -147,28 +147,29 @@ async def test_a_bad_ssh_address_at_register_is_400_naming_it(harness: Harness) 
 # ---------------------------------------------------------------- changing keys
 
 
-async def test_keys_change_only_on_a_stopped_notebook(
+async def test_keys_change_at_once_and_reach_the_agent_running_the_notebook(
     harness: Harness, project: Tokens, ssh_host: Agent
 ) -> None:
     nb = (await project.run(ssh_public_keys=[ADA])).json
     await ssh_host.report(nb["id"], "RUNNING", url="http://h1:5/lab")
-    refused = await put_keys(harness, nb["id"], [BOB], project.operator)
-    assert (refused.status, refused.code) == (409, "conflict")
-    assert "is RUNNING" in refused.json["message"] and "stopped" in refused.json["message"]
-    assert refused.json["detail"]["state"] == "RUNNING"
-
-    await stopped(project, ssh_host, nb["id"])
+    before = (await ssh_host.assignments())["version"]
     changed = await put_keys(harness, nb["id"], [BOB], project.operator)
     assert changed.status == 200, changed.text
     assert fingerprints(changed.json) == [info(BOB)]
     assert base64_of(BOB) not in changed.text
     assert fingerprints(await project.get(nb["id"])) == [info(BOB)]
-
-    # The next start takes the new keys to the agent.
-    assert (await project.action(nb["id"], "start")).status == 202
-    assert (await assignment(ssh_host, nb["id"]))["ssh_public_keys"] == [BOB]
-    await ssh_host.report(nb["id"], "RUNNING", generation=2, url="http://h1:5/lab")
+    # The host's long-poll answers with the new keys: the next connection needs BOB's.
+    polled = await ssh_host.assignments(since=before)
+    assert polled["version"] != before
+    [item] = polled["items"]
+    assert item["ssh_public_keys"] == [BOB]
     assert (await project.get(nb["id"]))["ssh"] == f"ssh://{nb['id']}@{SSH_ADDRESS}"
+
+    # Stopped, the keys wait in the notebook for its next start.
+    await stopped(project, ssh_host, nb["id"])
+    assert (await put_keys(harness, nb["id"], [ADA, BOB], project.operator)).status == 200
+    assert (await project.action(nb["id"], "start")).status == 202
+    assert (await assignment(ssh_host, nb["id"]))["ssh_public_keys"] == [ADA, BOB]
 
 
 @pytest.mark.parametrize("state", ["FAILED", "ERROR"])
@@ -182,16 +183,14 @@ async def test_keys_change_on_a_failed_notebook_and_can_be_cleared(
     assert cleared.json["ssh_keys"] == [] and cleared.json["ssh"] is None
 
 
-async def test_keys_of_a_queued_or_starting_notebook_are_409(
+async def test_keys_of_a_deleted_notebook_are_409(
     harness: Harness, project: Tokens, ssh_host: Agent
 ) -> None:
-    starting = (await project.run(ssh_public_keys=[ADA])).json
-    queued = (await project.run(gpu=2, ssh_public_keys=[ADA])).json
-    assert queued["state"] == "QUEUED"
-    for nb, state in ((starting, "STARTING"), (queued, "QUEUED")):
-        reply = await put_keys(harness, nb["id"], [BOB], project.operator)
-        assert (reply.status, reply.json["detail"]["state"]) == (409, state)
-        assert f"is {state}" in reply.json["message"]
+    nb = (await project.run(ssh_public_keys=[ADA])).json
+    assert (await project.action(nb["id"], "delete")).status == 202
+    reply = await put_keys(harness, nb["id"], [BOB], project.operator)
+    assert (reply.status, reply.json["detail"]["state"]) == (409, "DELETING")
+    assert "is DELETING" in reply.json["message"]
 
 
 async def test_a_read_token_cannot_change_keys(

@@ -34,6 +34,7 @@ from agent.runtime import (
     ImageUnavailable,
     NoSuchContainer,
 )
+from common import wire
 
 
 class FakeRuntime:
@@ -57,6 +58,8 @@ class FakeRuntime:
         self.exec_calls: list[tuple[str, list[str], str]] = []
         self.exec_output: dict[str, ExecOutput] = {}
         self.pruned_networks: list[set[str]] = []
+        #: What ``framework_images`` answers: the host's catalog images.
+        self.images: list[wire.HostImage] = []
 
     def behaviour(self, spec_or_notebook: ContainerSpec | str) -> str:
         if isinstance(spec_or_notebook, str):
@@ -208,6 +211,9 @@ class FakeRuntime:
     async def prune_networks(self, skip: set[str]) -> list[str]:
         self.pruned_networks.append(set(skip))
         return []
+
+    async def framework_images(self) -> list[wire.HostImage]:
+        return list(self.images)
 
     async def close(self) -> None:
         self.closed = True

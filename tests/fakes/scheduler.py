@@ -9,8 +9,8 @@ acknowledged transitions land in ``sent``, usage in ``usage_items``.
 ``FakeScheduler``: the agent protocol over real HTTP (aiohttp app; run it with
 ``aiohttp.test_utils.TestServer``), verifying signatures with ``common.auth.Verifier`` and
 refusing a body not declared JSON with 415, as the real scheduler does. Tests set
-``assignments`` (and call ``bump()``), read ``registrations``, ``heartbeats``, ``transitions``
-and ``usage``; ``forget()`` makes the next heartbeat answer ``known=false``.
+``assignments`` (and call ``bump()``), read ``registrations``, ``heartbeats``, ``transitions``,
+``usage`` and ``progress``; ``forget()`` makes the next heartbeat answer ``known=false``.
 ``POST /v1/agents/authorize`` allows the tokens in ``tokens`` (token → role) for every
 notebook, unless ``refusals`` (token → reason) says otherwise; questions land in
 ``authorizations``.
@@ -86,6 +86,7 @@ class FakeScheduler:
         self.heartbeats: list[tuple[str, wire.Heartbeat]] = []
         self.transitions: list[wire.Transition] = []
         self.usage: list[wire.UsageItem] = []
+        self.progress: list[wire.ProgressReport] = []
         self.assignments: list[wire.Assignment] = []
         self.version = 1
         self.known: set[str] = set()
@@ -109,6 +110,7 @@ class FakeScheduler:
         app.router.add_get("/v1/agents/assignments", self._assignments)
         app.router.add_post("/v1/agents/transitions", self._transitions)
         app.router.add_post("/v1/agents/usage", self._usage)
+        app.router.add_post("/v1/agents/progress", self._progress)
         app.router.add_post("/v1/agents/authorize", self._authorize)
         return app
 
@@ -165,6 +167,11 @@ class FakeScheduler:
     async def _usage(self, request: web.Request) -> web.Response:
         _, body = await self._auth(request)
         self.usage.extend(wire.decode(body, wire.UsageBatch).items)
+        return self._json(wire.Ack())
+
+    async def _progress(self, request: web.Request) -> web.Response:
+        _, body = await self._auth(request)
+        self.progress.append(wire.decode(body, wire.ProgressReport))
         return self._json(wire.Ack())
 
     async def _authorize(self, request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from agent.app import Agent, Loop, build_agent
 from agent.client import Backoff, SchedulerClient, SchedulerUnavailable
+from agent.runtime import host_image
 from common.auth import sign
 from common.config import AgentConfig
 from common.states import NotebookState as S
@@ -344,3 +345,83 @@ async def test_an_agent_retries_a_failed_heartbeat_within_one_heartbeat_interval
         assert heartbeat.retry_within is not None and heartbeat.retry_within() == 7.0
     finally:
         await agent.client.close()
+
+
+async def test_registers_the_hosts_catalog_images_and_again_when_they_change(
+    tmp_path: Path,
+) -> None:
+    scheduler, server = await fake_scheduler()
+    runtime = FakeRuntime()
+    pytorch = host_image(
+        ["nbfleet/pytorch:2.13"],
+        {
+            "org.nbfleet.framework": "pytorch",
+            "org.nbfleet.framework.version": "2.13",
+            "org.nbfleet.contents.python": "3.11.2",
+            "org.nbfleet.contents.torch": "2.13.0+cpu",
+            "maintainer": "not a content label",
+        },
+    )
+    assert (pytorch.framework, pytorch.version, pytorch.contents) == (
+        "pytorch",
+        "2.13",
+        {"python": "3.11.2", "torch": "2.13.0+cpu"},
+    )
+    runtime.images = [pytorch]
+    agent = agent_for(agent_config(tmp_path, url_of(server)), runtime)
+    try:
+        await agent.heartbeat_tick()  # registers
+        [(_, first)] = scheduler.registrations
+        assert first.images == [pytorch]
+        await agent.disk_tick()  # nothing changed: no registration
+        assert len(scheduler.registrations) == 1
+
+        # The operator builds another image: the next look registers it.
+        tf = host_image(["nbfleet/tensorflow:2.21"], {"org.nbfleet.framework": "tensorflow"})
+        runtime.images = [pytorch, tf]
+        await agent.disk_tick()
+        assert [reg.images for _, reg in scheduler.registrations] == [[pytorch], [pytorch, tf]]
+
+        # Docker not answering is no reason to tell the scheduler the images are gone.
+        async def broken() -> list:
+            raise OSError("docker.sock: connection refused")
+
+        runtime.framework_images = broken  # type: ignore[method-assign]
+        await agent.disk_tick()
+        scheduler.forget("h1")
+        await agent.heartbeat_tick()  # forgotten: registers again, with the last list
+        assert scheduler.registrations[-1][1].images == [pytorch, tf]
+    finally:
+        await agent.client.close()
+        agent.outbox.close()
+        await server.close()
+
+
+async def test_new_labels_in_an_assignment_make_the_proxy_ask_about_tokens_again(
+    tmp_path: Path,
+) -> None:
+    scheduler, server = await fake_scheduler()
+    scheduler.tokens = {"nbf_t": "operator"}
+    agent = agent_for(agent_config(tmp_path, url_of(server)), FakeRuntime())
+    try:
+        await agent.heartbeat_tick()  # registers
+        scheduler.assignments = [assignment(state=S.RUNNING, labels={"team": "cv"})]
+        scheduler.bump()
+        await agent.assignments_tick()
+        for _ in range(2):
+            assert (await agent.authorizer.check("nb1", "nbf_t")).allowed
+        assert len(scheduler.authorizations) == 1  # the second was cached
+        # Another assignment change (not the labels) keeps what was cached.
+        scheduler.assignments = [assignment(state=S.RUNNING, labels={"team": "cv"}, cpu=2)]
+        scheduler.bump()
+        await agent.assignments_tick()
+        await agent.authorizer.check("nb1", "nbf_t")
+        assert len(scheduler.authorizations) == 1
+        scheduler.assignments = [assignment(state=S.RUNNING, labels={"team": "nlp"}, cpu=2)]
+        scheduler.bump()
+        await agent.assignments_tick()
+        await agent.authorizer.check("nb1", "nbf_t")
+        assert len(scheduler.authorizations) == 2
+    finally:
+        await agent.stop()
+        await server.close()

@@ -258,3 +258,38 @@ async def test_closing_abandons_the_questions_in_flight(ask: FakeAsk, clock: Fak
     await authorizer.close()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_notebooks_new_labels_make_every_answer_about_it_asked_again(
+    authorizer: Authorizer, ask: FakeAsk, clock: FakeClock
+) -> None:
+    assert (await authorizer.check("nb1", GOOD)).allowed
+    assert (await authorizer.check("nb2", GOOD)).allowed
+    assert len(ask.calls) == 2  # cached from now on
+    # nb1's labels changed: its token no longer reaches it (the scheduler says so).
+    authorizer.forget("nb1")
+    ask.allowed.pop(GOOD)
+    assert not (await authorizer.check("nb1", GOOD)).allowed
+    assert (await authorizer.check("nb2", GOOD)).allowed  # still cached: not its change
+    assert [c.notebook for c in ask.calls] == ["nb1", "nb2", "nb1"]
+    # Nor does the grace vouch for it any more while the scheduler is down.
+    ask.allowed[GOOD] = "operator"
+    ask.down = True
+    clock.advance(ALLOWED_TTL_S + 1)
+    authorizer.forget("nb1")
+    with pytest.raises(SchedulerUnavailable):
+        await authorizer.check("nb1", GOOD)
+    assert (await authorizer.check("nb2", GOOD)).allowed  # vouched for by the grace
+
+
+async def test_an_answer_asked_before_the_labels_changed_is_not_remembered(
+    authorizer: Authorizer, ask: FakeAsk
+) -> None:
+    ask.silent.clear()
+    question = asyncio.create_task(authorizer.check("nb1", GOOD))
+    await asyncio.sleep(0.01)
+    authorizer.forget("nb1")  # while the question is on its way
+    ask.silent.set()
+    assert (await question).allowed  # its caller gets the answer to what it asked...
+    ask.allowed.pop(GOOD)
+    assert not (await authorizer.check("nb1", GOOD)).allowed  # ...the next request asks again

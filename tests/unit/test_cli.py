@@ -289,3 +289,79 @@ def test_get_of_a_notebook_off_any_host_shows_no_disk_use(server, capsys):
     server.replies[("GET", "/v1/notebooks/6f1c")] = (200, nb)
     assert main(["notebook", "get", "6f1c"]) == 0
     assert "Disk use" not in capsys.readouterr().out
+
+
+def test_run_asks_for_a_framework_version(server):
+    server.replies[("POST", "/v1/notebooks")] = (201, NOTEBOOK)
+    run = ["notebook", "run", "huggingface", "jupyterlab"]
+    assert main([*run, "--framework-version", "4.57"]) == 0
+    sent = json.loads(server.calls[0][3])
+    assert (sent["framework"], sent["framework_version"]) == ("huggingface", "4.57")
+    # Without it the scheduler picks the newest.
+    assert main(run) == 0
+    assert json.loads(server.calls[1][3])["framework_version"] is None
+
+
+def test_catalog_shows_each_version_and_what_its_image_holds(server, capsys):
+    hf = {"name": "huggingface", "image": "nbfleet/huggingface:5.18", "editors": ["jupyterlab"]}
+    contents = {
+        "code-server": "4.89.1",
+        "jupyterlab": "4.6.6",
+        "python": "3.11.2",
+        "transformers": "5.18.0",
+        "torch": "2.13.0+cpu",
+    }
+    hf["versions"] = [
+        {"version": "5.18", "image": "nbfleet/huggingface:5.18", "contents": contents, "hosts": 2},
+        {"version": "4.57", "image": "nbfleet/huggingface:4.57"},
+    ]
+    server.replies[("GET", "/v1/catalog")] = (200, {"frameworks": [hf], "editors": []})
+    assert main(["catalog"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["FRAMEWORK", "VERSION", "EDITORS", "CONTENTS", "IMAGE", "HOSTS"]
+    newest = re.split(r"\s{2,}", lines[1].strip())
+    assert newest == [
+        "huggingface",
+        "5.18 (default)",
+        "jupyterlab",
+        "python 3.11.2, torch 2.13.0+cpu, transformers 5.18.0, jupyterlab 4.6.6, "
+        "code-server 4.89.1",
+        "nbfleet/huggingface:5.18",
+        "2",
+    ]
+    older = re.split(r"\s{2,}", lines[2].strip())
+    assert older == ["4.57", "(no host has reported this image)", "nbfleet/huggingface:4.57", "0"]
+
+
+def test_update_edits_labels_and_env_one_key_at_a_time(server, capsys):
+    current = {**NOTEBOOK, "labels": {"team": "cv", "old": "x"}, "envvars": {"SEED": "1"}}
+    server.replies[("GET", "/v1/notebooks/6f1c")] = (200, current)
+    updated = {**current, "pending_restart": ["envvars"]}
+    server.replies[("PUT", "/v1/notebooks/6f1c")] = (200, updated)
+    argv = ["notebook", "update", "6f1c", "--label", "stage=dev", "--unset-label", "old"]
+    argv += ["--envvar", "MODE=fast", "--no-unsecure-http", "--idle-timeout", "off"]
+    assert main(argv) == 0
+    method, path, _, body = server.calls[-1]
+    assert (method, path) == ("PUT", "/v1/notebooks/6f1c")
+    assert json.loads(body) == {
+        "labels": {"team": "cv", "stage": "dev"},
+        "unsecure_http": False,
+        "idle_timeout_s": None,
+        "envvars": {"SEED": "1", "MODE": "fast"},
+    }
+    captured = capsys.readouterr()
+    assert "Waiting for a restart: envvars" in captured.out
+    assert "gets them at its next start" in captured.err
+
+
+def test_update_sends_only_what_is_given_and_refuses_nothing_or_contradictions(server, capsys):
+    server.replies[("PUT", "/v1/notebooks/6f1c")] = (200, NOTEBOOK)
+    assert main(["notebook", "update", "6f1c", "--gpu", "2", "--framework-version", "2.13"]) == 0
+    assert json.loads(server.calls[-1][3]) == {"gpu": 2, "framework_version": "2.13"}
+    assert main(["notebook", "update", "6f1c", "--clear-volumes", "--clear-ssh-keys"]) == 0
+    assert json.loads(server.calls[-1][3]) == {"ssh_public_keys": [], "volumes": []}
+    calls = len(server.calls)
+    assert main(["notebook", "update", "6f1c"]) == 2
+    assert "nothing to change" in capsys.readouterr().err
+    assert main(["notebook", "update", "6f1c", "--unset-label", "nope"]) != 0
+    assert len(server.calls) == calls + 1  # the GET, never a PUT

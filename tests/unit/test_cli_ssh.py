@@ -260,7 +260,7 @@ def test_ssh_becomes_ssh_with_port_alias_and_user(server, fake_ssh: Path, comman
     [
         (
             {"ssh_keys": []},
-            f"notebook {NB_ID} has no SSH keys; give some while it is stopped: nbfleet notebook "
+            f"notebook {NB_ID} has no SSH keys; give it some: nbfleet notebook "
             f"ssh-keys {NB_ID} --ssh-public-keys ~/.ssh/id_ed25519.pub",
         ),
         (

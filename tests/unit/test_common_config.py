@@ -1,6 +1,15 @@
 import pytest
 
-from common.config import AgentConfig, ConfigError, SchedulerConfig, load, split_hostport
+from common.config import (
+    AgentConfig,
+    ConfigError,
+    SchedulerConfig,
+    image_ref,
+    image_tag,
+    load,
+    split_hostport,
+    version_key,
+)
 
 CATALOG = """
 listen = "127.0.0.1:9000"
@@ -71,3 +80,58 @@ def test_split_hostport():
     assert split_hostport("127.0.0.1:8470") == ("127.0.0.1", 8470)
     with pytest.raises(ConfigError):
         split_hostport("8470")
+
+
+VERSIONED = """
+[catalog.frameworks.hf]
+editors = ["httpd"]
+[catalog.frameworks.hf.versions."4.57"]
+image = "nbfleet/huggingface:4.57"
+[catalog.frameworks.hf.versions."5.18"]
+image = "nbfleet/huggingface:5.18"
+[catalog.frameworks.hf.versions."5.9"]
+image = "nbfleet/huggingface:5.9"
+[catalog.editors.httpd]
+port = 8080
+command = ["busybox", "httpd"]
+"""
+
+
+def test_framework_versions_are_ordered_newest_first_numbers_as_numbers(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(VERSIONED)
+    hf = load(SchedulerConfig, path, env_prefix="X_", environ={}).catalog.frameworks["hf"]
+    assert list(hf.all_versions()) == ["5.18", "5.9", "4.57"]
+    assert hf.newest() == "5.18"
+    assert version_key("py3.11") > version_key("py3.9")
+    assert version_key("2.13.1") > version_key("2.13") > version_key("2.9")
+
+
+def test_a_framework_with_one_image_has_one_version_named_by_its_tag(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(CATALOG)
+    tiny = load(SchedulerConfig, path, env_prefix="X_", environ={}).catalog.frameworks["tiny"]
+    assert {v: s.image for v, s in tiny.all_versions().items()} == {"latest": "nbfleet/tiny:latest"}
+    assert (image_tag("registry:5000/a/b"), image_tag("a/b:1.2"), image_tag("b@sha256:ab")) == (
+        "latest",
+        "1.2",
+        "latest",
+    )
+    assert (image_ref("registry:5000/a/b"), image_ref("a/b:1.2")) == (
+        "registry:5000/a/b:latest",
+        "a/b:1.2",
+    )
+
+
+def test_a_framework_needs_versions_or_an_image_and_good_version_names(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(VERSIONED.replace('editors = ["httpd"]', 'editors = ["httpd"]\nimage = "x"'))
+    with pytest.raises(ConfigError, match="not both"):
+        load(SchedulerConfig, path, env_prefix="X_", environ={})
+    path.write_text(VERSIONED.replace('versions."5.9"', 'versions."5 9"'))
+    with pytest.raises(ConfigError, match="'5 9'"):
+        load(SchedulerConfig, path, env_prefix="X_", environ={})
+    none = "[catalog.frameworks.hf]\neditors = []\n"
+    path.write_text(none)
+    with pytest.raises(ConfigError, match="has no versions"):
+        load(SchedulerConfig, path, env_prefix="X_", environ={})
