@@ -15,8 +15,9 @@ Example scheduler file::
     agent_secrets_dir = "/etc/nbfleet/agents"
 
     [catalog.frameworks.conda]
-    image = "nbfleet/conda:latest"
     editors = ["jupyterlab"]
+    [catalog.frameworks.conda.versions."py3.11"]
+    image = "nbfleet/conda:py3.11"
 
     [catalog.editors.jupyterlab]
     port = 8888

@@ -24,7 +24,7 @@ import pytest
 from tests.e2e.cluster import REPO, Cluster, scheduler_toml, wait_for
 
 EXAMPLE_CONFIG = REPO / "config" / "scheduler.example.toml"
-CONDA_IMAGE = "nbfleet/conda:latest"
+CONDA_IMAGE = "nbfleet/conda:py3.11"
 
 
 def shipped_catalog_toml(defined: str) -> str:
@@ -39,7 +39,14 @@ def shipped_catalog_toml(defined: str) -> str:
                 continue
             lines.append(f"\n[catalog.{kind}.{name}]")
             # Strings, lists of strings, numbers and booleans: their JSON is valid TOML.
-            lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+            lines += [
+                f"{key} = {json.dumps(value)}"
+                for key, value in table.items()
+                if not isinstance(value, dict)
+            ]
+            for version, spec in table.get("versions", {}).items():
+                lines.append(f"[catalog.{kind}.{name}.versions.{json.dumps(version)}]")
+                lines += [f"{key} = {json.dumps(value)}" for key, value in spec.items()]
     return "\n".join(lines) + "\n"
 
 

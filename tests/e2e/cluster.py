@@ -25,7 +25,10 @@ from pathlib import Path
 from tests.support.processes import nbfleet, scheduler_command, stop
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_IMAGE = "nbfleet/tiny:latest"
+#: The tiny framework's versions (scripts/build-images builds both; they differ in
+#: /etc/nbfleet-release). A ``run`` without a version gets the newest, ``TINY_IMAGE``.
+TINY_IMAGES = {"1": "nbfleet/tiny:1", "2": "nbfleet/tiny:2"}
+TINY_IMAGE = TINY_IMAGES["2"]
 
 
 def free_port() -> int:
@@ -69,9 +72,12 @@ def scheduler_toml(root: Path, port: int, **settings: str | float) -> str:
         + lines
         + f"""
 [catalog.frameworks.tiny]
-image = "{TINY_IMAGE}"
 editors = ["httpd", "crash"]
 description = "busybox, for tests"
+[catalog.frameworks.tiny.versions."1"]
+image = "{TINY_IMAGES["1"]}"
+[catalog.frameworks.tiny.versions."2"]
+image = "{TINY_IMAGES["2"]}"
 
 [catalog.editors.httpd]
 port = 8080

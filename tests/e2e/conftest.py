@@ -12,7 +12,7 @@ from pathlib import Path
 import botocore.session
 import pytest
 
-from tests.e2e.cluster import TINY_IMAGE, Cluster
+from tests.e2e.cluster import TINY_IMAGES, Cluster
 from tests.support.nvml import build_fake_nvml
 from tests.support.postgres import postgres_databases  # noqa: F401 (a fixture, shared)
 
@@ -33,11 +33,12 @@ def _require_docker() -> None:
             + info.stderr.strip(),
             pytrace=False,
         )
-    image = subprocess.run(["docker", "image", "inspect", TINY_IMAGE], capture_output=True)
-    if image.returncode != 0:
-        pytest.fail(
-            f"image {TINY_IMAGE} is missing: run scripts/build-images --only tiny", pytrace=False
-        )
+    for tiny in TINY_IMAGES.values():
+        image = subprocess.run(["docker", "image", "inspect", tiny], capture_output=True)
+        if image.returncode != 0:
+            pytest.fail(
+                f"image {tiny} is missing: run scripts/build-images --only tiny", pytrace=False
+            )
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from agent.runtime import ContainerSpec
 from agent.ssh import NotebookSshServer, SshTarget
 from tests.integration.conftest import new_notebook_id, workdirs
 
-IMAGE = "nbfleet/conda:latest"
+IMAGE = "nbfleet/conda:py3.11"
 EDITOR_PORT = 8888
 
 

@@ -1,8 +1,15 @@
-"""The tiny test image: busybox-static on an empty rootfs, built locally (no registry needed).
+"""The catalog's image tags, and the tiny test image: busybox-static on an empty rootfs, built
+locally (no registry needed).
 
 API:
 
-``TINY_IMAGE = "nbfleet/tiny:latest"``
+``TINY_IMAGE = "nbfleet/tiny:1"``, ``TINY_IMAGE_2 = "nbfleet/tiny:2"``
+    The tiny framework's two versions; they differ in ``/etc/nbfleet-release`` alone (``1``,
+    ``2``), so a test can tell from inside a container which version it runs.
+
+``CATALOG_IMAGES``
+    Every image ``scripts/build-images`` (``all``) builds for the catalog, one per framework
+    version: ``{(framework, version): "nbfleet/<framework>:<version>"}``.
 
 ``ensure_tiny_image(tag: str = TINY_IMAGE, *, rebuild: bool = False) -> str``
     Return ``tag`` once the image exists, building it with ``docker import`` when missing.
@@ -13,7 +20,9 @@ API:
 
 The image matches ``scripts/build-images --only tiny``: ``/bin/busybox`` with one symlink per
 applet, ``/etc/passwd`` with ``notebook`` = 1000:1000 (home ``/workspace``), ``USER 1000:1000``,
-``WORKDIR /workspace``, ``PATH=/bin``.
+``WORKDIR /workspace``, ``PATH=/bin``, ``/etc/nbfleet-release`` holding the tag's version, and
+the labels ``org.nbfleet.framework`` (``tiny``), ``org.nbfleet.framework.version`` (the tag's
+version) and ``org.nbfleet.contents.busybox`` (what the busybox in it says it is).
 """
 
 from __future__ import annotations
@@ -24,7 +33,21 @@ import shutil
 import subprocess
 import tarfile
 
-TINY_IMAGE = "nbfleet/tiny:latest"
+TINY_IMAGE = "nbfleet/tiny:1"
+TINY_IMAGE_2 = "nbfleet/tiny:2"
+
+CATALOG_IMAGES: dict[tuple[str, str], str] = {
+    (framework, version): f"nbfleet/{framework}:{version}"
+    for framework, version in [
+        ("tiny", "1"),
+        ("tiny", "2"),
+        ("conda", "py3.11"),
+        ("pytorch", "2.13"),
+        ("tensorflow", "2.21"),
+        ("huggingface", "5.18"),
+        ("huggingface", "4.57"),
+    ]
+}
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -53,7 +76,7 @@ def _static_busybox() -> str:
     )
 
 
-def _rootfs(busybox: str) -> bytes:
+def _rootfs(busybox: str, release: str) -> bytes:
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -93,6 +116,7 @@ def _rootfs(busybox: str) -> bytes:
         link("usr/sbin", "../bin")
         text("etc/passwd", PASSWD)
         text("etc/group", GROUP)
+        text("etc/nbfleet-release", release + "\n")
     return buffer.getvalue()
 
 
@@ -106,6 +130,7 @@ def ensure_tiny_image(tag: str = TINY_IMAGE, *, rebuild: bool = False) -> str:
         )
     if not rebuild and _docker("image", "inspect", tag).returncode == 0:
         return tag
+    version = tag.rpartition(":")[2] if ":" in tag.rpartition("/")[2] else "latest"
     result = _docker(
         "import",
         "--change",
@@ -115,13 +140,34 @@ def ensure_tiny_image(tag: str = TINY_IMAGE, *, rebuild: bool = False) -> str:
         "--change",
         "WORKDIR /workspace",
         "--change",
-        "LABEL org.nbfleet.framework=tiny",
-        "--change",
         'CMD ["/bin/sh"]',
         "-",
         tag,
-        input=_rootfs(_static_busybox()),
+        input=_rootfs(_static_busybox(), version),
     )
     if result.returncode != 0:
         raise RuntimeError(f"docker import of {tag} failed: {result.stderr.decode().strip()}")
+    _label(tag, version)
     return tag
+
+
+def _label(tag: str, version: str) -> None:
+    """Adds the catalog's labels to ``tag``, the busybox version as the image reports it."""
+    shown = _docker("run", "--rm", "--network", "none", tag, "busybox", "--help")
+    first = shown.stdout.decode().partition("\n")[0]  # "BusyBox v1.35.0 (Debian ...) multi-call"
+    if shown.returncode != 0 or not first.startswith("BusyBox v"):
+        raise RuntimeError(f"busybox in {tag} did not say its version: {shown.stderr.decode()}")
+    labels = {
+        "org.nbfleet.framework": "tiny",
+        "org.nbfleet.framework.version": version,
+        "org.nbfleet.contents.busybox": first.split()[1].removeprefix("v"),
+    }
+    args = [arg for name, value in labels.items() for arg in ("--label", f"{name}={value}")]
+    built = subprocess.run(
+        ["docker", "build", "-q", *args, "-t", tag, "-"],
+        input=f"FROM {tag}\n".encode(),
+        capture_output=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"labelling {tag} failed: {built.stderr.decode().strip()}")
