@@ -158,7 +158,15 @@ class NotebookSteps:
             with timed(record, "container"):
                 info = await self.runtime.create_and_start(spec)
         except ImageUnavailable as exc:
-            self.records.set_state(record, S.ERROR, str(exc))
+            # What the user can do about it: the image of their version is gone from this
+            # host (an upgrade retired it, or it was never built here).
+            self.records.set_state(
+                record,
+                S.ERROR,
+                f"{exc}; `nbfleet catalog` lists the versions hosts have, and "
+                f"`nbfleet notebook update {notebook} --framework-version VERSION` moves the "
+                "notebook to one",
+            )
             return None
         except ContainerExists:
             return None  # created meanwhile; the next step inspects it

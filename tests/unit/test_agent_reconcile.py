@@ -369,7 +369,9 @@ async def test_missing_image_is_an_error(rig: Rig) -> None:
     rig.runtime.behaviours["tiny:ok"] = "missing"
     rig.assign(assignment())
     await rig.tick()
-    assert rig.reported() == [("ERROR", "image tiny:ok is not available: not found")]
+    [(state, reason)] = rig.reported()
+    assert state == "ERROR" and reason.startswith("image tiny:ok is not available: not found; ")
+    assert "nbfleet notebook update nb1 --framework-version VERSION" in reason
 
 
 async def test_delete_removes_everything(rig: Rig) -> None:
