@@ -51,6 +51,7 @@ from agent.objectstore import ObjectInfo
 from agent.volume_transfer import (
     RecordEntry,
     VolumeStore,
+    bounded,
     describe,
     key_prefix,
     read_record,
@@ -151,7 +152,7 @@ class LiveTransfer:
         updates: dict[str, RecordEntry] = {}
         dropped: set[str] = set()
         try:
-            await _bounded(
+            await bounded(
                 [
                     lambda rel=rel: self._upload(directory, rel, owner, updates, reporter)
                     for rel in changed
@@ -293,7 +294,7 @@ class LiveTransfer:
         names = itertools.count()
         try:
             with userfs.DirFds(root_fd) as dirs:
-                await _bounded(
+                await bounded(
                     [
                         lambda info=info, rel=rel: self._fetch(
                             info,
@@ -412,17 +413,3 @@ def _conflict(here: os.stat_result | None, old: RecordEntry | None) -> str:
 def _fresh_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     os.mkdir(path, 0o700)
-
-
-async def _bounded(jobs: list[Callable], limit: int) -> None:
-    """Run the jobs, at most ``limit`` at once; after all finished, raise the first error."""
-    semaphore = asyncio.Semaphore(max(1, limit))
-
-    async def run(job: Callable) -> None:
-        async with semaphore:
-            await job()
-
-    results = await asyncio.gather(*(run(job) for job in jobs), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result

@@ -167,7 +167,7 @@ class VolumeTransfer:
             report()
 
         report()
-        await _bounded(
+        await bounded(
             (lambda info=info, rel=rel: fetch(info, rel) for info, rel in wanted),
             self.concurrency,
         )
@@ -238,7 +238,7 @@ class VolumeTransfer:
             report()
 
         report()
-        await _bounded(
+        await bounded(
             (lambda rel=rel, entry=entry: upload(rel, entry) for rel, entry in uploads),
             self.concurrency,
         )
@@ -293,9 +293,9 @@ class _Counter:
         )
 
 
-async def _bounded(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> None:
+async def bounded(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> None:
     """Run the jobs, at most ``limit`` at once; after all finished, raise the first error."""
-    semaphore = asyncio.Semaphore(limit)
+    semaphore = asyncio.Semaphore(max(1, limit))
 
     async def run(job: Callable[[], Awaitable[None]]) -> None:
         async with semaphore:

@@ -20,6 +20,9 @@ from common import wire
 
 ACTIONS = ("update",)
 
+#: Options sent as given, when given (their ``NotebookUpdate`` fields have the same names).
+_AS_GIVEN = ("name", "restart_on_timeout", "unsecure_http", "gpu", "cpu", "framework_version")
+
 
 def add_update_parser(nbs, add_output) -> None:
     up = nbs.add_parser(
@@ -70,8 +73,6 @@ def add_update_parser(nbs, add_output) -> None:
 def update_request(client: Client, args: argparse.Namespace) -> wire.NotebookUpdate:
     """The body for what the options ask; reads the notebook when a map is edited."""
     body = wire.NotebookUpdate()
-    if args.name is not None:
-        body.name = args.name
     if args.label or args.unset_label or args.envvar or args.unset_envvar:
         current = client.call("GET", f"/v1/notebooks/{args.id}", wire.Notebook)
         if args.label or args.unset_label:
@@ -85,20 +86,14 @@ def update_request(client: Client, args: argparse.Namespace) -> wire.NotebookUpd
         raise BadArguments("--ssh-public-keys and --clear-ssh-keys cannot go together")
     if keys or args.clear_ssh_keys:
         body.ssh_public_keys = keys
-    if args.restart_on_timeout is not None:
-        body.restart_on_timeout = args.restart_on_timeout
-    if args.unsecure_http is not None:
-        body.unsecure_http = args.unsecure_http
+    for field in _AS_GIVEN:
+        if getattr(args, field) is not None:
+            setattr(body, field, getattr(args, field))
+    # "" and off: none (the project's idle timeout, no flavor).
     if args.idle_timeout is not None:
         body.idle_timeout_s = args.idle_timeout or None
-    if args.gpu is not None:
-        body.gpu = args.gpu
-    if args.cpu is not None:
-        body.cpu = args.cpu
     if args.flavor is not None:
         body.flavor = args.flavor or None
-    if args.framework_version is not None:
-        body.framework_version = args.framework_version
     if args.volume and args.clear_volumes:
         raise BadArguments("--volume and --clear-volumes cannot go together")
     if args.volume or args.clear_volumes:

@@ -15,6 +15,7 @@ API on a loopback port, for what both servers must do alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -373,14 +374,27 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def harness(tmp_path: Path, clock: FakeClock):
-    h = Harness(config=make_config(tmp_path), clock=clock)
+@contextlib.asynccontextmanager
+async def started(config: SchedulerConfig, clock: FakeClock) -> AsyncIterator[Harness]:
+    """A running :class:`Harness` on ``config``, closed on the way out."""
+    h = Harness(config=config, clock=clock)
     await h.start()
     try:
         yield h
     finally:
         await h.close()
+
+
+def with_frameworks(tmp_path: Path, **frameworks: dict[str, Any]) -> SchedulerConfig:
+    """The tests' config with ``frameworks`` added to (or replacing ones of) the catalog."""
+    catalog = {**CATALOG, "frameworks": {**CATALOG["frameworks"], **frameworks}}
+    return make_config(tmp_path, catalog=catalog)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, clock: FakeClock):
+    async with started(make_config(tmp_path), clock) as h:
+        yield h
 
 
 @pytest.fixture

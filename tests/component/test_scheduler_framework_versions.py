@@ -12,7 +12,7 @@ import pytest
 
 from common.config import FrameworkSpec, FrameworkVersionSpec
 from scheduler.api.context import CONTEXT
-from tests.component.conftest import CATALOG, FakeClock, Harness, Tokens, make_config
+from tests.component.conftest import FakeClock, Harness, Tokens, started, with_frameworks
 
 HF = {
     "editors": ["jupyterlab"],
@@ -37,13 +37,8 @@ def image(tag: str, **contents: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def harness(tmp_path: Path, clock: FakeClock):
-    catalog = {**CATALOG, "frameworks": {**CATALOG["frameworks"], "huggingface": HF}}
-    h = Harness(config=make_config(tmp_path, catalog=catalog), clock=clock)
-    await h.start()
-    try:
+    async with started(with_frameworks(tmp_path, huggingface=HF), clock) as h:
         yield h
-    finally:
-        await h.close()
 
 
 async def test_the_catalog_lists_versions_newest_first_with_what_the_hosts_images_hold(

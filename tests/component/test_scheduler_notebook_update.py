@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.component.conftest import CATALOG, Agent, FakeClock, Harness, Tokens, make_config
+from tests.component.conftest import Agent, FakeClock, Harness, Tokens, started, with_frameworks
 
 VERSIONS = {
     "editors": ["jupyterlab"],
@@ -22,13 +22,8 @@ VERSIONS = {
 
 @pytest.fixture
 async def harness(tmp_path: Path, clock: FakeClock):
-    catalog = {**CATALOG, "frameworks": {**CATALOG["frameworks"], "pytorch": VERSIONS}}
-    h = Harness(config=make_config(tmp_path, catalog=catalog), clock=clock)
-    await h.start()
-    try:
+    async with started(with_frameworks(tmp_path, pytorch=VERSIONS), clock) as h:
         yield h
-    finally:
-        await h.close()
 
 
 async def put(harness: Harness, notebook: str, body: dict[str, Any], token: str) -> Any:
