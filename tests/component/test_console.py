@@ -114,6 +114,7 @@ async def test_running_from_the_form_creates_the_notebook_the_api_would(
         "envvars": "SEED=1",
         "idle_timeout": "30m",
         "restart_on_timeout": "on",
+        "framework_version": "test",
     }
     status, text, resp = await browser.post("/console/notebooks/new", form)
     assert status == 303, text
@@ -134,6 +135,14 @@ async def test_running_from_the_form_creates_the_notebook_the_api_would(
     status, text, _ = await browser.get(f"/console/notebooks/{notebook_id}?fragment=summary")
     assert status == 200 and "<html" not in text
     assert 'class="state state-running">RUNNING<' in text and "Open the editor" in text
+    assert nb["framework_version"] == "test" and "conda test (nbfleet/conda:test)" in text
+    # Env vars changed while it runs: the page says they wait for a restart.
+    changed = await project.harness.call(
+        "PUT", f"/v1/notebooks/{notebook_id}", token=project.operator, body={"envvars": {}}
+    )
+    assert changed.status == 200, changed.text
+    status, text, _ = await browser.get(f"/console/notebooks/{notebook_id}?fragment=summary")
+    assert "Waiting for a restart" in text and "envvars" in text
 
 
 async def test_the_form_refuses_bad_input_with_the_apis_messages_and_keeps_it(
