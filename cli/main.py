@@ -387,7 +387,7 @@ def cmd_catalog(client: Client, args: argparse.Namespace) -> int:
         output.print_json(catalog)
         return 0
     output.table(
-        ["FRAMEWORK", "VERSION", "EDITORS", "CONTENTS", "IMAGE", "HOSTS"],
+        ["FRAMEWORK", "VERSION", "EDITORS", "IMAGE", "HOSTS", "CONTENTS"],
         output.catalog_rows(catalog.frameworks),
     )
     if catalog.flavors:

@@ -381,9 +381,10 @@ _CONTENTS_FIRST = ("python",)
 _EDITORS_LAST = ("jupyterlab", "code-server")
 
 
-def contents_text(contents: dict[str, str]) -> str:
+def contents_text(contents: dict[str, str], width: int = 0) -> list[str]:
     """``python 3.11.2, torch 2.13.0+cpu, jupyterlab 4.6.6, code-server 4.89.1``: Python
-    first, the editors last, the framework's packages between."""
+    first, the editors last, the framework's packages between; in lines of at most ``width``
+    characters (0: one line), never splitting a name from its version."""
 
     def rank(name: str) -> tuple[int, int, str]:
         if name in _CONTENTS_FIRST:
@@ -392,22 +393,37 @@ def contents_text(contents: dict[str, str]) -> str:
             return (2, _EDITORS_LAST.index(name), name)
         return (1, 0, name)
 
-    return ", ".join(f"{name} {contents[name]}" for name in sorted(contents, key=rank))
+    lines: list[str] = []
+    for item in (f"{name} {contents[name]}" for name in sorted(contents, key=rank)):
+        if lines and (not width or len(lines[-1]) + len(item) + 2 <= width):
+            lines[-1] += f", {item}"
+        else:
+            lines.append(item)
+    return [line + "," for line in lines[:-1]] + lines[-1:]
+
+
+#: How wide the catalog's contents column gets before it goes on in the next line.
+CONTENTS_WIDTH = 64
 
 
 def catalog_rows(frameworks: list[wire.CatalogFramework]) -> list[list[str]]:
-    """One row per framework version, newest first, the default marked."""
+    """One row per framework version, newest first, the default marked; what the image holds
+    last, going on in rows of its own when long."""
     rows = []
     for f in frameworks:
         for i, v in enumerate(f.versions):
+            contents = contents_text(v.contents, CONTENTS_WIDTH) or [
+                "(no host has reported this image)"
+            ]
             rows.append(
                 [
                     f.name if i == 0 else "",
                     v.version + (" (default)" if i == 0 and len(f.versions) > 1 else ""),
                     ", ".join(f.editors) if i == 0 else "",
-                    contents_text(v.contents) or "(no host has reported this image)",
                     v.image,
                     str(v.hosts),
+                    contents[0],
                 ]
             )
+            rows += [["", "", "", "", "", more] for more in contents[1:]]
     return rows

@@ -318,19 +318,22 @@ def test_catalog_shows_each_version_and_what_its_image_holds(server, capsys):
     server.replies[("GET", "/v1/catalog")] = (200, {"frameworks": [hf], "editors": []})
     assert main(["catalog"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["FRAMEWORK", "VERSION", "EDITORS", "CONTENTS", "IMAGE", "HOSTS"]
+    assert lines[0].split() == ["FRAMEWORK", "VERSION", "EDITORS", "IMAGE", "HOSTS", "CONTENTS"]
     newest = re.split(r"\s{2,}", lines[1].strip())
     assert newest == [
         "huggingface",
         "5.18 (default)",
         "jupyterlab",
-        "python 3.11.2, torch 2.13.0+cpu, transformers 5.18.0, jupyterlab 4.6.6, "
-        "code-server 4.89.1",
         "nbfleet/huggingface:5.18",
         "2",
+        "python 3.11.2, torch 2.13.0+cpu, transformers 5.18.0,",
     ]
-    older = re.split(r"\s{2,}", lines[2].strip())
-    assert older == ["4.57", "(no host has reported this image)", "nbfleet/huggingface:4.57", "0"]
+    # What the image holds goes on below, Python first and the editors last, never a name
+    # apart from its version.
+    assert lines[2].strip() == "jupyterlab 4.6.6, code-server 4.89.1"
+    assert lines[2].index("jupyterlab") == lines[1].index("python")
+    older = re.split(r"\s{2,}", lines[3].strip())
+    assert older == ["4.57", "nbfleet/huggingface:4.57", "0", "(no host has reported this image)"]
 
 
 def test_update_edits_labels_and_env_one_key_at_a_time(server, capsys):
