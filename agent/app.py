@@ -44,6 +44,7 @@ from agent.datasync import Datasyncs
 from agent.disk import WorkspaceMeter, filesystem_space
 from agent.docker_runtime import DockerRuntime
 from agent.gpus import GpuInventory, NvmlInventory
+from agent.host_images import HostImages
 from agent.http_api import AgentApi, version
 from agent.metrics import SyncMeter
 from agent.metrics import render as render_metrics
@@ -227,10 +228,7 @@ class Agent:
         )
         self.workspace_meter = WorkspaceMeter(clock)
         self.registered = asyncio.Event()
-        #: The catalog images as last listed (``None``: never), and as the scheduler last
-        #: took them in a registration.
-        self.images: list[wire.HostImage] | None = None
-        self.registered_images: list[wire.HostImage] | None = None
+        self.images = HostImages(runtime, host_id)
         self.assignments_version: int | None = None
         self.agent_url = ""
         self._runner: web.AppRunner | None = None
@@ -353,21 +351,8 @@ class Agent:
             flavor=self.config.flavor,
             labels=dict(self.config.labels),
             ssh_address=self.ssh_address(),
-            images=await self.host_images(),
+            images=await self.images.current(),
         )
-
-    async def host_images(self) -> list[wire.HostImage]:
-        """The host's catalog images and their labels; the last list read when Docker does not
-        answer now (none before a first answer)."""
-        try:
-            self.images = await self.runtime.framework_images()
-        except Exception as exc:
-            log.warning(
-                "host=%s images not listed (%s); registering the last list read",
-                self.host_id,
-                exc,
-            )
-        return list(self.images or [])
 
     def ssh_address(self) -> str:
         """``host:port`` where users reach this agent's SSH server; "" when it has none."""
@@ -381,7 +366,7 @@ class Agent:
     async def register(self) -> None:
         registration = await self.registration()
         reply = await self.client.register(registration)
-        self.registered_images = registration.images
+        self.images.registered = registration.images
         self.contact.registered(reply)
         if self.ssh is not None and reply.ssh_host_key and not self.config.ssh_host_key_file:
             # The fleet's host key: a notebook keeps the same one whichever host runs it.
@@ -455,7 +440,7 @@ class Agent:
         """Measure the workspace disk use of the notebooks RUNNING here; register again when
         the host's catalog images changed."""
         if self.registered.is_set():
-            if await self.host_images() != self.registered_images:
+            if await self.images.changed():
                 log.info("host=%s catalog images changed; registering again", self.host_id)
                 await self.register()
         dirs = {
