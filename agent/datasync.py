@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import msgspec
 from aiohttp import web
 
 from agent.datasync_transfer import Abandoned, LiveStore, LiveTransfer
@@ -265,7 +264,18 @@ class Datasyncs:
             error = f"volume {describe(volume)} {run.direction} failed: {exc}"
         out = transfer.outcome
         self.volumes.on_sync(f"datasync-{run.direction}", time.monotonic() - started, out.bytes)
-        done = msgspec.structs.replace(out, volume=name, error=error)
+        done = wire.DatasyncVolume(
+            volume=name,
+            files=out.files,
+            bytes=out.bytes,
+            deleted=out.deleted,
+            unchanged=out.unchanged,
+            conflicts=out.conflicts,
+            unstable=out.unstable,
+            skipped=out.skipped,
+            details=list(out.details),
+            error=error,
+        )
         return done, abandoned
 
     async def close(self) -> None:

@@ -81,12 +81,23 @@ class Abandoned(Exception):
     """The notebook is going away (deleted): the transfer stopped between two files."""
 
 
-def _note(out: wire.DatasyncVolume, kind: str, text: str) -> None:
-    """Count one more ``kind`` (``skipped``, ``conflicts``...) and keep the first
-    :data:`MAX_DETAILS` of the notes."""
-    setattr(out, kind, getattr(out, kind) + 1)
-    if len(out.details) < MAX_DETAILS:
-        out.details.append(text)
+@dataclass
+class Outcome:
+    """What one volume's transfer did, counted, with the first :data:`MAX_DETAILS` notes."""
+
+    files: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+    unstable: int = 0
+    skipped: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def note(self, kind: str, text: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        if len(self.details) < MAX_DETAILS:
+            self.details.append(text)
 
 
 @dataclass
@@ -100,8 +111,7 @@ class LiveTransfer:
     concurrency: int
     progress: ProgressCallback | None = None
     keep_going: Callable[[], bool] = lambda: True
-    #: What it did, counted (the datasync names the volume and any error on it).
-    outcome: wire.DatasyncVolume = field(default_factory=lambda: wire.DatasyncVolume(volume=""))
+    outcome: Outcome = field(default_factory=Outcome)
 
     def _check(self) -> None:
         if not self.keep_going():
@@ -112,23 +122,23 @@ class LiveTransfer:
 
     # ------------------------------------------------------------ push
 
-    async def push(self, directory: str, record: str) -> wire.DatasyncVolume:
+    async def push(self, directory: str, record: str) -> Outcome:
         """Upload what changed in ``directory`` since ``record``; ``rwd``: delete what went."""
         out = self.outcome
         pulled = await asyncio.to_thread(read_record, record)
         tree = await asyncio.to_thread(scan, directory)
         for what in tree.skipped:
-            _note(out, "skipped", f"{what}; not pushed")
+            out.note("skipped", f"{what}; not pushed")
         files: dict[str, int] = {}
         changed = []
         for entry in tree.entries:
             if entry.kind == "l":
-                _note(out, "skipped", f"{entry.path}: a symlink, never followed or pushed")
+                out.note("skipped", f"{entry.path}: a symlink, never followed or pushed")
             if entry.kind != "f":
                 continue
             if not utf8(entry.path):
                 name = os.fsencode(entry.path)
-                _note(out, "skipped", f"{name!r}: the name is not UTF-8, so it cannot be a key")
+                out.note("skipped", f"{name!r}: the name is not UTF-8, so it cannot be a key")
                 continue
             files[entry.path] = entry.size
             old = pulled.get(entry.path)
@@ -172,7 +182,7 @@ class LiveTransfer:
         try:
             fd, st = await asyncio.to_thread(live_files.open_for_read, directory, rel, owner)
         except userfs.Skipped as exc:
-            _note(out, "skipped", f"{exc}; not pushed")
+            out.note("skipped", f"{exc}; not pushed")
             reporter.add(1, 0)
             return
         try:
@@ -193,8 +203,7 @@ class LiveTransfer:
         finally:
             os.close(fd)
         if got is None:
-            _note(
-                out,
+            out.note(
                 "unstable",
                 f"{rel}: kept changing while read ({userfs.READ_RETRIES + 1} tries); not "
                 "pushed now (the stop's push takes it)",
@@ -229,14 +238,14 @@ class LiveTransfer:
             for rel in candidates:
                 there = await asyncio.to_thread(live_files.gone, root_fd, rel)
                 if there is not None:
-                    _note(out, "skipped", f"{rel}: not deleted in the bucket: {there}")
+                    out.note("skipped", f"{rel}: not deleted in the bucket: {there}")
                     continue
                 entry, current = pulled[rel], remote.get(prefix + rel)
                 if current is None:
                     dropped.add(rel)  # gone on both sides
                 elif entry.etag and current.etag != entry.etag:
                     dropped.add(rel)  # someone else's object now: never deleted
-                    _note(out, "skipped", f"{rel}: changed in the bucket since; not deleted there")
+                    out.note("skipped", f"{rel}: changed in the bucket since; not deleted there")
                 else:
                     deleting.append(rel)
         finally:
@@ -249,7 +258,7 @@ class LiveTransfer:
 
     # ------------------------------------------------------------ pull
 
-    async def pull(self, directory: str, record: str, staging: str) -> wire.DatasyncVolume:
+    async def pull(self, directory: str, record: str, staging: str) -> Outcome:
         """Download what is new or changed in the bucket into ``directory``, through
         ``staging`` (made afresh, removed after)."""
         out, volume = self.outcome, self.volume
@@ -264,7 +273,7 @@ class LiveTransfer:
                 continue
             rel = safe_relative(rel_key)
             if rel is None:
-                _note(out, "skipped", f"key {info.key!r}: would leave the volume dir; refused")
+                out.note("skipped", f"key {info.key!r}: would leave the volume dir; refused")
                 continue
             listed.add(rel)
             old = pulled.get(rel)
@@ -273,7 +282,7 @@ class LiveTransfer:
                 continue
             wanted.append((info, rel))
         for rel in sorted(set(pulled) - listed):
-            _note(out, "skipped", f"{rel}: deleted in the bucket; the file here is kept")
+            out.note("skipped", f"{rel}: deleted in the bucket; the file here is kept")
         reporter = self._reporter("volumes-pull")
         reporter.total(len(wanted), sum(info.size for info, _ in wanted))
         updates: dict[str, RecordEntry] = {}
@@ -333,13 +342,13 @@ class LiveTransfer:
         try:
             parent_fd = live_files.ensure_dirs(dirs, parent_rel, owner)
         except (userfs.Skipped, OSError) as exc:
-            _note(out, "conflicts", f"{rel}: {exc}; not pulled")
+            out.note("conflicts", f"{rel}: {exc}; not pulled")
             return reporter_skip()
         # Looked at before the download, and again at the moment it is put in place.
         here = live_files.lstat_at(parent_fd, name)
         conflict = _conflict(here, old)
         if conflict:
-            _note(out, "conflicts", f"{rel}: {conflict}; kept yours, not pulled")
+            out.note("conflicts", f"{rel}: {conflict}; kept yours, not pulled")
             return reporter_skip()
         temp = f"{next(names)}.part"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -363,7 +372,7 @@ class LiveTransfer:
             try:
                 parent_fd = live_files.ensure_dirs(dirs, parent_rel, owner)
             except (userfs.Skipped, OSError) as exc:
-                _note(out, "conflicts", f"{rel}: {exc}; not pulled")
+                out.note("conflicts", f"{rel}: {exc}; not pulled")
                 return reporter_skip()
             if old is None:
                 placed = live_files.place_new(staging_fd, temp, parent_fd, name)
@@ -380,7 +389,7 @@ class LiveTransfer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=staging_fd)
         if not placed:
-            _note(out, "conflicts", f"{rel}: {why}; kept yours, not pulled")
+            out.note("conflicts", f"{rel}: {why}; kept yours, not pulled")
             return reporter_skip()
         updates[rel] = RecordEntry(version.st_size, version.st_mtime_ns, info.etag)
         out.files += 1

@@ -6,8 +6,10 @@ of new objects into a live volume dir."""
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
+import botocore.session
 import pytest
 
 from agent import live_files
@@ -21,7 +23,15 @@ from tests.support.s3server import S3Server
 
 @pytest.fixture
 def bucket(s3: S3Server):
-    name, client = s3.bucket("sync")
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+    )
+    name = f"sync-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=name)
     client.put_object(Bucket=name, Key="set/a.txt", Body=b"alpha")
     return name, client
 

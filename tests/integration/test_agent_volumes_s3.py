@@ -3,8 +3,10 @@ does, ro never pushes."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
+import botocore.session
 import pytest
 
 from agent.volumes import VolumeSync
@@ -14,7 +16,15 @@ from tests.support.s3server import S3Server
 
 @pytest.fixture
 def bucket(s3: S3Server):
-    name, client = s3.bucket("vol")
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+    )
+    name = f"vol-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=name)
     client.put_object(Bucket=name, Key="set/train/a.bin", Body=b"A" * 1000)
     client.put_object(Bucket=name, Key="set/train/b.bin", Body=b"B")
     client.put_object(Bucket=name, Key="set/README", Body=b"read me")

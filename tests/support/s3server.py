@@ -11,9 +11,8 @@ API:
 ``S3Server(workdir, *, timeout_s=60.0)``: ``.start() -> str`` (the endpoint; same checks as
     above), ``.endpoint`` ("http://127.0.0.1:PORT" once started), ``.access_key`` /
     ``.secret_key`` (any keys work: weed without an S3 config accepts all), ``.log_path``,
-    ``.log_tail(n=60) -> str``, ``.stop()`` (terminate, then kill after 10 s; idempotent),
-    ``.bucket(prefix) -> (name, client)`` (a new bucket with a random name, and a botocore
-    client for it). Also a context manager (starts on enter if not started).
+    ``.log_tail(n=60) -> str``, ``.stop()`` (terminate, then kill after 10 s; idempotent). Also a
+    context manager (starts on enter if not started).
 
 Pytest usage::
 
@@ -34,11 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
-from typing import Any
-
-import botocore.session
 
 #: weed's gRPC ports are its HTTP ports + 10000, so every port we pick stays below this.
 _MAX_PORT = 55000
@@ -159,19 +154,6 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
-
-    def bucket(self, prefix: str) -> tuple[str, Any]:
-        """A new bucket ``<prefix>-<random>`` and a botocore client of this server."""
-        client = botocore.session.get_session().create_client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-        )
-        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        client.create_bucket(Bucket=name)
-        return name, client
 
     def __enter__(self) -> S3Server:
         if self.process is None:
